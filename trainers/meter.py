@@ -1,0 +1,127 @@
+"""The budget meter: what a config costs, measured without training or real weights.
+
+Conventions:
+- ``params``: trainable parameters. ``model_bytes``: the size of ``torch.save(state_dict_at(model,
+  dtype))``, buffers included, counted exactly by saving uninitialised tensors into a byte counter.
+- Storage dtypes: fp32, fp16, bf16 (floating tensors cast), int8 (each floating tensor stored as
+  int8 plus one fp32 scale under ``<key>._scale``); integer buffers are kept as they are.
+- ``macs``: multiply-accumulates of one 32x32 image in eval mode, counted by torch's
+  FlopCounterMode on meta tensors (conv, linear, matmul); ``flops = 2 * macs``.
+- ``train_memory_mb``: an estimate of peak training memory at the config's batch size: weights,
+  gradients, optimizer state, and every layer's output kept for backward (at the autocast dtype).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from trainers.config import TrainConfig
+from trainers.data import num_classes
+from trainers.models import create_model
+
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
+_OPT_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    params: int
+    model_bytes: dict[str, int]  # storage dtype -> bytes of the saved state dict
+    macs: int
+    flops: int
+    train_memory_mb: float
+    num_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def state_dict_at(model: nn.Module | dict[str, torch.Tensor], dtype: str = "fp32") -> dict[str, torch.Tensor]:
+    """The state dict as stored at ``dtype`` (see module doc for int8)."""
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype {dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            out[k] = v
+        elif dtype == "int8" and v.is_meta:  # the layout alone, for the meter
+            out[k] = torch.empty(v.shape, dtype=torch.int8, device="meta")
+            out[f"{k}._scale"] = torch.empty((), device="meta")
+        elif dtype == "int8":
+            scale = v.detach().abs().amax().float().clamp_min(1e-12) / 127
+            out[k] = (v.detach() / scale).round().clamp(-127, 127).to(torch.int8)
+            out[f"{k}._scale"] = scale.reshape(())
+        else:
+            out[k] = v.detach().to(STORAGE_DTYPES[dtype])
+    return out
+
+
+class _ByteCounter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        self.n += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+def saved_bytes(state_dict: dict[str, torch.Tensor]) -> int:
+    """Exact ``torch.save`` size; meta tensors are replaced by uninitialised ones of the same shape."""
+    real = {k: torch.empty(v.shape, dtype=v.dtype) if v.is_meta else v for k, v in state_dict.items()}
+    counter = _ByteCounter()
+    torch.save(real, counter)  # type: ignore[arg-type]
+    return counter.n
+
+
+def _meta_model(cfg: TrainConfig, classes: int) -> nn.Module:
+    m = cfg.model
+    with torch.device("meta"):
+        return create_model(m.name, num_classes=classes, width=m.width, depth=m.depth, dropout=m.dropout)
+
+
+def count_macs(model: nn.Module, device: str | torch.device = "meta") -> tuple[int, int]:
+    """(MACs of one 32x32 image, bytes of every leaf module's output per image)."""
+    outputs = 0
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal outputs
+        if isinstance(out, torch.Tensor):
+            outputs += out.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(torch.empty(1, 3, 32, 32, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return fc.get_total_flops() // 2, outputs
+
+
+def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES)) -> Measurement:
+    """Parameters, saved bytes per storage dtype, MACs/FLOPs and a memory estimate for ``cfg``."""
+    classes = num_classes(cfg.data)
+    model = _meta_model(cfg, classes)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    macs, act_elems = count_macs(model)
+    sd = model.state_dict()
+    sizes = {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}
+    act_bytes = 4 if cfg.train.precision == "fp32" or cfg.train.device == "cpu" else 2
+    weights = params * 4 * (2 + _OPT_STATES[cfg.optimizer.name])
+    memory = weights + act_elems * cfg.train.batch_size * act_bytes
+    return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), classes)
+
