@@ -16,6 +16,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 import re
@@ -133,7 +134,9 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    if isinstance(value, str):
+        return repr(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -171,21 +174,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {text}")  # pragma: no cover - programming error
 
 
-def _check(value: Any, meta: Mapping[str, Any], where: str) -> None:
+def _check(value: Any, meta: Mapping[str, Any], where: str, shown: Any = None) -> None:
+    """Validate choices and bounds; messages show ``shown`` (the value as written) if given."""
     if value is None:
         return
+    text = _fmt(value if shown is None else shown)
     choices = meta.get("choices")
     if choices is not None:
         allowed = choices() if callable(choices) else choices
         if value not in allowed:
-            raise ConfigError(f"{where}: {_fmt(value)} is not allowed; choose one of {', '.join(allowed)}")
+            raise ConfigError(f"{where}: {text} is not allowed; choose one of {', '.join(allowed)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where}: {_fmt(value)} is not allowed; expected a finite number")
+            raise ConfigError(f"{where}: {text} is not allowed; expected a finite number")
         for key, op in _BOUNDS.items():
             bound = meta.get(key)
             if bound is not None and not op(value, bound):
-                raise ConfigError(f"{where}: {_fmt(value)} is out of range; allowed {_range_text(meta)}")
+                raise ConfigError(f"{where}: {text} is out of range; allowed {_range_text(meta)}")
 
 
 def _range_text(meta: Mapping[str, Any]) -> str:
@@ -207,28 +212,32 @@ def _build_section(cls: type, raw: Any, source: str, section: str) -> Any:
     values = {}
     for name, value in raw.items():
         where = f"{source}: {section}.{name}"
-        value = _coerce(value, hints[name], where)
-        _check(value, fields[name].metadata, where)
-        values[name] = value
+        coerced = _coerce(value, hints[name], where)
+        _check(coerced, fields[name].metadata, where, shown=value)
+        values[name] = coerced
     return cls(**values)
 
 
 def _cross_check(cfg: TrainConfig, source: str) -> None:
     ms = cfg.schedule.milestones
-    if any(b <= a for a, b in zip(ms, ms[1:], strict=False)) or any(m <= 0 for m in ms):
-        raise ConfigError(f"{source}: schedule.milestones: {_fmt(ms)} is not allowed; expected increasing positive epochs")
+    if any(b <= a for a, b in itertools.pairwise(ms)) or any(m <= 0 for m in ms):
+        raise ConfigError(f"{source}: schedule.milestones: {_fmt(ms)} is not allowed; "
+                          "expected increasing positive epochs")
     if cfg.schedule.name == "multistep" and not ms:
-        raise ConfigError(f"{source}: schedule.milestones: [] is not allowed with schedule.name 'multistep'; give at least one epoch")
+        raise ConfigError(f"{source}: schedule.milestones: [] is not allowed with schedule.name 'multistep'; "
+                          "give at least one epoch")
     dev = cfg.train.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev):
-        raise ConfigError(f"{source}: train.device: {_fmt(dev)} is not allowed; choose one of auto, cpu, cuda, cuda:N, mps")
+        raise ConfigError(f"{source}: train.device: {_fmt(dev)} is not allowed; "
+                          "choose one of auto, cpu, cuda, cuda:N, mps")
 
 
 def config_from_dict(raw: Mapping[str, Any] | None, source: str = "<config>") -> TrainConfig:
     """Build a validated config from nested dicts (missing keys take defaults)."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}, got {_fmt(raw)}")
+        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}, "
+                          f"got {_fmt(raw)}")
     unknown = sorted(set(raw) - set(SECTIONS) - set(IGNORED_SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: {unknown[0]}: unknown section; allowed sections: {', '.join(SECTIONS)}")

@@ -101,7 +101,7 @@ def stratified_pick(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
     picked = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        picked.append(rng.permutation(idx)[: int(round(len(idx) * fraction))])
+        picked.append(rng.permutation(idx)[: round(len(idx) * fraction)])
     pick = np.sort(np.concatenate(picked))
     return np.setdiff1d(np.arange(len(y)), pick), pick
 

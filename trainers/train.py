@@ -107,7 +107,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    step_model = torch.compile(model) if tc.compile else model
+    step_model: nn.Module = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
     opt = build_optimizer(model, cfg.optimizer)
     dtype = autocast_dtype(tc.precision, device)
     cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()

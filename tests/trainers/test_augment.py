@@ -1,0 +1,69 @@
+import random
+
+import torch
+
+from trainers import config_from_dict, load_data
+from trainers.augment import Augmenter, mix
+
+
+def augmenter(strength: float, policy: str = "basic", seed: int = 0) -> tuple[Augmenter, torch.Tensor]:
+    d = load_data(config_from_dict({"data": {"subset": 500}}).data)
+    cfg = config_from_dict({"augment": {"strength": strength, "policy": policy}}).augment
+    return Augmenter(cfg, d.train.x, d.mean, d.std, torch.Generator().manual_seed(seed)), d.train.x
+
+
+def test_strength_zero_is_only_normalisation() -> None:
+    aug, x = augmenter(0.0)
+    idx = torch.arange(64)
+    assert torch.equal(aug.batch(idx), aug.normalize(x[idx]))
+
+
+def test_flip_and_crop_are_drawn_per_sample() -> None:
+    aug, x = augmenter(0.5)
+    idx = torch.arange(256)
+    out = aug.batch(idx)
+    plain = aug.normalize(x[idx])
+    same = (out - plain).abs().flatten(1).amax(1) < 1e-5
+    flipped = (out - plain.flip(3)).abs().flatten(1).amax(1) < 1e-5
+    # every image is transformed on its own: some untouched, some exactly flipped, most shifted
+    assert 0 < same.sum() < 64 and 0 < flipped.sum() < 64
+    assert (~same & ~flipped).sum() > 128
+    assert aug.pad == 4
+
+
+def test_strong_basic_adds_cutout_and_photometric() -> None:
+    aug, _ = augmenter(1.0)
+    assert aug.cutout == 16 and aug.gray_p > 0 and aug.jitter > 0
+    out = aug.batch(torch.arange(128))
+    zeros = (out == 0).all(1).flatten(1).sum(1)  # cut-out pixels are zero after normalisation
+    assert (zeros > 0).float().mean() > 0.9
+
+
+def test_named_policies_run_on_uint8_batches() -> None:
+    for policy in ("randaugment", "trivialaugment", "autoaugment", "augmix"):
+        aug, _ = augmenter(0.7, policy)
+        out = aug.batch(torch.arange(32))
+        assert out.shape == (32, 3, 32, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_same_seed_same_batches() -> None:
+    a, _ = augmenter(1.0, seed=3)
+    b, _ = augmenter(1.0, seed=3)
+    idx = torch.arange(100)
+    assert torch.equal(a.batch(idx), b.batch(idx))
+
+
+def test_mixup_and_cutmix() -> None:
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.arange(16)
+    cfg = config_from_dict({"augment": {"mixup_alpha": 0.2}}).augment
+    g = torch.Generator().manual_seed(0)
+    xm, y2, lam = mix(x, y, cfg, random.Random(0), g)
+    assert 0 <= lam <= 1 and sorted(y2.tolist()) == list(range(16))
+    assert torch.allclose(xm, lam * x + (1 - lam) * x[y2], atol=1e-5)  # y is arange, so y2 is the permutation
+    cut = config_from_dict({"augment": {"cutmix_alpha": 1.0}}).augment
+    xc, y2, lam = mix(x, y, cut, random.Random(1), g)
+    changed = (xc != x).any(1).float().mean().item()
+    assert abs((1 - lam) - changed) < 0.05  # lam is the kept area
+    none = config_from_dict({"augment": {}}).augment
+    assert mix(x, y, none, random.Random(0), g)[2] == 1.0

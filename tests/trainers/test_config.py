@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+
+from trainers import ConfigError, TrainConfig, config_from_dict, dump_config, load_config, with_overrides
+from trainers.config import flat_keys
+
+CONTRACT = {
+    "model": {"name", "width", "dropout"},
+    "data": {"dataset", "root", "path", "val_fraction", "subset", "download"},
+    "optimizer": {"name", "lr", "momentum", "nesterov", "weight_decay"},
+    "schedule": {"name", "warmup_epochs"},
+    "augment": {"strength", "policy", "mixup_alpha", "cutmix_alpha"},
+    "train": {"epochs", "batch_size", "label_smoothing", "precision", "channels_last", "compile", "seed", "device"},
+}
+
+
+def test_contract_keys_exist() -> None:
+    keys = set(flat_keys())
+    for section, names in CONTRACT.items():
+        assert {f"{section}.{n}" for n in names} <= keys
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    cfg = config_from_dict({"model": {"name": "mobilenet_v3", "width": 0.75}, "optimizer": {"lr": "5e-4"},
+                            "schedule": {"name": "multistep", "milestones": [70, 90], "gamma": 0.4}})
+    assert cfg.optimizer.lr == 5e-4  # YAML 1.1 reads 5e-4 as a string; accepted as a number
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert list(load_config(tmp_path / "c.yaml").__dataclass_fields__) == list(CONTRACT)
+
+
+def test_defaults_and_provenance_ignored(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("model: {name: airnet}\nprovenance: {study: s, trial: 3}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.model.name == "airnet" and cfg.train == TrainConfig().train
+
+
+def test_overrides() -> None:
+    cfg = with_overrides(TrainConfig(), {"optimizer.lr": 0.01, "model.width": 2})
+    assert cfg.optimizer.lr == 0.01 and cfg.model.width == 2.0
+    with pytest.raises(ConfigError, match=r"<overrides>: optimizer\.lrr: not a trainer key; allowed: model\.name"):
+        with_overrides(cfg, {"optimizer.lrr": 1})
+
+
+BAD = [
+    ({"modle": {}}, "bad.yaml: modle: unknown section; allowed sections: model, data, optimizer"),
+    ({"model": {"widht": 1}}, "bad.yaml: model.widht: unknown key; allowed keys: name, width, depth, dropout"),
+    ({"model": {"name": "vgg"}}, "bad.yaml: model.name: 'vgg' is not allowed; choose one of airnet, efficientnet_b0"),
+    ({"model": {"width": 0}}, "bad.yaml: model.width: 0 is out of range; allowed > 0 and <= 8"),
+    ({"model": {"width": "wide"}}, "bad.yaml: model.width: 'wide' is not allowed; expected a number"),
+    ({"model": {"dropout": 1.0}}, "bad.yaml: model.dropout: 1.0 is out of range; allowed >= 0 and < 1"),
+    ({"optimizer": {"name": "lion"}}, "bad.yaml: optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam"),
+    ({"optimizer": {"lr": -1}}, "bad.yaml: optimizer.lr: -1 is out of range; allowed > 0 and <= 10"),
+    ({"optimizer": {"nesterov": "yes"}}, "bad.yaml: optimizer.nesterov: 'yes' is not allowed; expected true or false"),
+    ({"schedule": {"name": "poly"}}, "bad.yaml: schedule.name: 'poly' is not allowed; choose one of none, step, multistep"),
+    ({"schedule": {"name": "multistep"}}, "bad.yaml: schedule.milestones: [] is not allowed with schedule.name 'multistep'"),
+    ({"schedule": {"milestones": [90, 70]}}, "bad.yaml: schedule.milestones: [90.0, 70.0] is not allowed; expected increasing"),
+    ({"augment": {"policy": "cutout"}}, "bad.yaml: augment.policy: 'cutout' is not allowed; choose one of none, basic, randaugment"),
+    ({"augment": {"strength": 1.5}}, "bad.yaml: augment.strength: 1.5 is out of range; allowed >= 0 and <= 1"),
+    ({"train": {"epochs": 2.5}}, "bad.yaml: train.epochs: 2.5 is not allowed; expected an integer"),
+    ({"train": {"epochs": None}}, "bad.yaml: train.epochs: null is not allowed; expected int"),
+    ({"train": {"precision": "fp8"}}, "bad.yaml: train.precision: 'fp8' is not allowed; choose one of auto, fp32, bf16, fp16"),
+    ({"train": {"device": "tpu"}}, "bad.yaml: train.device: 'tpu' is not allowed; choose one of auto, cpu, cuda, cuda:N"),
+    ({"data": {"dataset": "mnist"}}, "bad.yaml: data.dataset: 'mnist' is not allowed; choose one of cifar10, cifar100"),
+    ({"data": {"val_fraction": 1}}, "bad.yaml: data.val_fraction: 1 is out of range; allowed >= 0 and < 1"),
+    ({"data": "cifar10"}, "bad.yaml: data: expected a mapping of keys, got 'cifar10'"),
+    ([1, 2], "bad.yaml: expected a mapping with sections model, data"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD)
+def test_bad_configs_are_rejected_with_one_line(tmp_path: Path, raw: object, message: str) -> None:
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(str(tmp_path)) and message in text
+
+
+def test_missing_file_and_broken_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("model: {name: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML \(line 2\)"):
+        load_config(tmp_path / "broken.yaml")

@@ -1,0 +1,59 @@
+import io
+
+import pytest
+import torch
+
+from trainers import config_from_dict, create_model, measure, state_dict_at
+from trainers.meter import count_macs
+
+from .test_models import FAMILIES
+
+
+def real_file_bytes(name: str, width: float, dtype: str, classes: int = 10) -> int:
+    buf = io.BytesIO()
+    torch.save(state_dict_at(create_model(name, num_classes=classes, width=width), dtype), buf)
+    return len(buf.getvalue())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("width", [0.25, 1.0])
+def test_meter_matches_a_real_torch_save(name: str, width: float) -> None:
+    m = measure(config_from_dict({"model": {"name": name, "width": width}}))
+    for dtype in ("fp32", "fp16", "int8"):
+        real = real_file_bytes(name, width, dtype)
+        assert abs(m.model_bytes[dtype] - real) <= 0.01 * real, (dtype, m.model_bytes[dtype], real)
+    assert m.params == sum(p.numel() for p in create_model(name, width=width).parameters())
+    assert m.model_bytes["fp16"] < 0.6 * m.model_bytes["fp32"]  # per-tensor overhead weighs on tiny models
+    assert abs(m.model_bytes["bf16"] - m.model_bytes["fp16"]) < 0.001 * m.model_bytes["fp16"]
+
+
+def test_macs_convention() -> None:
+    m = measure(config_from_dict({"model": {"name": "resnet18"}}))
+    assert m.macs == 555_422_720  # the published ~0.56 GMACs of CIFAR ResNet-18
+    assert m.flops == 2 * m.macs
+    # a single conv by hand: 3->8 channels, 3x3, 32x32 output
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, device="cpu")[0] == 8 * 32 * 32 * 3 * 3 * 3
+
+
+def test_classes_come_from_the_data(monkeypatch) -> None:
+    cfg100 = config_from_dict({"model": {"name": "mobilenet_v3"}, "data": {"dataset": "cifar100"}})
+    assert measure(cfg100).num_classes == 10  # the mini npz in HPS_DATA wins over data.dataset
+    monkeypatch.delenv("HPS_DATA")
+    m = measure(cfg100)
+    assert m.num_classes == 100
+    assert m.params == sum(p.numel() for p in create_model("mobilenet_v3", num_classes=100).parameters())
+
+
+def test_int8_state_dict_round_trips_within_quantisation_error() -> None:
+    model = create_model("airnet", width=0.25)
+    sd8 = state_dict_at(model, "int8")
+    w = model.state_dict()["fc.weight"]
+    restored = sd8["fc.weight"].float() * sd8["fc.weight._scale"]
+    assert (restored - w).abs().max() <= w.abs().max() / 127 + 1e-6
+
+
+def test_memory_estimate_grows_with_batch() -> None:
+    small = measure(config_from_dict({"train": {"batch_size": 32}}))
+    big = measure(config_from_dict({"train": {"batch_size": 256}}))
+    assert big.train_memory_mb > 4 * small.train_memory_mb > 0

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from trainers import create_model, list_models, round_channels
+from trainers.models import round_repeats
+
+FAMILIES = ["airnet", "efficientnet_b0", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "rescnn", "resnet18"]
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_every_family_is_registered() -> None:
+    assert list_models() == FAMILIES
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("classes", [10, 100])
+def test_family_builds_and_grows_with_width(name: str, classes: int) -> None:
+    counts = []
+    for width in (0.25, 0.5, 1.0):
+        model = create_model(name, num_classes=classes, width=width).eval()
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, 32, 32))
+        assert out.shape == (2, classes)
+        assert torch.isfinite(out).all()
+        counts.append(params(model))
+    assert counts[0] < counts[1] < counts[2]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_depth_and_dropout_knobs(name: str) -> None:
+    shallow, deep = create_model(name, depth=0.5), create_model(name, depth=2.0)
+    assert params(shallow) < params(deep)
+    model = create_model(name, dropout=0.3)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def test_resnet18_matches_the_cifar_reference() -> None:
+    assert params(create_model("resnet18")) == 11_173_962  # the CIFAR ResNet-18 everyone quotes
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in create_model("resnet18").modules())
+
+
+def test_round_channels() -> None:
+    assert round_channels(64, 1.0) == 64
+    assert round_channels(64, 0.65) == 40  # 41.6 -> nearest multiple of 8
+    assert round_channels(64, 0.01) == 8  # never below the divisor
+    assert all(round_channels(c, w) % 8 == 0 for c in (16, 24, 96, 1280) for w in (0.1, 0.33, 1.7))
+    assert all(round_channels(c, w) >= 0.9 * c * w for c in (16, 24, 96) for w in (0.3, 0.77, 1.3))
+    assert round_repeats(3, 0.1) == 1 and round_repeats(4, 1.5) == 6
+
+
+def test_unknown_model_and_bad_knobs() -> None:
+    with pytest.raises(ValueError, match="unknown model 'vgg'; choose one of airnet"):
+        create_model("vgg")
+    with pytest.raises(ValueError, match="width and depth must be > 0"):
+        create_model("resnet18", width=0)

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from trainers import config_from_dict, create_model
+from trainers.config import ScheduleConfig
+from trainers.optim import build_optimizer, lr_at
+
+
+def sched(**kw: object) -> ScheduleConfig:
+    return config_from_dict({"schedule": kw}).schedule
+
+
+def test_cosine_and_warmup() -> None:
+    s = sched(name="cosine", warmup_epochs=2)
+    assert lr_at(0.0, 10, 0.1, s) == pytest.approx(0.0, abs=1e-9)
+    assert lr_at(1.0, 10, 0.1, s) == pytest.approx(0.05)  # half-way through warmup
+    assert lr_at(2.0, 10, 0.1, s) == pytest.approx(0.1)
+    assert lr_at(6.0, 10, 0.1, s) == pytest.approx(0.05)  # half-way through the cosine
+    assert lr_at(10.0, 10, 0.1, s) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(10.0, 10, 0.1, sched(name="cosine", eta_min=0.001)) == pytest.approx(0.001)
+
+
+def test_step_multistep_none() -> None:
+    assert lr_at(37.9, 100, 1e-2, sched(name="step", step_size=38, gamma=0.5)) == pytest.approx(1e-2)
+    assert lr_at(38.0, 100, 1e-2, sched(name="step", step_size=38, gamma=0.5)) == pytest.approx(5e-3)
+    ms = sched(name="multistep", milestones=[70, 90], gamma=0.4)
+    assert [lr_at(e, 100, 1.0, ms) for e in (69, 70, 95)] == pytest.approx([1.0, 0.4, 0.16])
+    assert lr_at(50, 100, 0.3, sched(name="none")) == 0.3
+
+
+def test_sgdr_restarts() -> None:
+    s = sched(name="sgdr", t0=10, t_mult=2)
+    assert lr_at(9.999, 100, 1.0, s) < 1e-6
+    assert lr_at(10.0, 100, 1.0, s) == pytest.approx(1.0)  # restart
+    assert lr_at(20.0, 100, 1.0, s) == pytest.approx(0.5)  # half of the 20-epoch second period
+    assert lr_at(30.0, 100, 1.0, s) == pytest.approx(1.0)  # third period starts
+
+
+def test_onecycle_peaks_at_pct_start() -> None:
+    s = sched(name="onecycle", pct_start=0.25)
+    values = [lr_at(e / 10, 10, 1.0, s) for e in range(101)]
+    assert max(values) == pytest.approx(1.0) and values.index(max(values)) == 25
+    assert values[0] < 0.05 and values[-1] < 1e-6
+
+
+def test_no_weight_decay_on_norm_and_bias() -> None:
+    model = create_model("resnet18", width=0.25)
+    for name in ("sgd", "adam", "adamw", "radam"):
+        opt = build_optimizer(model, config_from_dict({"optimizer": {"name": name, "weight_decay": 0.01}}).optimizer)
+        decay, no_decay = opt.param_groups
+        assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+        assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+        assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    sgd = build_optimizer(model, config_from_dict({}).optimizer)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and math.isclose(sgd.defaults["momentum"], 0.9)

@@ -1,0 +1,41 @@
+"""The five report setups, written as configs, load and meet their stated budgets."""
+
+import pytest
+
+from tests.conftest import REPO
+from trainers import load_config, measure
+
+SEEDS = REPO / "spaces" / "seeds"
+
+
+@pytest.fixture(autouse=True)
+def _real_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPS_DATA")  # classes come from each config's dataset (10 or 100)
+
+
+def test_report000_efficientnet_fits_20mb_in_fp16() -> None:
+    m = measure(load_config(SEEDS / "report000_efficientnet_b0.yaml"))
+    assert m.model_bytes["fp16"] <= 20_000_000 and m.num_classes == 10
+
+
+def test_report001_resnet18_under_5m_params() -> None:
+    m = measure(load_config(SEEDS / "report001_resnet18.yaml"))
+    assert 4_500_000 < m.params < 5_000_000
+
+
+def test_report002_mobilenet_v3_under_macs_and_size_caps() -> None:
+    cfg = load_config(SEEDS / "report002_mobilenet_v3.yaml")
+    m = measure(cfg)
+    assert m.num_classes == 100
+    assert abs(m.macs - 11_776_320) / 11_776_320 < 0.01  # the report's figure is a MACs count
+    assert m.model_bytes["fp32"] < 4_400_000
+
+
+def test_report003_rescnn_under_5m_params() -> None:
+    assert measure(load_config(SEEDS / "report003_rescnn.yaml")).params < 5_000_000
+
+
+def test_report004_mobilenet_v1_protocol() -> None:
+    cfg = load_config(SEEDS / "report004_mobilenet_v1.yaml")
+    assert cfg.data.val_fraction == 0.2 and cfg.optimizer.lr == 0.05 and cfg.augment.mixup_alpha == 0.2
+    assert measure(cfg).num_classes == 100

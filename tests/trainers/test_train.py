@@ -1,0 +1,92 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO, tiny_config
+from trainers import TrainingDiverged, config_from_dict, load_config, train
+
+
+def test_a_short_run_learns() -> None:
+    cfg = config_from_dict(tiny_config(train={"epochs": 3}, data={"subset": 5000, "val_fraction": 0.1}))
+    seen: list[tuple[int, dict]] = []
+    result = train(cfg, report=lambda e, m: seen.append((e, m)))
+    assert [e for e, _ in seen] == [1, 2, 3]
+    keys = {"epoch", "train_loss", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"}
+    assert all(keys <= set(m) for _, m in seen)
+    assert result.val_acc is not None and result.val_acc > 0.30  # chance is 0.10
+    assert seen[-1][1]["train_loss"] < seen[0][1]["train_loss"]
+    assert result.config.data.path is not None  # the result carries its resolved config
+
+
+def test_same_seed_same_metrics_on_cpu() -> None:
+    cfg = config_from_dict(tiny_config(augment={"strength": 1.0, "mixup_alpha": 0.2}))
+    a, b = train(cfg), train(cfg)
+    strip = [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_s")} for m in a.history]
+    assert strip == [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_s")} for m in b.history]
+    c = train(config_from_dict(tiny_config(train={"seed": 1})))
+    assert c.history[-1]["val_loss"] != a.history[-1]["val_loss"]
+
+
+def test_report_exception_stops_training() -> None:
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def report(epoch: int, metrics: dict) -> None:
+        calls.append(epoch)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(config_from_dict(tiny_config(train={"epochs": 5})), report=report)
+    assert calls == [1]
+
+
+def test_divergence_is_a_clear_error() -> None:
+    cfg = config_from_dict(tiny_config(model={"name": "rescnn"}, optimizer={"lr": 10.0, "momentum": 0.99},
+                                       train={"epochs": 3}))
+    with pytest.raises(TrainingDiverged, match=r"training loss became (nan|inf) in epoch 1 \(lr [\d.]+\); training stopped"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "radam"])
+def test_other_optimizers_and_schedules_train(name: str) -> None:
+    cfg = config_from_dict(tiny_config(optimizer={"name": name, "lr": 2e-3}, train={"epochs": 1},
+                                       schedule={"name": "onecycle", "warmup_epochs": 0.5},
+                                       augment={"policy": "randaugment", "cutmix_alpha": 1.0}))
+    assert train(cfg).val_acc is not None
+
+
+def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(train={"epochs": 1})))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "retrain", str(cfg_path), "--test", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "test_acc" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1 and 0.0 <= metrics["test_acc"] <= 1.0
+    resolved = load_config(out / "config.yaml")
+    assert resolved.data.path is not None and resolved.train.epochs == 1
+    state = torch.load(out / "model.pt")
+    assert state["head.3.weight"].shape == (10, 128)  # 512 * width 0.25
+    # the resolved config retrains to the same numbers with the trainer alone
+    again = subprocess.run([sys.executable, "-m", "trainers", str(out / "config.yaml"), "--out", str(tmp_path / "r2")],
+                           capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["val_acc"] == metrics["val_acc"]
+
+
+def test_bad_config_in_cli_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("optimizer: {name: lion}\n")
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "retrain", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam" in proc.stderr

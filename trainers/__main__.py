@@ -1,0 +1,18 @@
+"""``python -m trainers CONFIG.yaml [--test] [--out DIR]``: retrain with the trainer alone."""
+
+import argparse
+import sys
+
+from trainers import ConfigError, DataError, TrainingDiverged, retrain
+
+parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
+parser.add_argument("config")
+parser.add_argument("--test", action="store_true", help="also score the test split")
+parser.add_argument("--out", default=None, help="output folder [runs/<name>]")
+args = parser.parse_args()
+try:
+    result = retrain(args.config, args.out, test=args.test,
+                     report=lambda e, m: print(f"epoch {e}: {m}", flush=True))
+except (ConfigError, DataError, TrainingDiverged) as e:
+    sys.exit(f"error: {e}")
+print(f"val_acc {result.val_acc} test_acc {result.test_acc}")
