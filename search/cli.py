@@ -78,6 +78,170 @@ def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML")],
     console.print(table)
 
 
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="study storage URL [$HPS_STORAGE or sqlite:///hps.db]")]
+ArtifactsOpt = Annotated[Path | None, typer.Option("--artifacts", help="artifact folder [$HPS_ARTIFACTS or hps-artifacts]")]
+
+
+def _artifacts(path: Path | None) -> Path:
+    import os
+
+    return path or Path(os.environ.get("HPS_ARTIFACTS", "hps-artifacts"))
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@app.command()
+@_user_errors
+def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spaces/quickstart.yaml")],
+        storage: StorageOpt = None,
+        trials: Annotated[int | None, typer.Option("--trials", min=1, help="finished trials wanted [study.trials]")] = None,
+        ray: Annotated[str | None, typer.Option("--ray", help="run on Ray: auto, local or ADDRESS")] = None,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="concurrent trials (Ray)")] = 2,
+        gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="GPU share per trial (Ray)")] = 0.0,
+        live: Annotated[bool, typer.Option("--live/--no-live", help="live view")] = True) -> None:
+    """Run (or resume) a study until it holds the requested number of finished trials."""
+    from search.executors import InProcessExecutor
+    from search.progress import LiveView
+    from search.space import load_space
+    from search.study import finished, get_storage, open_study, redact, storage_url
+    from trainers import load_data
+
+    _quiet_optuna()
+    space = load_space(space_file)
+    target = trials or space.spec.study.trials
+    url = storage_url(storage)
+    load_data(space.base.data)  # data problems surface before any trial
+    store = get_storage(url, heartbeat=False)
+    study = open_study(space, store)
+    before = finished(study)
+    console.print(f"study [bold]{space.name}[/] on {redact(url)}: {before} finished, {max(target - before, 0)} owed",
+                  highlight=False)
+    if ray is not None:
+        from search.ray import RayExecutor
+
+        executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial)
+    else:
+        executor = InProcessExecutor()
+    if live:
+        with LiveView(space.name, url, target, console):
+            executor.run(space, url, target)
+    else:
+        executor.run(space, url, target)
+    _summary(study, target)
+    store.engine.dispose()
+
+
+def _summary(study: object, target: int) -> None:
+    from optuna.trial import TrialState
+
+    from search.export import best_trial
+    from search.study import finished
+
+    trials = study.get_trials(deepcopy=False)  # type: ignore[attr-defined]
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    console.print(f"{finished(study)}/{target} finished: " + ", ".join(f"{v} {k}" for k, v in states.items()),  # type: ignore[arg-type]
+                  highlight=False)
+    try:
+        best = best_trial(study)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001
+        console.print("no complete feasible trial yet")
+        return
+    name = study.study_name  # type: ignore[attr-defined]
+    console.print(f"best: trial {best.number} value {best.values[0]:.4f}; "
+                  f"export it with: hps export {name} -o best.yaml", highlight=False)
+
+
+@app.command()
+@_user_errors
+def status(study: Annotated[str | None, typer.Argument(help="study name; omit to list studies")] = None,
+           storage: StorageOpt = None) -> None:
+    """A table of studies, or of one study's trials with budget figures and prune reasons."""
+    import optuna
+
+    from search.budget import human
+    from search.study import get_storage, load_study
+
+    _quiet_optuna()
+    store = get_storage(storage, heartbeat=False)
+    if study is None:
+        table = Table("study", "trials", "directions", "best value")
+        for s in optuna.get_all_study_summaries(store):
+            best = f"{s.best_trial.values[0]:.4f}" if s.best_trial and s.best_trial.values else "-"
+            table.add_row(s.study_name, str(s.n_trials), ", ".join(d.name.lower() for d in s.directions), best)
+        console.print(table)
+        return
+    st = load_study(study, store)
+    table = Table(title=study)
+    for col in ("#", "state", "value", "params", "bytes", "MACs", "secs"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("note", ratio=1, min_width=24)
+    for t in st.get_trials(deepcopy=False):
+        fig = t.user_attrs.get("budget", {})
+        value = f"{t.values[0]:.4f}" if t.values else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
+                                                        if t.intermediate_values else "-")
+        reason = t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason") or t.user_attrs.get("warm_start", "")
+        table.add_row(str(t.number), t.state.name.lower(), value, human(fig["params"]) if fig else "-",
+                      human(fig["model_bytes"]) if fig else "-", human(fig["macs"]) if fig else "-",
+                      f"{t.user_attrs.get('device_seconds', 0):.1f}", reason)
+    console.print(table)
+    console.print("* last intermediate value of a pruned trial", style="dim")
+
+
+@app.command()
+@_user_errors
+def export(study: Annotated[str, typer.Argument(help="study name")],
+           out: Annotated[Path, typer.Option("-o", "--out", help="YAML to write")] = Path("best.yaml"),
+           trial: Annotated[int | None, typer.Option("--trial", help="a trial number instead of the best")] = None,
+           storage: StorageOpt = None, artifacts: ArtifactsOpt = None) -> None:
+    """Write the best feasible trial as a config that hps retrain takes unchanged."""
+    from search.export import export as run_export
+    from search.study import get_storage, load_study, storage_url
+
+    _quiet_optuna()
+    store = get_storage(storage, heartbeat=False)
+    t = run_export(load_study(study, store), out, storage_url(storage), number=trial, artifact_dir=_artifacts(artifacts))
+    console.print(f"wrote {out}: trial {t.number}, value {t.values[0]:.4f}; retrain with: hps retrain {out}",
+                  highlight=False)
+
+
+@app.command()
+@_user_errors
+def plot(study: Annotated[str, typer.Argument(help="study name")],
+         out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("plots"),
+         storage: StorageOpt = None) -> None:
+    """Optimisation history, parameter importance, intermediate values (and Pareto front): HTML and PNG."""
+    from search.export import plot as run_plot
+    from search.study import get_storage, load_study
+
+    _quiet_optuna()
+    files = run_plot(load_study(study, get_storage(storage, heartbeat=False)), out)
+    console.print(f"wrote {len(files)} files to {out}/", highlight=False)
+
+
+@app.command()
+@_user_errors
+def dashboard(storage: StorageOpt = None,
+              host: Annotated[str, typer.Option("--host", help="bind address")] = "127.0.0.1",
+              port: Annotated[int, typer.Option("--port")] = 8080, artifacts: ArtifactsOpt = None) -> None:
+    """Start optuna-dashboard on the study storage (localhost unless --host says otherwise)."""
+    import os
+    import shutil
+
+    from search.study import storage_url
+
+    exe = shutil.which("optuna-dashboard") or "optuna-dashboard"
+    art = _artifacts(artifacts)
+    art.mkdir(parents=True, exist_ok=True)
+    os.execvp(exe, [exe, storage_url(storage), "--host", host, "--port", str(port), "--artifact-dir", str(art)])
+
+
 @app.command()
 def models() -> None:
     """List the model families and their knobs."""

@@ -298,6 +298,19 @@ def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str,
     return config_from_dict(data, source)
 
 
+def check_value(key: str, value: Any, source: str = "<value>") -> Any:
+    """Validate one dotted key's value on its own (type, choices, range); returns it coerced."""
+    if key not in flat_keys():
+        raise ConfigError(f"{source}: {key}: not a trainer key; allowed: {', '.join(flat_keys())}")
+    section, name = key.split(".", 1)
+    cls = get_type_hints(TrainConfig)[section]
+    fld = {f.name: f for f in dataclasses.fields(cls)}[name]
+    where = f"{source}: {key}"
+    coerced = _coerce(value, get_type_hints(cls)[name], where)
+    _check(coerced, fld.metadata, where, shown=value)
+    return coerced
+
+
 def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
 

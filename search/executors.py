@@ -1,0 +1,77 @@
+"""Executors run trials of a study until it holds the requested number of finished trials.
+
+The interface the in-process and Ray executors share: ``executor.run(space, url, target)``,
+returning when the study has ``target`` finished (COMPLETE + PRUNED) trials, its timeout or
+compute budget is spent, or trials keep failing. Each worker calls ``study.optimize`` against the
+shared storage, so Optuna's heartbeats run and its pruner decides.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objective import Objective
+from search.space import Space
+from search.study import FINISHED, get_storage, open_study
+
+MAX_FAILS_IN_A_ROW = 3
+
+
+class Executor(Protocol):
+    def run(self, space: Space, url: str, target: int) -> None: ...
+
+
+def device_seconds(study: optuna.Study) -> float:
+    return sum(float(t.user_attrs.get("device_seconds", 0.0)) for t in study.get_trials(deepcopy=False))
+
+
+class StudyBudget:
+    """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``."""
+
+    def __init__(self, max_device_hours: float | None) -> None:
+        self.limit = None if max_device_hours is None else max_device_hours * 3600
+
+    def spent(self, study: optuna.Study) -> bool:
+        return self.limit is not None and device_seconds(study) >= self.limit
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.spent(study):
+            study.set_user_attr("stopped", f"compute budget spent: {device_seconds(study):.0f} device-seconds")
+            study.stop()
+
+
+class FailureGuard:
+    """Stops a worker after ``MAX_FAILS_IN_A_ROW`` failed trials: a bug, not bad luck."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.streak >= MAX_FAILS_IN_A_ROW:
+            study.stop()
+
+
+def optimize(space: Space, url: str, target: int, *, pool_size: int = 2) -> None:
+    """One worker's loop (in this process): shared by the in-process executor and Ray actors."""
+    storage = get_storage(url, pool_size=pool_size)
+    try:
+        study = open_study(space, storage)
+        budget = StudyBudget(space.budget.max_device_hours)
+        if budget.spent(study) or len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
+            return
+        study.optimize(Objective(space), timeout=space.spec.study.timeout, catch=(Exception,),
+                       callbacks=[MaxTrialsCallback(target, states=FINISHED), budget, FailureGuard()])
+    finally:
+        storage.engine.dispose()
+
+
+class InProcessExecutor:
+    """Trials one after another in this process (the embedded default)."""
+
+    def run(self, space: Space, url: str, target: int) -> None:
+        optimize(space, url, target)

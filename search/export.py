@@ -1,0 +1,116 @@
+"""The best feasible trial as a retrain YAML with a provenance block, and study plots."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import StudyError
+from search.study import redact
+from trainers import config_from_dict, dump_config
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return all(v <= 0 for v in t.constraints.values())
+
+
+def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    """The trial ``number``, or the best COMPLETE feasible one (multi-objective: the Pareto
+    trial with the best first objective)."""
+    if number is not None:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not matches or matches[0].state != TrialState.COMPLETE or "config" not in matches[0].user_attrs:
+            raise StudyError(f"study {study.study_name!r}: trial {number} is not a complete hps trial")
+        return matches[0]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t) and "config" in t.user_attrs]
+    if not done:
+        raise StudyError(f"study {study.study_name!r} has no complete trial that meets its budget yet")
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    pool = study.best_trials if len(study.directions) > 1 else done
+    return max((t for t in pool if feasible(t)), key=lambda t: (sign * t.values[0], -t.number))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[str, Any]:
+    versions = {}
+    for pkg in ("hps", "torch", "torchvision", "optuna"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "study": study.study_name, "trial": trial.number, "values": list(trial.values),
+        "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
+        "budget_figures": trial.user_attrs.get("budget", {}), "constraints": trial.constraints,
+        "device_seconds": trial.user_attrs.get("device_seconds"), "storage": redact(storage),
+        "versions": versions, "git_commit": _git_commit(),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def export(study: optuna.Study, out: Path, storage: str, *, number: int | None = None,
+           artifact_dir: Path | None = None) -> FrozenTrial:
+    """Write the trial's full trainer config plus ``provenance`` (which retrain ignores) and attach
+    the file to the study as an optuna-dashboard artifact."""
+    trial = best_trial(study, number)
+    cfg = config_from_dict(trial.user_attrs["config"], f"study {study.study_name} trial {trial.number}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out, extra={"provenance": provenance(study, trial, storage)})
+    if artifact_dir is not None:
+        from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(out),
+                        study_or_trial=study, mimetype="application/yaml")
+    return trial
+
+
+def plot(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optimisation history, parameter importance, intermediate values and (multi-objective) the
+    Pareto front, each as HTML (plotly) and PNG (matplotlib). Plots that need more trials than
+    the study has are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna import visualization as vis
+    from optuna.visualization import matplotlib as vmpl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    multi = len(study.directions) > 1
+    kw: dict[str, Any] = {"target": lambda t: t.values[0], "target_name": "objective 0"} if multi else {}
+    plots: dict[str, tuple[Any, Any, dict[str, Any]]] = {
+        "history": (vis.plot_optimization_history, vmpl.plot_optimization_history, kw),
+        "importance": (vis.plot_param_importances, vmpl.plot_param_importances, kw),
+        "intermediate": (vis.plot_intermediate_values, vmpl.plot_intermediate_values, {}),
+    }
+    if multi:
+        plots["pareto"] = (vis.plot_pareto_front, vmpl.plot_pareto_front, {})
+    written = []
+    for name, (html_fn, png_fn, args) in plots.items():
+        try:
+            html_fn(study, **args).write_html(out_dir / f"{name}.html")
+            ax = png_fn(study, **args)
+        except (ValueError, RuntimeError) as e:  # too few trials for this plot
+            (out_dir / f"{name}.skipped.txt").write_text(f"{e}\n")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written += [out_dir / f"{name}.html", out_dir / f"{name}.png"]
+    return written

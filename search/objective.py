@@ -1,0 +1,97 @@
+"""One trial: sample a config, pre-screen the budget, train with per-epoch pruning.
+
+Outcomes, each stored on the trial:
+- budget broken before training -> PRUNED, no intermediate values, constraints set,
+  ``prune_reason`` names each broken limit;
+- pruner, max_trial_seconds, max_epochs, GPU memory, CUDA OOM, NaN/inf loss -> PRUNED with
+  its intermediate values and ``prune_reason``;
+- any other exception -> FAIL with ``fail_reason`` (the worker carries on).
+User attrs: ``config`` (the full trainer config), ``budget`` (measured figures),
+``device_seconds`` (training wall time; the study's compute budget sums it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+import torch
+
+from search.budget import check
+from search.space import Space, suggest
+from trainers import ConfigError, TrainingDiverged, config_to_dict, train
+
+
+class _Stop(optuna.TrialPruned):
+    """A budget limit reached during training."""
+
+
+class Objective:
+    """Picklable: Ray ships it to workers, which load their data once per process."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        space, budget = self.space, self.space.budget
+        try:
+            cfg = suggest(space, trial)
+        except ConfigError as e:
+            return _prune(trial, f"invalid config: {e}")
+        trial.set_user_attr("config", config_to_dict(cfg))
+        screen = check(cfg, budget)
+        trial.set_user_attr("budget", screen.figures)
+        for key, value in screen.constraints.items():
+            trial.set_constraint(key, value)
+        if not screen.feasible:
+            return _prune(trial, "over budget: " + "; ".join(screen.violations))
+
+        metric = space.spec.objectives[0]
+        start = time.perf_counter()
+        cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            value = metrics[metric]
+            if not space.multi_objective:
+                trial.report(value, epoch)
+            elapsed = time.perf_counter() - start
+            if budget.max_trial_seconds is not None and elapsed > budget.max_trial_seconds:
+                raise _Stop(f"ran {elapsed:.0f} s > max_trial_seconds {budget.max_trial_seconds:g} at epoch {epoch}")
+            if budget.max_gpu_memory_mb is not None and cuda:
+                used = torch.cuda.max_memory_allocated() / 2**20
+                if used > budget.max_gpu_memory_mb:
+                    raise _Stop(f"GPU memory {used:.0f} MiB > max_gpu_memory_mb {budget.max_gpu_memory_mb:g}")
+            if not space.multi_objective and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by {space.spec.study.pruner.name} at epoch {epoch} "
+                                         f"({metric} {value:.4f})")
+
+        try:
+            result = train(cfg, report)
+        except optuna.TrialPruned as e:
+            return _prune(trial, str(e), start)
+        except TrainingDiverged as e:
+            return _prune(trial, str(e), start)
+        except torch.cuda.OutOfMemoryError:
+            return _prune(trial, f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})", start)
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr("device_seconds", time.perf_counter() - start)
+            raise
+        trial.set_user_attr("device_seconds", time.perf_counter() - start)
+        value = result.history[-1][metric]
+        if space.multi_objective:
+            return value, float(screen.figures[space.spec.objectives[1]])
+        return value
+
+
+def _prune(trial: optuna.Trial, reason: str, start: float | None = None) -> Any:
+    trial.set_user_attr("prune_reason", reason)
+    if start is not None:
+        trial.set_user_attr("device_seconds", time.perf_counter() - start)
+    raise optuna.TrialPruned(reason)
+
+
+__all__ = ["Objective"]

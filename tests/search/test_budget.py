@@ -1,0 +1,42 @@
+import pytest
+
+from search.budget import check, fit_width, human
+from search.space import Budget
+from trainers import config_from_dict, measure, with_overrides
+
+
+def test_check_reports_each_broken_limit() -> None:
+    cfg = config_from_dict({"model": {"name": "resnet18", "width": 0.5}, "train": {"epochs": 30}})
+    m = measure(cfg)
+    result = check(cfg, Budget(max_params=1_000_000, max_model_bytes=100_000_000, max_macs=m.macs, max_epochs=10))
+    assert not result.feasible
+    assert result.constraints == {"max_params": m.params - 1_000_000, "max_model_bytes": m.model_bytes["fp32"] - 100_000_000,
+                                  "max_macs": 0.0, "max_epochs": 20.0}
+    assert result.violations == ["params 2.8M > max_params 1M", "epochs 30 > max_epochs 10"]
+    assert result.figures["params"] == m.params and result.figures["flops"] == 2 * m.macs
+
+
+def test_storage_dtype_decides_the_file_size() -> None:
+    cfg = config_from_dict({"model": {"name": "efficientnet_b0", "width": 1.4}})
+    fp32, fp16 = check(cfg, Budget(max_model_bytes=20_000_000)), check(cfg, Budget(max_model_bytes=20_000_000, storage_dtype="fp16"))
+    assert not fp32.feasible and fp16.feasible  # report 000's trick
+    assert fp32.violations[0].startswith("model bytes at fp32 ")
+
+
+@pytest.mark.parametrize("budget", [Budget(max_params=5_000_000), Budget(max_macs=50_000_000), Budget(max_model_bytes=3_000_000, storage_dtype="fp16")])
+def test_fit_width_finds_the_largest_feasible_width(budget: Budget) -> None:
+    cfg = config_from_dict({"model": {"name": "resnet18"}})
+    w = fit_width(cfg, budget, 0.1, 2.0)
+    assert w is not None and 0.1 < w < 2.0
+    assert check(with_overrides(cfg, {"model.width": w}), budget).feasible
+    assert not check(with_overrides(cfg, {"model.width": w * 1.02 + 0.01}), budget).feasible
+
+
+def test_fit_width_edges() -> None:
+    cfg = config_from_dict({"model": {"name": "airnet"}})
+    assert fit_width(cfg, Budget(max_params=10**9), 0.1, 1.0) == 1.0
+    assert fit_width(cfg, Budget(max_params=10), 0.1, 1.0) is None
+
+
+def test_human() -> None:
+    assert [human(x) for x in (512, 7_100_000, 20_000_000, 1.5e9)] == ["512", "7.1M", "20M", "1.5G"]

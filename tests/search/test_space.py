@@ -1,0 +1,169 @@
+"""Space files: the shipped ones load; bad ones fail with one line naming file, key, value, allowed."""
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from search.errors import SpaceError
+from search.space import load_space, suggest
+from tests.conftest import REPO
+
+VALID: dict[str, Any] = {
+    "study": {"name": "t", "trials": 4, "sampler": {"name": "tpe"}, "pruner": {"name": "asha"}},
+    "base": {"model": {"name": "resnet18", "width": 0.25}, "train": {"epochs": 3}},
+    "space": {
+        "model.width": {"low": 0.125, "high": 0.5},
+        "optimizer.name": {"choices": ["sgd", "adamw"]},
+        "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer.name": "sgd"}},
+        "schedule.name": {"choices": ["cosine", "multistep"]},
+        "schedule.milestones": {"choices": [[1, 2], [2]], "when": {"schedule.name": "multistep"}},
+    },
+    "budget": {"max_params": 1_000_000, "max_epochs": 3},
+}
+
+
+def write(tmp_path: Path, data: Any, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def patched(**changes: Any) -> dict[str, Any]:
+    """VALID with dotted-path changes; a value of ... deletes the key."""
+    data = copy.deepcopy(VALID)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("/")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is ...:
+            node.pop(last)
+        else:
+            node[last] = value
+    return data
+
+
+def test_valid_space_loads(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, VALID))
+    assert space.name == "t" and space.directions == ["maximize"] and not space.multi_objective
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPS_DATA")  # classes from each space's own dataset
+    space = load_space(path)
+    assert space.name == path.stem  # a study is named after its file
+    if path.stem != "quickstart":
+        assert space.warm_start, "report spaces start from the report's hand-found config"
+
+
+def test_suggest_respects_conditions(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, VALID))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        cfg = suggest(space, trial)
+        assert ("optimizer.momentum" in trial.params) == (cfg.optimizer.name == "sgd")
+        assert ("schedule.milestones" in trial.params) == (cfg.schedule.name == "multistep")
+        if cfg.schedule.name == "multistep":
+            assert cfg.schedule.milestones in ([1.0, 2.0], [2.0])  # lists stored as JSON text, decoded back
+        seen.add((cfg.optimizer.name, cfg.schedule.name))
+        study.tell(trial, 0.0)
+    assert len(seen) == 4
+
+
+BAD = [
+    ("study/name", ..., "s.yaml: study.name: required key is missing"),
+    ("study/name", "my study", "s.yaml: study.name: 'my study': String should match pattern"),
+    ("study/metric", "top5", "s.yaml: study.metric: 'top5': Input should be 'val_acc' or 'val_loss'"),
+    ("study/direction", "minimize", "s.yaml: study: direction 'minimize' contradicts metric 'val_acc', which is maximized"),
+    ("study/trials", 0, "s.yaml: study.trials: 0: Input should be greater than or equal to 1"),
+    ("study/timeout", -5, "s.yaml: study.timeout: -5: Input should be greater than 0"),
+    ("study/sampler", {"name": "bayes"}, "s.yaml: study.sampler: name 'bayes' is not allowed; choose one of tpe, random, cmaes, nsga2, gp"),
+    ("study/sampler", {"name": "tpe", "args": {"n_startup": 3}}, "s.yaml: study.sampler: tpe has no argument 'n_startup'; allowed: consider_prior"),
+    ("study/pruner", {"name": "patient"}, "s.yaml: study.pruner: name 'patient' is not allowed; choose one of asha, hyperband, median, none"),
+    ("study/pruner", {"name": "asha", "args": {"eta": 3}}, "s.yaml: study.pruner: asha has no argument 'eta'; allowed: min_resource, reduction_factor"),
+    ("study/seed", "x", "s.yaml: study.seed: 'x': Input should be a valid integer"),
+    ("studdy", {}, "s.yaml: unknown key 'studdy'; allowed keys: study, base, fixed, space, budget, objectives, warm_start"),
+    ("space/optimizer.lrr", {"low": 0.1, "high": 1}, "s.yaml: space.optimizer.lrr: not a trainer key; allowed: model.name"),
+    ("space/optimizer.lr", {"lo": 0.1, "high": 1}, "s.yaml: space.optimizer.lr: unknown key 'lo'; allowed keys: type, low, high, log, step, choices, when"),
+    ("space/optimizer.lr", {"low": 0.5, "high": 0.1}, "s.yaml: space.optimizer.lr: low 0.5 > high 0.1"),
+    ("space/optimizer.lr", {"low": 0, "high": 0.1, "log": True}, "s.yaml: space.optimizer.lr: log needs low > 0, got low 0"),
+    ("space/optimizer.lr", {"low": 0.01, "high": 0.1, "log": True, "step": 0.01}, "s.yaml: space.optimizer.lr: log and step cannot be combined"),
+    ("space/optimizer.lr", {"low": 0.01}, "s.yaml: space.optimizer.lr: type 'float' needs low and high"),
+    ("space/optimizer.lr", {"type": "beta", "low": 0, "high": 1}, "s.yaml: space.optimizer.lr.type: 'beta': Input should be 'float', 'int', 'categorical' or 'fit'"),
+    ("space/optimizer.lr", {"low": 0.0, "high": 0.1}, "s.yaml: space.optimizer.lr: 0.0 is out of range; allowed > 0 and <= 10"),
+    ("space/optimizer.lr", {"low": 0.1, "high": 20}, "s.yaml: space.optimizer.lr: 20.0 is out of range; allowed > 0 and <= 10"),
+    ("space/train.batch_size", {"type": "int", "low": 32.5, "high": 128}, "s.yaml: space.train.batch_size: type 'int' needs integer low and high, got 32.5, 128"),
+    ("space/optimizer.name", {"choices": []}, "s.yaml: space.optimizer.name: choices is empty; give at least one value"),
+    ("space/optimizer.name", {"choices": ["sgd"], "low": 1}, "s.yaml: space.optimizer.name: a categorical takes choices only"),
+    ("space/optimizer.name", {"choices": ["sgd", "lion"]}, "s.yaml: space.optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam"),
+    ("space/model.name", {"choices": ["resnet18", "vit"]}, "s.yaml: space.model.name: 'vit' is not allowed; choose one of airnet, efficientnet_b0"),
+    ("space/schedule.name", {"choices": ["cosine", "poly"]}, "s.yaml: space.schedule.name: 'poly' is not allowed; choose one of none, step, multistep, cosine, sgdr, onecycle"),
+    ("space/augment.policy", {"choices": ["basic", "cutout"]}, "s.yaml: space.augment.policy: 'cutout' is not allowed; choose one of none, basic, randaugment"),
+    ("space/augment.strength", {"low": 0.5, "high": 1.5}, "s.yaml: space.augment.strength: 1.5 is out of range; allowed >= 0 and <= 1"),
+    ("space/optimizer.momentum", {"low": 0.8, "high": 0.9, "when": {"optim.name": "sgd"}}, "s.yaml: space.optimizer.momentum.when.optim.name: not a trainer key"),
+    ("space/optimizer.momentum", {"low": 0.8, "high": 0.9, "when": {"schedule.name": "cosine"}, "x": 1}, "s.yaml: space.optimizer.momentum: unknown key 'x'"),
+    ("space/schedule.milestones", {"choices": [[1]], "when": {"schedule.name": "poly"}}, "s.yaml: space.schedule.milestones.when.schedule.name: 'poly' is not allowed; choose one of none"),
+    ("space/optimizer.lr", {"type": "fit", "low": 0.1, "high": 1}, "s.yaml: space.optimizer.lr: type 'fit' is only for model.width"),
+    ("budget/max_parms", 5, "s.yaml: budget: unknown key 'max_parms'; allowed keys: max_params, max_model_bytes, storage_dtype"),
+    ("budget/max_params", -5, "s.yaml: budget.max_params: -5: Input should be greater than 0"),
+    ("budget/storage_dtype", "fp8", "s.yaml: budget.storage_dtype: 'fp8': Input should be 'fp32', 'fp16', 'bf16' or 'int8'"),
+    ("budget/max_macs", 100, "s.yaml: budget: smallest config (resnet18 at width 0.125) has MACs 8.87M > max_macs 100"),
+    ("budget/max_params", 100_000, "s.yaml: budget: smallest config (resnet18 at width 0.125) has params 176k > max_params 100k"),
+    ("budget/max_epochs", 2, "s.yaml: base.train.epochs: 3 breaks budget.max_epochs 2; lower one of them"),
+    ("base", {"model": {"name": "resnet18", "widht": 1}}, "s.yaml: base: model.widht: unknown key; allowed keys: name, width, depth, dropout"),
+    ("base", "missing.yaml", "missing.yaml: file not found"),
+    ("fixed", {"train.epochz": 3}, "s.yaml: fixed: train.epochz: not a trainer key; allowed: model.name"),
+    ("fixed", {"train.epochs": 0}, "s.yaml: fixed: train.epochs: 0 is out of range; allowed >= 1 and <= 10000"),
+    ("objectives", ["val_acc", "latency"], "s.yaml: objectives: [\"val_acc\", \"latency\"]: second objective 'latency' is not allowed; choose one of params, macs, flops, model_bytes"),
+    ("objectives", ["top1"], "s.yaml: objectives: [\"top1\"]: first objective 'top1' is not allowed; choose one of val_acc, val_loss"),
+    ("objectives", ["val_acc", "params", "macs"], "s.yaml: objectives: [\"val_acc\", \"params\", \"macs\"]: give 1 or 2 objectives, got 3"),
+    ("warm_start", [{"optimizer.lr": 0.1}], "s.yaml: warm_start[0].optimizer.lr: not a searched key; searched: model.width"),
+    ("warm_start", [{"model.width": 2.0}], "s.yaml: warm_start[0].model.width: 2.0 lies outside the space (float in [0.125, 0.5])"),
+    ("warm_start", [{"optimizer.name": "adam"}], "s.yaml: warm_start[0].optimizer.name: 'adam' lies outside the space (choices 'sgd', 'adamw')"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
+def test_bad_space_is_one_clear_line(tmp_path: Path, path: str, value: Any, message: str) -> None:
+    with pytest.raises(SpaceError) as info:
+        load_space(write(tmp_path, patched(**{path: value})))
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(str(tmp_path)), text
+    assert message in text, text
+
+
+def test_more_than_thirty_distinct_bad_inputs() -> None:
+    assert len({m for *_, m in BAD}) >= 30
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, "nope.yaml: file not found"),
+    ("study: {name: [\n", "s.yaml: not valid YAML (line 2)"),
+    ("- 1\n- 2\n", "s.yaml: expected a mapping with keys study, base, fixed, space"),
+])
+def test_unreadable_space_files(tmp_path: Path, text: str | None, message: str) -> None:
+    path = tmp_path / "nope.yaml" if text is None else write(tmp_path, text)
+    with pytest.raises(SpaceError, match=None) as info:
+        load_space(path)
+    assert message in str(info.value)
+
+
+def test_fit_needs_a_size_budget(tmp_path: Path) -> None:
+    data = patched(**{"space/model.width": {"type": "fit", "low": 0.1, "high": 1.0}, "budget": {"max_epochs": 3}})
+    with pytest.raises(SpaceError, match=r"space\.model\.width: type 'fit' needs a size budget"):
+        load_space(write(tmp_path, data))
+
+
+def test_when_must_follow_its_key(tmp_path: Path) -> None:
+    data = copy.deepcopy(VALID)
+    data["space"] = {"optimizer.momentum": {"low": 0.8, "high": 0.9, "when": {"optimizer.name": "sgd"}},
+                     "optimizer.name": {"choices": ["sgd", "adam"]}}
+    with pytest.raises(SpaceError, match=r"space\.optimizer\.momentum\.when\.optimizer\.name: must come before optimizer\.momentum"):
+        load_space(write(tmp_path, data))
