@@ -16,8 +16,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The main job: a small real study on the embedded default (SQLite file hps.db), then export and retrain.
 demo: install
-	$(BIN)/hps retrain spaces/seeds/quickstart.yaml --test --out runs/quickstart
+	$(BIN)/hps run spaces/quickstart.yaml
+	$(BIN)/hps export quickstart -o runs/quickstart-best.yaml
+	$(BIN)/hps retrain runs/quickstart-best.yaml --test --out runs/quickstart-best
 
 lint: install
 	$(BIN)/ruff check .

@@ -129,11 +129,15 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial)
     else:
         executor = InProcessExecutor()
-    if live:
-        with LiveView(space.name, url, target, console):
+    try:
+        if live:
+            with LiveView(space.name, url, target, console):
+                executor.run(space, url, target)
+        else:
             executor.run(space, url, target)
-    else:
-        executor.run(space, url, target)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume (finished trials are kept)")
+        raise typer.Exit(130) from None
     _summary(study, target)
     store.engine.dispose()
 
@@ -150,7 +154,7 @@ def _summary(study: object, target: int) -> None:
                   highlight=False)
     try:
         best = best_trial(study)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001
+    except Exception:
         console.print("no complete feasible trial yet")
         return
     name = study.study_name  # type: ignore[attr-defined]

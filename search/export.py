@@ -47,7 +47,7 @@ def _git_commit() -> str | None:
 
 
 def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("hps", "torch", "torchvision", "optuna"):
         try:
             versions[pkg] = metadata.version(pkg)

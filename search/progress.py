@@ -62,7 +62,7 @@ class LiveView:
             while not self.stop.wait(self.every):
                 try:
                     live.update(self._panel())
-                except Exception:  # noqa: BLE001 - the view must never kill the run
+                except Exception:
                     continue
             live.update(self._panel())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any
 
 import optuna
@@ -41,12 +42,14 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
     if not url.startswith("sqlite"):
         engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
     hb: dict[str, Any] = {}
-    if heartbeat:
-        hb = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
-              "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
     try:
-        return RDBStorage(url, engine_kwargs=engine, **hb)
-    except Exception as e:  # noqa: BLE001 - any connection problem is the user's to fix
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and relied on here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat:
+                hb = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
+                      "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            return RDBStorage(url, engine_kwargs=engine, **hb)
+    except Exception as e:
         raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
 
 
@@ -74,7 +77,8 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
 def open_study(space: Space, storage: RDBStorage) -> optuna.Study:
     """Create the space's study, or load it to resume; warm-start params are enqueued once."""
     study = optuna.create_study(study_name=space.name, storage=storage, load_if_exists=True,
-                                directions=space.directions, sampler=make_sampler(space), pruner=make_pruner(space))
+                                directions=space.directions,  # type: ignore[arg-type]
+                                sampler=make_sampler(space), pruner=make_pruner(space))
     if [d.name.lower() for d in study.directions] != space.directions:
         raise StudyError(f"study {space.name!r} exists with directions "
                          f"{[d.name.lower() for d in study.directions]}, the space asks {space.directions}")

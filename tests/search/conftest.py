@@ -1,0 +1,60 @@
+"""Real storages (a SQLite file and the local PostgreSQL) and a small space on real CIFAR images."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+PG_URL = os.environ.get("HPS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+# airnet on 1,500 images, 3 epochs: about a second a trial. Trial 0 (warm start) is over budget,
+# trial 1 is a sound config that completes, trial 2 barely learns and is pruned after epoch 1.
+SMALL: dict[str, Any] = {
+    "study": {"name": "x", "trials": 5, "seed": 0, "sampler": {"name": "tpe"},
+              "pruner": {"name": "median", "args": {"n_startup_trials": 1}}},
+    "base": {"model": {"name": "airnet", "width": 0.25}, "data": {"subset": 1500, "val_fraction": 0.2},
+             "optimizer": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 3, "batch_size": 100, "device": "cpu"}},
+    "space": {"model.width": {"low": 0.125, "high": 1.0}, "optimizer.lr": {"low": 1.0e-4, "high": 0.2, "log": True}},
+    "budget": {"max_params": 300_000, "max_epochs": 3},
+    "warm_start": [{"model.width": 1.0, "optimizer.lr": 0.05}, {"model.width": 0.25, "optimizer.lr": 0.05},
+                   {"model.width": 0.25, "optimizer.lr": 1.0e-4}],
+}
+
+
+def write_space(tmp_path: Path, name: str, **changes: Any) -> Path:
+    data = copy.deepcopy(SMALL)
+    data["study"]["name"] = name
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hps.db'}"
+        return
+    yield PG_URL
+
+
+@pytest.fixture
+def study_name() -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=PG_URL)

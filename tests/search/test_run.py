@@ -1,0 +1,265 @@
+"""Real studies on SQLite and PostgreSQL with real CIFAR images and the real trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import search.objective
+from search.executors import InProcessExecutor
+from search.export import export, plot
+from search.space import load_space
+from search.study import get_storage, open_study
+from tests.conftest import REPO
+from tests.search.conftest import PG_URL, write_space
+from trainers import TrainConfig, load_config, train
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """Records every config that reaches the real trainer."""
+    seen: list[TrainConfig] = []
+
+    def recording_train(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
+        seen.append(cfg)
+        return train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", recording_train)
+    return seen
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).trials
+
+
+def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, spy: list[TrainConfig]) -> None:
+    space = load_space(write_space(tmp_path, study_name))
+    InProcessExecutor().run(space, storage_url, 5)
+    ts = trials(storage_url, study_name)
+    finished = [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5 and len(ts) == 5
+
+    over = ts[0]  # warm start at width 1.0: 1.97M params > 300k
+    assert over.state == TrialState.PRUNED and over.intermediate_values == {}
+    assert over.user_attrs["prune_reason"] == "over budget: params 1.97M > max_params 300k"
+    assert over.constraints["max_params"] == 1_972_792 - 300_000 and over.constraints["max_epochs"] == 0
+    assert "device_seconds" not in over.user_attrs
+    # pre-screened configs never reached the trainer; every trained config met the budget
+    assert len(spy) == sum(1 for t in ts if t.intermediate_values)
+    assert all(c.model.width != 1.0 for c in spy)
+    assert all(t.user_attrs["budget"]["params"] <= 300_000 for t in ts if t.intermediate_values)
+
+    good, weak = ts[1], ts[2]
+    assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2, 3]
+    assert good.value == good.intermediate_values[3] and good.value > 0.2  # chance is 0.1
+    assert weak.state == TrialState.PRUNED and list(weak.intermediate_values) == [1]
+    assert weak.user_attrs["prune_reason"].startswith("pruned by median at epoch 1 (val_acc ")
+    for t in ts:
+        assert t.user_attrs["config"]["model"]["name"] == "airnet"
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["prune_reason"]
+
+
+def test_export_retrain_and_real_clients_agree(tmp_path: Path, study_name: str) -> None:
+    url = PG_URL
+    space = load_space(write_space(tmp_path, study_name))
+    InProcessExecutor().run(space, url, 5)
+    study = optuna.load_study(study_name=study_name, storage=url)
+    out = tmp_path / "best.yaml"
+    best = export(study, out, url, artifact_dir=tmp_path / "artifacts")
+    assert best.number == study.best_trial.number
+
+    # hps retrain takes the export unchanged and reproduces the trial within 0.5 point
+    cfg = load_config(out)
+    again = train(cfg)
+    assert abs(again.val_acc - best.value) <= 0.005
+    provenance = yaml.safe_load(out.read_text())["provenance"]
+    assert provenance["trial"] == best.number and provenance["values"] == [best.value]
+    assert provenance["budget_figures"]["params"] <= 300_000 and provenance["versions"]["optuna"] == optuna.__version__
+    assert "postgres@" in provenance["storage"]
+
+    # optuna's own CLI agrees
+    cli = subprocess.run([str(Path(sys.executable).parent / "optuna"), "best-trial", "--study-name", study_name,
+                          "--storage", url, "-f", "yaml"], capture_output=True, text=True, check=True)
+    row = yaml.safe_load(cli.stdout)
+    row = row[0] if isinstance(row, list) else row
+    assert row["number"] == best.number and row["value"] == pytest.approx(best.value)
+    assert row["params"] == provenance["params"]
+
+    # the export is attached to the study as an artifact
+    assert [m.filename for m in optuna.artifacts.get_all_artifact_meta(study)] == ["best.yaml"]
+
+    # optuna-dashboard's JSON API agrees
+    data = dashboard_json(url, study_name, tmp_path / "artifacts")
+    trials_by_number = {t["number"]: t for t in data["trials"]}
+    t = trials_by_number[best.number]
+    assert t["state"] == "Complete" and t["values"] == [pytest.approx(best.value)]
+    assert {p["name"]: p["param_internal_value"] for p in t["params"]} == pytest.approx(best.params)
+    assert [a["filename"] for a in data["artifacts"]] == ["best.yaml"]
+    pruned = trials_by_number[0]
+    assert pruned["state"] == "Pruned" and pruned["intermediate_values"] == []
+    assert any(a["key"] == "prune_reason" for a in pruned["user_attrs"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dashboard_json(url: str, study_name: str, artifacts: Path) -> dict[str, Any]:
+    port = free_port()
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    proc = subprocess.Popen([str(exe), url, "--host", "127.0.0.1", "--port", str(port), "--artifact-dir", str(artifacts)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("optuna-dashboard did not start")
+        sid = next(s["study_id"] for s in studies["study_summaries"] if s["study_name"] == study_name)
+        return json.load(urllib.request.urlopen(f"{base}/api/studies/{sid}", timeout=10))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_multi_objective_pareto_study(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'mo.db'}"
+    path = write_space(tmp_path, study_name, objectives=["val_acc", "params"],
+                       study__sampler={"name": "nsga2"}, study__pruner={"name": "none"},
+                       warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}, {"model.width": 0.125, "optimizer.lr": 0.05}])
+    InProcessExecutor().run(load_space(path), url, 3)
+    study = optuna.load_study(study_name=study_name, storage=url)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done and all(len(t.values) == 2 and t.values[1] == t.user_attrs["budget"]["params"] for t in done)
+    best = export(study, tmp_path / "mo.yaml", url)
+    assert best in study.best_trials
+    assert best.values[0] == max(t.values[0] for t in study.best_trials)
+    files = plot(study, tmp_path / "plots")
+    assert tmp_path / "plots" / "pareto.png" in files and (tmp_path / "plots" / "history.html").stat().st_size > 1000
+
+
+def test_budget_limits_during_training(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    path = write_space(tmp_path, study_name, budget={"max_params": 300_000, "max_trial_seconds": 0.01},
+                       warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    InProcessExecutor().run(load_space(path), url, 2)
+    t = trials(url, study_name)[0]
+    assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]
+    assert t.user_attrs["prune_reason"].startswith("ran ") and "> max_trial_seconds 0.01 at epoch 1" in t.user_attrs["prune_reason"]
+
+
+def test_divergence_and_invalid_configs_are_pruned_with_reasons(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    path = write_space(tmp_path, study_name,
+                       base={"model": {"name": "rescnn", "width": 0.25}, "data": {"subset": 1000},
+                             "optimizer": {"lr": 10.0, "momentum": 0.99}, "train": {"epochs": 2, "device": "cpu"}},
+                       space={"optimizer.lr": {"low": 5.0, "high": 10.0}, "schedule.name": {"choices": ["cosine", "multistep"]}},
+                       budget={}, warm_start=[{"optimizer.lr": 10.0, "schedule.name": "cosine"},
+                                              {"optimizer.lr": 10.0, "schedule.name": "multistep"}])
+    InProcessExecutor().run(load_space(path), url, 2)
+    nan, invalid = trials(url, study_name)[:2]
+    assert nan.state == TrialState.PRUNED and nan.user_attrs["prune_reason"].startswith("training loss became nan in epoch 1")
+    assert invalid.state == TrialState.PRUNED
+    assert "invalid config" in invalid.user_attrs["prune_reason"] and "schedule.milestones: [] is not allowed" in invalid.user_attrs["prune_reason"]
+
+
+def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = write_space(tmp_path, study_name, budget={"max_params": 300_000, "max_device_hours": 0.0001},
+                       warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    InProcessExecutor().run(load_space(path), url, 5)
+    study = optuna.load_study(study_name=study_name, storage=url)
+    assert len(study.trials) == 1  # 0.36 s of budget: the first trial spends it
+    assert study.user_attrs["stopped"].startswith("compute budget spent")
+    InProcessExecutor().run(load_space(path), url, 5)  # a rerun does not start new trials either
+    assert len(optuna.load_study(study_name=study_name, storage=url).trials) == 1
+
+
+def hps(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "hps"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
+
+
+def test_cli_run_resume_export_retrain(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {"HPS_STORAGE": url, "HPS_ARTIFACTS": str(tmp_path / "art")}
+    path = write_space(tmp_path, study_name, study__trials=4)
+    exe = Path(sys.executable).parent / "hps"
+    # interrupt a run (Ctrl-C) once two trials are finished
+    proc = subprocess.Popen([str(exe), "run", str(path), "--no-live"], cwd=REPO, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(600):
+        time.sleep(0.1)
+        try:
+            done = [t for t in trials(url, study_name) if t.state.is_finished()]
+        except (KeyError, Exception):
+            continue
+        if len(done) >= 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted; rerun the same command to resume" in out
+    before = {t.number: (t.state, t.values) for t in trials(url, study_name) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    assert len(before) >= 2
+
+    again = hps("run", str(path), "--no-live", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{len(before)} finished, {4 - len(before)} owed" in again.stdout
+    after = trials(url, study_name)
+    finished = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert all(after[n].state == s and after[n].values == v for n, (s, v) in before.items())  # nothing rerun
+    assert hps("run", str(path), "--no-live", env=env).stdout.count("0 owed") == 1
+
+    status = hps("status", study_name, env=env)
+    assert status.returncode == 0 and "over budget: params 1.97M > max_params 300k" in status.stdout
+    exp = hps("export", study_name, "-o", str(tmp_path / "best.yaml"), env=env)
+    assert exp.returncode == 0, exp.stderr
+    assert list((tmp_path / "art").iterdir())  # the artifact store holds the export
+    rt = hps("retrain", str(tmp_path / "best.yaml"), "--out", str(tmp_path / "rt"), env=env)
+    assert rt.returncode == 0, rt.stderr
+    trial = yaml.safe_load((tmp_path / "best.yaml").read_text())["provenance"]
+    assert abs(json.loads((tmp_path / "rt" / "metrics.json").read_text())["val_acc"] - trial["values"][0]) <= 0.005
+    pl = hps("plot", study_name, "-o", str(tmp_path / "plots"), env=env)
+    assert pl.returncode == 0 and (tmp_path / "plots" / "intermediate.png").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: {name: x, sampler: {name: bayes}}\n")
+    r = hps("run", str(bad))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "bad.yaml: study.sampler: name 'bayes' is not allowed; choose one of tpe, random, cmaes, nsga2, gp" in r.stderr
+    r = hps("export", "nope", env={"HPS_STORAGE": f"sqlite:///{tmp_path / 'e.db'}"})
+    assert r.returncode == 2 and "no study named 'nope' in this storage; studies: none" in r.stderr
+
+
+def test_reopening_a_study_keeps_warm_starts_single(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    space = load_space(write_space(tmp_path, study_name))
+    storage = get_storage(url)
+    open_study(space, storage)
+    open_study(space, storage)
+    waiting = [t for t in optuna.load_study(study_name=study_name, storage=url).trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 3
