@@ -105,6 +105,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         ray: Annotated[str | None, typer.Option("--ray", help="run on Ray: auto, local or ADDRESS")] = None,
         workers: Annotated[int, typer.Option("--workers", min=1, help="concurrent trials (Ray)")] = 2,
         gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="GPU share per trial (Ray)")] = 0.0,
+        cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="CPUs per trial (Ray)")] = 1.0,
         live: Annotated[bool, typer.Option("--live/--no-live", help="live view")] = True) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
     from search.executors import InProcessExecutor
@@ -126,7 +127,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
     if ray is not None:
         from search.ray import RayExecutor
 
-        executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial)
+        executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
     else:
         executor = InProcessExecutor()
     try:

@@ -8,7 +8,7 @@ shared storage, so Optuna's heartbeats run and its pruner decides.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import optuna
 from optuna.study import MaxTrialsCallback
@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.objective import Objective
 from search.space import Space
-from search.study import FINISHED, get_storage, open_study
+from search.study import FINISHED, get_storage, load_study, make_pruner, make_sampler, open_study
 
 MAX_FAILS_IN_A_ROW = 3
 
@@ -56,16 +56,29 @@ class FailureGuard:
             study.stop()
 
 
-def optimize(space: Space, url: str, target: int, *, pool_size: int = 2) -> None:
-    """One worker's loop (in this process): shared by the in-process executor and Ray actors."""
+def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker: dict[str, Any] | None = None,
+             index: int = 0) -> None:
+    """One worker's loop (in this process): shared by the in-process executor and Ray actors.
+    ``worker`` (host, pid, GPUs) is stored on each trial it runs; ``index`` tells workers apart."""
     storage = get_storage(url, pool_size=pool_size)
     try:
-        study = open_study(space, storage)
+        study = load_study(space.name, storage)
+        offset = len(study.get_trials(deepcopy=False)) + 7919 * index
+        study.sampler, study.pruner = make_sampler(space, offset), make_pruner(space)
         budget = StudyBudget(space.budget.max_device_hours)
         if budget.spent(study) or len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
             return
-        study.optimize(Objective(space), timeout=space.spec.study.timeout, catch=(Exception,),
+        study.optimize(Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
                        callbacks=[MaxTrialsCallback(target, states=FINISHED), budget, FailureGuard()])
+    finally:
+        storage.engine.dispose()
+
+
+def prepare(space: Space, url: str) -> None:
+    """Driver side, once before any worker starts: create the study and enqueue its warm starts."""
+    storage = get_storage(url, heartbeat=False)
+    try:
+        open_study(space, storage)
     finally:
         storage.engine.dispose()
 
@@ -74,4 +87,5 @@ class InProcessExecutor:
     """Trials one after another in this process (the embedded default)."""
 
     def run(self, space: Space, url: str, target: int) -> None:
+        prepare(space, url)
         optimize(space, url, target)

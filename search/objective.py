@@ -30,8 +30,8 @@ class _Stop(optuna.TrialPruned):
 class Objective:
     """Picklable: Ray ships it to workers, which load their data once per process."""
 
-    def __init__(self, space: Space) -> None:
-        self.space = space
+    def __init__(self, space: Space, worker: dict[str, Any] | None = None) -> None:
+        self.space, self.worker = space, worker
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         space, budget = self.space, self.space.budget
@@ -40,6 +40,8 @@ class Objective:
         except ConfigError as e:
             return _prune(trial, f"invalid config: {e}")
         trial.set_user_attr("config", config_to_dict(cfg))
+        if self.worker:
+            trial.set_user_attr("worker", self.worker)
         screen = check(cfg, budget)
         trial.set_user_attr("budget", screen.figures)
         for key, value in screen.constraints.items():

@@ -18,7 +18,7 @@ from search.errors import StudyError
 from search.space import Space, _pruner_class, _sampler_class
 
 DEFAULT_STORAGE = "sqlite:///hps.db"
-HEARTBEAT_SECONDS = 30
+HEARTBEAT_SECONDS = int(os.environ.get("HPS_HEARTBEAT_SECONDS", "30"))
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -26,7 +26,10 @@ def storage_url(url: str | None = None) -> str:
     """``--storage``, else ``$HPS_STORAGE``, else ``sqlite:///hps.db``; a bare ``postgresql://``
     gets the psycopg2 driver named (SQLAlchemy 2.1 would pick psycopg 3)."""
     url = url or os.environ.get("HPS_STORAGE") or DEFAULT_STORAGE
-    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
+    url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
+    if url.startswith("sqlite:///") and not url.startswith(("sqlite:////", "sqlite:///:memory:")):  # absolute path
+        url = "sqlite:///" + os.path.abspath(url.removeprefix("sqlite:///"))
+    return url
 
 
 def redact(url: str) -> str:
@@ -39,6 +42,8 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
     each process holds at most ``pool_size`` connections (+1 overflow) to the database."""
     url = storage_url(url)
     engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"application_name": "hps"}
     if not url.startswith("sqlite"):
         engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
     hb: dict[str, Any] = {}
@@ -53,14 +58,15 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
         raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
 
 
-def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
+def make_sampler(space: Space, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """``seed_offset`` keeps workers, and resumed runs, from redrawing the same random points."""
     s = space.spec.study
     args = dict(s.sampler.args)
     if s.sampler.name == "tpe":  # hps defaults: learn jointly, do not hand two workers one point
         args.setdefault("multivariate", True)
         args.setdefault("constant_liar", True)
         args.setdefault("n_startup_trials", min(10, max(3, s.trials // 4)))
-    return _sampler_class(s.sampler.name)(seed=s.seed, **args)
+    return _sampler_class(s.sampler.name)(seed=s.seed + seed_offset, **args)
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:

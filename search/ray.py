@@ -1,0 +1,97 @@
+"""Every line of Ray in hps: a pool of actors, one per concurrent trial slot, each running Optuna's
+``study.optimize`` against the shared storage (heartbeats on, Optuna's pruner deciding).
+
+Not Ray Tune's OptunaSearch: it records scheduler-stopped trials as COMPLETE and disables Optuna
+pruners, so its study states and curves would be wrong.
+
+Resources: each actor asks ``num_gpus=gpus_per_trial`` (fractions share a GPU; Ray sets
+CUDA_VISIBLE_DEVICES) and ``num_cpus=cpus_per_trial``. A killed actor is restarted by Ray
+(``max_restarts``) and resumes the loop; its trial turns FAIL through heartbeats and its params are
+retried once. Database connections: each actor holds at most ``POOL_SIZE + 1`` (SQLAlchemy pool +
+overflow, the heartbeat thread shares it), so a run holds at most ``workers * 2 + 4`` (the driver
+opens two storages of two connections each, one for the live view).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import ray
+
+from search.errors import StudyError
+from search.space import Space
+
+POOL_SIZE = 1
+FORWARDED_ENV = ("HPS_DATA", "HPS_HEARTBEAT_SECONDS", "HPS_ARTIFACTS")
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class TrialWorker:
+    """One trial slot. ``run`` returns when the study has ``target`` finished trials."""
+
+    def run(self, space: Space, url: str, target: int, index: int) -> dict[str, Any]:
+        import optuna
+
+        from search.executors import optimize
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        ctx = ray.get_runtime_context()
+        info = {"host": socket.gethostname(), "node": ctx.get_node_id()[:12], "pid": os.getpid(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        optimize(space, url, target, pool_size=POOL_SIZE, worker=info, index=index)
+        return info
+
+
+class RayExecutor:
+    """``address``: ``local`` starts a private Ray, ``auto`` joins the one on this machine,
+    anything else is a cluster address (``ray://host:10001`` or ``host:6379``)."""
+
+    def __init__(self, address: str = "local", *, workers: int = 2, gpus_per_trial: float = 0.0,
+                 cpus_per_trial: float = 1.0) -> None:
+        if workers < 1 or gpus_per_trial < 0 or cpus_per_trial <= 0:
+            raise ValueError("workers >= 1, gpus_per_trial >= 0 and cpus_per_trial > 0 are required")
+        self.address, self.workers = address, workers
+        self.gpus, self.cpus = gpus_per_trial, cpus_per_trial
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
+                 include_dashboard=False if self.address == "local" else None, log_to_driver=True,
+                 configure_logging=False)
+
+    def run(self, space: Space, url: str, target: int) -> None:
+        if url.startswith("sqlite") and self.address != "local":
+            raise StudyError("SQLite works only on one machine; give --storage postgresql+psycopg2://... for a cluster")
+        from search.executors import prepare
+
+        prepare(space, url)
+        self._connect()
+        opts: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.gpus > 0:
+            opts["num_gpus"] = self.gpus
+        actors = [TrialWorker.options(**opts).remote() for _ in range(self.workers)]  # type: ignore[attr-defined]
+        pending = {a.run.remote(space, url, target, i): a for i, a in enumerate(actors)}
+        errors: list[str] = []
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    pending.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError as e:  # a worker gave up; the others carry on
+                        errors.append(str(e).splitlines()[0])
+        finally:
+            for a in actors:
+                ray.kill(a)
+        if errors and len(errors) == len(actors):
+            raise StudyError(f"every Ray worker failed; first error: {errors[0]}")
+
+    @staticmethod
+    def shutdown() -> None:
+        if ray.is_initialized():
+            ray.shutdown()

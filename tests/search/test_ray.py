@@ -1,0 +1,244 @@
+"""Ray workers on a real Ray cluster started here: a head and a second node on 127.0.0.1 (CPU only;
+the second node advertises 2 fake GPUs to test placement), PostgreSQL storage, real CIFAR images."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.ray import RayExecutor
+from search.space import load_space
+from tests.conftest import REPO
+from tests.search.conftest import PG_URL, write_space
+
+RAY = str(Path(sys.executable).parent / "ray")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_using(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="ignore"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_all(marker: str) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_using(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[dict[str, str]]:
+    """``ray start --head`` plus a second node, torn down by process id afterwards."""
+    tmp = tempfile.mkdtemp(prefix="hpsray-", dir="/tmp")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--temp-dir", tmp, "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+                    "--include-dashboard", "false", *common], check=True, capture_output=True, env=env)
+    try:
+        subprocess.run([RAY, "start", "--address", address, "--num-cpus", "2", "--num-gpus", "2",
+                        "--resources", '{"second_node": 1}', *common], check=True, capture_output=True, env=env)
+        yield {"address": address, "tmp": tmp}
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _kill_all(tmp)
+        assert _pids_using(tmp) == []
+
+
+@pytest.fixture
+def connected(ray_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("HPS_HEARTBEAT_SECONDS", "1")
+    yield ray_cluster["address"]
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _trials(name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=PG_URL).trials
+
+
+def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, study_name: str) -> None:
+    space = load_space(write_space(tmp_path, study_name, study__trials=6, budget={"max_params": 300_000},
+                                   space={"model.width": {"low": 0.125, "high": 0.3},
+                                          "optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}},
+                                   warm_start=[]))
+    RayExecutor(connected, workers=4, cpus_per_trial=1).run(space, PG_URL, 6)
+    ts = _trials(study_name)
+    finished = [t for t in ts if t.state in FINISHED]
+    assert 6 <= len(finished) <= 6 + 3  # in-flight trials finish when the target is reached
+    workers = {(t.user_attrs["worker"]["node"], t.user_attrs["worker"]["pid"]) for t in finished}
+    assert len({node for node, _ in workers}) == 2 and len(workers) == 4  # both nodes, four slots
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in finished)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))  # trials overlapped in time
+    assert len({tuple(sorted(t.params.items())) for t in ts}) == len(ts)  # no point handed out twice
+
+
+def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, study_name: str) -> None:
+    space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[]))
+    RayExecutor(connected, workers=4, gpus_per_trial=0.5, cpus_per_trial=0.5).run(space, PG_URL, 4)
+    info = [t.user_attrs["worker"] for t in _trials(study_name) if "worker" in t.user_attrs]
+    assert info and all(w["gpus"] and w["cuda_visible"] in ("0", "1") for w in info)
+    import ray
+
+    gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
+    assert {w["node"] for w in info} == {gpu_node[:12]}  # four half-GPU slots share the 2 fake GPUs there
+
+
+def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: str) -> None:
+    space = load_space(write_space(tmp_path, study_name, study__trials=5, warm_start=[],
+                                   base={"model": {"name": "airnet", "width": 0.25},
+                                         "data": {"subset": 3000, "val_fraction": 0.2},
+                                         "optimizer": {"lr": 0.05}, "train": {"epochs": 4, "batch_size": 100, "device": "cpu"}},
+                                   space={"optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}},
+                                   study__pruner={"name": "none"}, budget={}))
+    import threading
+
+    def killer() -> None:
+        for _ in range(600):
+            time.sleep(0.1)
+            try:
+                running = [t for t in _trials(study_name) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+            except KeyError:
+                continue
+            if running and len(running[0].intermediate_values) >= 1:
+                os.kill(running[0].user_attrs["worker"]["pid"], signal.SIGKILL)
+                killed.append(running[0].number)
+                return
+
+    killed: list[int] = []
+    thread = threading.Thread(target=killer)
+    thread.start()
+    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, PG_URL, 5)
+    thread.join()
+    assert len(killed) == 1
+    ts = _trials(study_name)
+    dead = ts[killed[0]]
+    assert dead.state == TrialState.FAIL  # through the heartbeat
+    retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
+    finished = [t for t in ts if t.state in FINISHED]
+    assert len(finished) >= 5
+    assert [t.state for t in ts].count(TrialState.FAIL) == 1
+
+
+def test_bounded_postgres_connections(tmp_path: Path, connected: str, study_name: str) -> None:
+    import threading
+
+    import psycopg2
+
+    space = load_space(write_space(tmp_path, study_name, study__trials=12, warm_start=[],
+                                   space={"model.width": {"low": 0.125, "high": 0.2},
+                                          "optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}}))
+    peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        conn = psycopg2.connect(PG_URL.replace("postgresql+psycopg2", "postgresql"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.wait(0.05):
+                cur.execute("select count(*) from pg_stat_activity where application_name = 'hps'")
+                peak[0] = max(peak[0], cur.fetchone()[0])
+        conn.close()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    RayExecutor(connected, workers=8, cpus_per_trial=0.5).run(space, PG_URL, 12)
+    stop.set()
+    thread.join()
+    assert 8 <= peak[0] <= 8 * 2 + 4  # every worker connected; each holds at most 2
+
+
+def _hps(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(Path(sys.executable).parent / "hps"), *args], cwd=REPO, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_kill_the_driver_and_rerun_resumes(tmp_path: Path, connected: str, study_name: str) -> None:
+    path = write_space(tmp_path, study_name, study__trials=6)
+    env = {"HPS_STORAGE": PG_URL, "RAY_AUTH_MODE": "disabled", "HPS_HEARTBEAT_SECONDS": "1"}
+    args = ("run", str(path), "--ray", connected, "--workers", "2", "--no-live")
+    proc = _hps(*args, env=env, start_new_session=True)
+    for _ in range(900):
+        time.sleep(0.1)
+        try:
+            if len([t for t in _trials(study_name) if t.state in FINISHED]) >= 2:
+                break
+        except KeyError:
+            continue
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    before = {t.number: t.values for t in _trials(study_name) if t.state in FINISHED}
+    assert 2 <= len(before) < 6
+    again = _hps(*args, env=env)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    ts = _trials(study_name)
+    assert 6 <= len([t for t in ts if t.state in FINISHED]) <= 7
+    assert all(ts[n].values == v for n, v in before.items())  # finished trials kept, not rerun
+
+
+def test_postgres_restart_mid_study(tmp_path: Path, connected: str, study_name: str) -> None:
+    space = load_space(write_space(tmp_path, study_name, study__trials=8, warm_start=[],
+                                   base={"model": {"name": "airnet", "width": 0.25},
+                                         "data": {"subset": 3000, "val_fraction": 0.2},
+                                         "optimizer": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 100, "device": "cpu"}},
+                                   space={"optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}}, budget={}))
+    import threading
+
+    def restart() -> None:
+        for _ in range(600):
+            time.sleep(0.1)
+            try:
+                if len([t for t in _trials(study_name) if t.state in FINISHED]) >= 2:
+                    break
+            except KeyError:
+                continue
+        version = os.listdir("/etc/postgresql")[0]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
+        restarted.append(True)
+
+    restarted: list[bool] = []
+    thread = threading.Thread(target=restart)
+    thread.start()
+    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, PG_URL, 8)
+    thread.join()
+    assert restarted
+    ts = _trials(study_name)
+    assert len([t for t in ts if t.state in FINISHED]) >= 8
