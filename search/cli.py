@@ -108,7 +108,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="CPUs per trial (Ray)")] = 1.0,
         live: Annotated[bool, typer.Option("--live/--no-live", help="live view")] = True) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
-    from search.executors import InProcessExecutor
+    from search.executors import Executor, InProcessExecutor
     from search.progress import LiveView
     from search.space import load_space
     from search.study import finished, get_storage, open_study, redact, storage_url
@@ -124,6 +124,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
     before = finished(study)
     console.print(f"study [bold]{space.name}[/] on {redact(url)}: {before} finished, {max(target - before, 0)} owed",
                   highlight=False)
+    executor: Executor
     if ray is not None:
         from search.ray import RayExecutor
 

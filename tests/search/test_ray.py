@@ -3,6 +3,8 @@ the second node advertises 2 fake GPUs to test placement), PostgreSQL storage, r
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -48,10 +50,8 @@ def _pids_using(marker: str) -> list[int]:
 def _kill_all(marker: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _pids_using(marker):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         time.sleep(1)
 
 
@@ -105,7 +105,7 @@ def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, stud
     workers = {(t.user_attrs["worker"]["node"], t.user_attrs["worker"]["pid"]) for t in finished}
     assert len({node for node, _ in workers}) == 2 and len(workers) == 4  # both nodes, four slots
     spans = sorted((t.datetime_start, t.datetime_complete) for t in finished)
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))  # trials overlapped in time
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))  # trials overlapped in time
     assert len({tuple(sorted(t.params.items())) for t in ts}) == len(ts)  # no point handed out twice
 
 
