@@ -111,7 +111,8 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
     from search.executors import Executor, InProcessExecutor
     from search.progress import LiveView
     from search.space import load_space
-    from search.study import finished, get_storage, open_study, redact, storage_url
+    from search.storage import dispose, get_storage, redact, storage_url
+    from search.study import finished, open_study
     from trainers import load_data
 
     _quiet_optuna()
@@ -141,7 +142,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         console.print("interrupted; rerun the same command to resume (finished trials are kept)")
         raise typer.Exit(130) from None
     _summary(study, target)
-    store.engine.dispose()
+    dispose(store)
 
 
 def _summary(study: object, target: int) -> None:
@@ -172,7 +173,8 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     import optuna
 
     from search.budget import human
-    from search.study import get_storage, load_study
+    from search.storage import get_storage
+    from search.study import load_study
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
@@ -208,7 +210,8 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
            storage: StorageOpt = None, artifacts: ArtifactsOpt = None) -> None:
     """Write the best feasible trial as a config that hps retrain takes unchanged."""
     from search.export import export as run_export
-    from search.study import get_storage, load_study, storage_url
+    from search.storage import get_storage, storage_url
+    from search.study import load_study
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
@@ -224,7 +227,8 @@ def plot(study: Annotated[str, typer.Argument(help="study name")],
          storage: StorageOpt = None) -> None:
     """Optimisation history, parameter importance, intermediate values (and Pareto front): HTML and PNG."""
     from search.export import plot as run_plot
-    from search.study import get_storage, load_study
+    from search.storage import get_storage
+    from search.study import load_study
 
     _quiet_optuna()
     files = run_plot(load_study(study, get_storage(storage, heartbeat=False)), out)
@@ -236,16 +240,21 @@ def plot(study: Annotated[str, typer.Argument(help="study name")],
 def dashboard(storage: StorageOpt = None,
               host: Annotated[str, typer.Option("--host", help="bind address")] = "127.0.0.1",
               port: Annotated[int, typer.Option("--port")] = 8080, artifacts: ArtifactsOpt = None) -> None:
-    """Start optuna-dashboard on the study storage (localhost unless --host says otherwise)."""
-    import os
-    import shutil
+    """Start optuna-dashboard on the study storage (localhost unless --host says otherwise).
 
-    from search.study import storage_url
+    Serves every storage hps writes, the journal storage included, with the export artifacts.
+    Imports neither torch nor the trainer (the dashboard image has neither)."""
+    import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore
 
-    exe = shutil.which("optuna-dashboard") or "optuna-dashboard"
+    from search.storage import get_storage, redact, storage_url
+
     art = _artifacts(artifacts)
     art.mkdir(parents=True, exist_ok=True)
-    os.execvp(exe, [exe, storage_url(storage), "--host", host, "--port", str(port), "--artifact-dir", str(art)])
+    url = storage_url(storage)
+    console.print(f"optuna-dashboard on {redact(url)} at http://{host}:{port}/ (artifacts: {art})", highlight=False)
+    optuna_dashboard.run_server(get_storage(url, heartbeat=False), host=host, port=port,
+                                artifact_store=FileSystemArtifactStore(str(art)))
 
 
 @app.command()

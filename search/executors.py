@@ -8,6 +8,7 @@ shared storage, so Optuna's heartbeats run and its pruner decides.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import optuna
@@ -16,7 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.objective import Objective
 from search.space import Space
-from search.study import FINISHED, get_storage, load_study, make_pruner, make_sampler, open_study
+from search.storage import dispose, get_storage
+from search.study import FINISHED, load_study, make_pruner, make_sampler, open_study
 
 MAX_FAILS_IN_A_ROW = 3
 
@@ -56,10 +58,14 @@ class FailureGuard:
             study.stop()
 
 
+ObjectiveFn = Callable[[optuna.Trial], Any]
+
+
 def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker: dict[str, Any] | None = None,
-             index: int = 0) -> None:
+             index: int = 0, objective: ObjectiveFn | None = None) -> None:
     """One worker's loop (in this process): shared by the in-process executor and Ray actors.
-    ``worker`` (host, pid, GPUs) is stored on each trial it runs; ``index`` tells workers apart."""
+    ``worker`` (host, pid, GPUs) is stored on each trial it runs; ``index`` tells workers apart.
+    ``objective`` replaces the trainer (benchmarks of the orchestration alone)."""
     storage = get_storage(url, pool_size=pool_size)
     try:
         study = load_study(space.name, storage)
@@ -68,10 +74,10 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
         budget = StudyBudget(space.budget.max_device_hours)
         if budget.spent(study) or len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
             return
-        study.optimize(Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
+        study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
                        callbacks=[MaxTrialsCallback(target, states=FINISHED), budget, FailureGuard()])
     finally:
-        storage.engine.dispose()
+        dispose(storage)
 
 
 def prepare(space: Space, url: str) -> None:
@@ -80,7 +86,7 @@ def prepare(space: Space, url: str) -> None:
     try:
         open_study(space, storage)
     finally:
-        storage.engine.dispose()
+        dispose(storage)
 
 
 class InProcessExecutor:

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyError
-from search.study import redact
+from search.storage import redact
 from trainers import config_from_dict, dump_config
 
 

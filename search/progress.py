@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from search.study import get_storage
+from search.storage import dispose, get_storage
 
 
 def snapshot(study: optuna.Study, target: int, started: float, done_before: int) -> Panel:
@@ -73,4 +73,4 @@ class LiveView:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
-        self.storage.engine.dispose()
+        dispose(self.storage)

@@ -31,7 +31,7 @@ FORWARDED_ENV = ("HPS_DATA", "HPS_HEARTBEAT_SECONDS", "HPS_ARTIFACTS")
 class TrialWorker:
     """One trial slot. ``run`` returns when the study has ``target`` finished trials."""
 
-    def run(self, space: Space, url: str, target: int, index: int) -> dict[str, Any]:
+    def run(self, space: Space, url: str, target: int, index: int, objective: Any = None) -> dict[str, Any]:
         import optuna
 
         from search.executors import optimize
@@ -40,7 +40,7 @@ class TrialWorker:
         ctx = ray.get_runtime_context()
         info = {"host": socket.gethostname(), "node": ctx.get_node_id()[:12], "pid": os.getpid(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        optimize(space, url, target, pool_size=POOL_SIZE, worker=info, index=index)
+        optimize(space, url, target, pool_size=POOL_SIZE, worker=info, index=index, objective=objective)
         return info
 
 
@@ -63,7 +63,7 @@ class RayExecutor:
                  include_dashboard=False if self.address == "local" else None, log_to_driver=True,
                  configure_logging=False)
 
-    def run(self, space: Space, url: str, target: int) -> None:
+    def run(self, space: Space, url: str, target: int, objective: Any = None) -> None:
         if url.startswith("sqlite") and self.address != "local":
             raise StudyError("SQLite works only on one machine; give --storage postgresql+psycopg2://... for a cluster")
         from search.executors import prepare
@@ -74,7 +74,7 @@ class RayExecutor:
         if self.gpus > 0:
             opts["num_gpus"] = self.gpus
         actors = [TrialWorker.options(**opts).remote() for _ in range(self.workers)]  # type: ignore[attr-defined]
-        pending = {a.run.remote(space, url, target, i): a for i, a in enumerate(actors)}
+        pending = {a.run.remote(space, url, target, i, objective): a for i, a in enumerate(actors)}
         errors: list[str] = []
         try:
             while pending:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 PG_URL = os.environ.get("HPS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+JOURNAL_URL = "journal+" + PG_URL.replace("+psycopg2", "")
 
 # airnet on 1,500 images, 3 epochs: about a second a trial. Trial 0 (warm start) is over budget,
 # trial 1 is a sound config that completes, trial 2 barely learns and is pruned after epoch 1.
@@ -44,17 +45,23 @@ def write_space(tmp_path: Path, name: str, **changes: Any) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "journal"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hps.db'}"
-        return
-    yield PG_URL
+    yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL, "journal": JOURNAL_URL}[request.param]
+
+
+def load(url: str, name: str) -> optuna.Study:
+    from search.storage import get_storage
+
+    return optuna.load_study(study_name=name, storage=get_storage(url, heartbeat=False))
 
 
 @pytest.fixture
 def study_name() -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
-    with contextlib.suppress(KeyError):
-        optuna.delete_study(study_name=name, storage=PG_URL)
+    from search.storage import get_storage
+
+    for url in (PG_URL, JOURNAL_URL):
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=get_storage(url, heartbeat=False))

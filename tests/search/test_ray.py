@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from search.ray import RayExecutor
 from search.space import load_space
 from tests.conftest import REPO
-from tests.search.conftest import PG_URL, write_space
+from tests.search.conftest import JOURNAL_URL, PG_URL, load, write_space
 
 RAY = str(Path(sys.executable).parent / "ray")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -89,8 +89,8 @@ def connected(ray_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> I
         ray.shutdown()
 
 
-def _trials(name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=PG_URL).trials
+def _trials(name: str, url: str = PG_URL) -> list[optuna.trial.FrozenTrial]:
+    return load(url, name).trials
 
 
 def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, study_name: str) -> None:
@@ -120,7 +120,8 @@ def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, st
     assert {w["node"] for w in info} == {gpu_node[:12]}  # four half-GPU slots share the 2 fake GPUs there
 
 
-def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: str) -> None:
+@pytest.mark.parametrize("url", [PG_URL, JOURNAL_URL], ids=["postgres", "journal"])
+def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: str, url: str) -> None:
     space = load_space(write_space(tmp_path, study_name, study__trials=5, warm_start=[],
                                    base={"model": {"name": "airnet", "width": 0.25},
                                          "data": {"subset": 3000, "val_fraction": 0.2},
@@ -133,7 +134,7 @@ def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: 
         for _ in range(600):
             time.sleep(0.1)
             try:
-                running = [t for t in _trials(study_name) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+                running = [t for t in _trials(study_name, url) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
             except KeyError:
                 continue
             if running and len(running[0].intermediate_values) >= 1:
@@ -144,10 +145,10 @@ def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: 
     killed: list[int] = []
     thread = threading.Thread(target=killer)
     thread.start()
-    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, PG_URL, 5)
+    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, url, 5)
     thread.join()
     assert len(killed) == 1
-    ts = _trials(study_name)
+    ts = _trials(study_name, url)
     dead = ts[killed[0]]
     assert dead.state == TrialState.FAIL  # through the heartbeat
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]

@@ -22,9 +22,10 @@ import search.objective
 from search.executors import InProcessExecutor
 from search.export import export, plot
 from search.space import load_space
-from search.study import get_storage, open_study
+from search.storage import get_storage
+from search.study import open_study
 from tests.conftest import REPO
-from tests.search.conftest import PG_URL, write_space
+from tests.search.conftest import PG_URL, load, write_space
 from trainers import TrainConfig, load_config, train
 
 
@@ -42,7 +43,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 
 def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=url).trials
+    return load(url, name).trials
 
 
 def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, spy: list[TrainConfig]) -> None:

@@ -1,0 +1,85 @@
+"""Storage URL -> Optuna storage, one code path for every backend.
+
+- ``sqlite:///hps.db`` (the embedded default) and ``postgresql+psycopg2://...``: Optuna's
+  RDBStorage with pre-ping and a small bounded pool.
+- ``journal+postgresql://...``: :mod:`search.journal`, for large clusters.
+
+Heartbeats are on for workers, so a trial whose worker died becomes FAIL and its params are
+retried once as a WAITING trial. This module imports neither torch nor the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from search.errors import StudyError
+from search.journal import PostgresJournalStorage, is_journal
+
+DEFAULT_STORAGE = "sqlite:///hps.db"
+HEARTBEAT_SECONDS = int(os.environ.get("HPS_HEARTBEAT_SECONDS", "30"))
+
+
+def storage_url(url: str | None = None) -> str:
+    """``--storage``, else ``$HPS_STORAGE``, else ``sqlite:///hps.db``; a bare ``postgresql://``
+    gets the psycopg2 driver named (SQLAlchemy 2.1 would pick psycopg 3)."""
+    url = url or os.environ.get("HPS_STORAGE") or DEFAULT_STORAGE
+    url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
+    if url.startswith("sqlite:///") and not url.startswith(("sqlite:////", "sqlite:///:memory:")):  # absolute path
+        url = "sqlite:///" + os.path.abspath(url.removeprefix("sqlite:///"))
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and provenance."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool = True) -> BaseStorage:
+    """An RDB storage with pre-ping (survives a database restart) and a small, bounded pool:
+    each process holds at most ``pool_size`` connections (+1 overflow) to the database.
+    ``journal+postgresql://`` gives the journal storage for large clusters (one connection)."""
+    url = storage_url(url)
+    if is_journal(url):
+        hb_kw: dict[str, Any] = {}
+        if heartbeat:
+            hb_kw = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
+                     "heartbeat_stale_trial_callback": _retry_callback()}
+        try:
+            return PostgresJournalStorage(url, **hb_kw)
+        except Exception as e:
+            raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"application_name": "hps"}
+    if not url.startswith("sqlite"):
+        engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
+    hb: dict[str, Any] = {}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and relied on here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat:
+                hb = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
+                      "heartbeat_stale_trial_callback": _retry_callback()}
+            return RDBStorage(url, engine_kwargs=engine, **hb)
+    except Exception as e:
+        raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+
+
+def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def dispose(storage: BaseStorage) -> None:
+    """Release a storage's database connections."""
+    if isinstance(storage, PostgresJournalStorage):
+        storage.backend.close()
+    elif isinstance(storage, RDBStorage):
+        storage.engine.dispose()
