@@ -2,9 +2,10 @@
 
 ``journal+postgresql://user@host/db`` keeps every study operation as one row of an append-only
 table (``hps_journal``). Each client replays the log into memory, so an ask/report/tell costs one
-INSERT and one incremental SELECT instead of Optuna's ~46 ORM statements per trial. Appends are
-serialised by a transaction-scoped advisory lock, so sequence numbers are gapless and every
-reader sees a prefix of one total order. Heartbeats (``hps_heartbeat``) make a killed worker's
+append and one incremental SELECT instead of Optuna's ~46 ORM statements per trial. An append is
+one call of a server-side function that takes a transaction-scoped advisory lock, numbers the
+logs after the last one and inserts them: sequence numbers are gapless, every reader sees a
+prefix of one total order, and the lock is never held across a client round trip. Heartbeats (``hps_heartbeat``) make a killed worker's
 trial FAIL and be retried, as with RDBStorage.
 
 Durability is PostgreSQL's: rows are committed before ``append_logs`` returns.
@@ -20,15 +21,22 @@ from typing import Any
 
 import optuna
 import psycopg2
-import psycopg2.extras
+import psycopg2.extensions
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 _LOCK_KEY = 0x6870735F6A726E  # "hps_jrn"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hps_journal (seq BIGINT PRIMARY KEY, log JSONB NOT NULL);
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS hps_journal (seq BIGINT PRIMARY KEY, log TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hps_heartbeat (trial_id BIGINT PRIMARY KEY, beat DOUBLE PRECISION NOT NULL);
+CREATE OR REPLACE FUNCTION hps_journal_append(logs TEXT[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE first BIGINT;
+BEGIN
+  PERFORM pg_advisory_xact_lock({_LOCK_KEY});
+  SELECT coalesce(max(seq) + 1, 0) INTO first FROM hps_journal;
+  INSERT INTO hps_journal (seq, log) SELECT first + i - 1, l FROM unnest(logs) WITH ORDINALITY AS t(l, i);
+END $$;
 """
 
 
@@ -46,12 +54,15 @@ class PostgresJournalBackend(BaseJournalBackend):
         self._lock = threading.Lock()
         self._conn: Any = None
         with self._cursor() as cur:
+            cur.execute("BEGIN")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             cur.execute(_SCHEMA)
+            cur.execute("COMMIT")
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(self._dsn, application_name="hps")
+            self._conn.autocommit = True  # every statement is its own transaction: one round trip
         return self._conn
 
     def _cursor(self) -> Any:
@@ -70,9 +81,7 @@ class PostgresJournalBackend(BaseJournalBackend):
 
             def __exit__(self, exc_type: Any, *exc: Any) -> None:
                 try:
-                    if exc_type is None:
-                        self.conn.commit()
-                    else:
+                    if exc_type is not None and not self.conn.closed and self.conn.status != psycopg2.extensions.STATUS_READY:
                         self.conn.rollback()
                 except psycopg2.Error:
                     backend._conn = None
@@ -108,19 +117,13 @@ class PostgresJournalBackend(BaseJournalBackend):
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
         def q(cur: Any) -> list[dict[str, Any]]:
             cur.execute("SELECT log FROM hps_journal WHERE seq >= %s ORDER BY seq", (log_number_from,))
-            return [row[0] for row in cur.fetchall()]
+            return [json.loads(row[0]) for row in cur.fetchall()]
 
         return self._run(q)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        def q(cur: Any) -> None:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            cur.execute("SELECT coalesce(max(seq) + 1, 0) FROM hps_journal")
-            start = cur.fetchone()[0]
-            args = [(start + i, json.dumps(log)) for i, log in enumerate(logs)]
-            psycopg2.extras.execute_values(cur, "INSERT INTO hps_journal (seq, log) VALUES %s", args)
-
-        self._run(q)
+        texts = [json.dumps(log) for log in logs]
+        self._run(lambda cur: cur.execute("SELECT hps_journal_append(%s::text[])", (texts,)))
 
     # heartbeats
     def beat(self, trial_id: int) -> None:
