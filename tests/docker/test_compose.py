@@ -1,0 +1,208 @@
+"""docker-compose.yml: validated offline, checked for what the validator cannot see, and run
+natively: the exact commands and environment of its services, hosts mapped to 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import yaml
+
+from tests.conftest import MINI, REPO
+from tests.search.conftest import write_space
+from tests.search.test_ray import _free_port, _kill_all, _pids_using
+
+BIN = Path(sys.executable).parent
+COMMANDS = ("hps ", "ray ", "optuna-dashboard ")
+
+
+def resolved(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it (variables from .env.example + env)."""
+    out = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=REPO, capture_output=True,
+                         text=True, check=True, env={**os.environ, **(env or {})})
+    return yaml.safe_load(out.stdout)
+
+
+def test_compose_file_is_valid_offline() -> None:
+    proc = subprocess.run(["docker-compose", "--env-file", ".env.example", "config", "-q"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_needs_a_password_from_the_environment() -> None:
+    proc = subprocess.run(["docker-compose", "config", "-q"], cwd=REPO, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"})
+    assert proc.returncode != 0 and "set POSTGRES_PASSWORD in .env" in proc.stderr
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_what_the_validator_cannot_check() -> None:
+    cfg = resolved()
+    services = cfg["services"]
+    assert set(services) == {"postgres", "ray-head", "ray-worker", "search", "dashboard"}
+    for name, svc in services.items():
+        if name != "postgres":  # the official image's own server
+            assert svc["command"].startswith(COMMANDS), name
+        for port in svc.get("ports", []):
+            host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
+            assert host_ip == "127.0.0.1", (name, port)
+    devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert {"pgdata", "artifacts", "data"} <= set(cfg["volumes"])  # named volumes persist
+    vol = services["postgres"]["volumes"][0]
+    assert (vol["source"] if isinstance(vol, dict) else vol.split(":")[0]) == "pgdata"
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["ray-head"]
+    assert services["search"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["search"]["environment"]["HPS_STORAGE"].startswith("journal+postgresql://hps:")
+    raw = (REPO / "docker-compose.yml").read_text() + (REPO / ".env.example").read_text()
+    assert "change-me" not in (REPO / "docker-compose.yml").read_text() and "POSTGRES_PASSWORD=change-me" in raw
+    for dockerfile in ("worker", "dashboard"):
+        text = (REPO / "docker" / f"{dockerfile}.Dockerfile").read_text()
+        assert "USER hps" in text and "FROM python:3.11.7-slim-bookworm AS build" in text
+
+
+# ---- the same topology, natively ------------------------------------------------------------
+
+def _native(svc: dict[str, Any], mapping: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    command = svc["command"]
+    env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+    for old, new in mapping.items():
+        command = command.replace(old, new)
+        env = {k: v.replace(old, new) for k, v in env.items()}
+    args = command.split()
+    if args[:2] == ["ray", "start"]:  # each container's own address is 127.0.0.1 here too
+        args.append("--node-ip-address=127.0.0.1")
+    args[0] = str(BIN / args[0])
+    return args, env
+
+
+def _ensure_pg_role() -> None:
+    conn = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("select 1 from pg_roles where rolname = 'hps'")
+        if not cur.fetchone():
+            cur.execute("create role hps login password 'native-test'")
+        cur.execute("select 1 from pg_database where datname = 'hps'")
+        if not cur.fetchone():
+            cur.execute("create database hps owner hps")
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Postgres (the local server), a Ray head, two Ray workers, the driver on a cut quickstart,
+    and the dashboard; torn down by process id."""
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose (Debian package) is needed: make test installs it")
+    _ensure_pg_role()
+    tmp = tmp_path_factory.mktemp("native")
+    space = write_space(tmp, "native-quickstart", study__trials=4)
+    ray_tmp = f"/tmp/hpsnative-{os.getpid()}"
+    env_vars = {"RAY_PORT": str(_free_port()), "RAY_CLIENT_PORT": str(_free_port()), "RAY_DASHBOARD_HOST": "127.0.0.1",
+                "SPACE": str(space), "WORKERS": "2", "GPUS_PER_TRIAL": "0", "CPUS_PER_TRIAL": "1",
+                "HPS_DATA": str(MINI), "HPS_HEARTBEAT_SECONDS": "5", "POSTGRES_PASSWORD": "native-test"}
+    cfg = resolved(env_vars)["services"]
+    artifacts = tmp / "artifacts"
+    mapping = {"@postgres:5432": "@127.0.0.1:5432", "ray-head:": "127.0.0.1:", "/artifacts": str(artifacts)}
+    base_env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
+    procs: list[subprocess.Popen[str]] = []
+    logs = tmp / "logs"
+    logs.mkdir()
+
+    def start(name: str, svc: str, **extra: str) -> subprocess.Popen[str]:
+        args, env = _native(cfg[svc], mapping)
+        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(args, cwd=REPO, env={**base_env, **env, **extra}, stdout=out, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        start("ray-head", "ray-head")
+        health = cfg["ray-head"]["healthcheck"]["test"][1].replace("ray status", str(BIN / "ray") + " status")
+        for _ in range(120):
+            if subprocess.run(health, shell=True, env=base_env, capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError("ray-head never became healthy: " + (logs / "ray-head.log").read_text()[-2000:])
+        start("ray-worker-1", "ray-worker")
+        start("ray-worker-2", "ray-worker")
+        dash_port = _free_port()
+        args, dash_env = _native(cfg["dashboard"], mapping)
+        dash_cmd = " ".join(args).replace("--port 8080", f"--port {dash_port}").replace("--host 0.0.0.0", "--host 127.0.0.1")
+        time.sleep(5)
+        for p in procs[1:]:
+            assert p.poll() is None, (logs / "ray-worker-1.log").read_text()[-2000:]
+        search = start("search", "search")
+        rc = search.wait(timeout=420)
+        assert rc == 0, (logs / "search.log").read_text()[-3000:]
+        dash = subprocess.Popen(dash_cmd.split(), cwd=REPO, env={**base_env, **dash_env}, stdout=open(logs / "dashboard.log", "w"),  # noqa: SIM115
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(dash)
+        url = f"http://127.0.0.1:{dash_port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/api/studies", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield {"storage": _native(cfg["search"], mapping)[1]["HPS_STORAGE"], "study": "native-quickstart",
+               "dashboard": url, "tmp": tmp, "artifacts": artifacts, "logs": logs}
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        _kill_all(ray_tmp)
+        assert _pids_using(ray_tmp) == []
+        from search.storage import get_storage
+
+        try:
+            import optuna
+
+            optuna.delete_study(study_name="native-quickstart", storage=get_storage(
+                _native(cfg["search"], mapping)[1]["HPS_STORAGE"], heartbeat=False))
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+
+def test_native_topology_runs_the_study(topology: dict[str, Any]) -> None:
+    import optuna
+
+    from search.storage import get_storage
+
+    study = optuna.load_study(study_name=topology["study"], storage=get_storage(topology["storage"], heartbeat=False))
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") >= 4
+    nodes = {t.user_attrs["worker"]["pid"] for t in study.trials if "worker" in t.user_attrs}
+    assert len(nodes) == 2  # both worker slots ran trials
+
+    out = topology["tmp"] / "best.yaml"
+    proc = subprocess.run([str(BIN / "hps"), "export", topology["study"], "-o", str(out), "--artifacts", str(topology["artifacts"])],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "HPS_STORAGE": topology["storage"]})
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(out.read_text())["provenance"]["study"] == topology["study"]
+
+    summaries = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies", timeout=10))["study_summaries"]
+    sid = next(s["study_id"] for s in summaries if s["study_name"] == topology["study"])
+    data = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies/{sid}", timeout=10))
+    assert len(data["trials"]) == len(study.trials)
+    assert [a["filename"] for a in data["artifacts"]] == ["best.yaml"]
