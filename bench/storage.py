@@ -31,16 +31,21 @@ def _storage(kind: str, pg: str, grpc_port: int) -> Any:
     if kind.startswith("grpc"):
         return GrpcStorageProxy(host="127.0.0.1", port=grpc_port)
     url = "journal+" + pg.replace("+psycopg2", "") if kind == "journal" else pg
-    return get_storage(url, heartbeat=False, pool_size=2)
+    return get_storage(url, heartbeat=False, pool_size=1)  # 64 clients x (1 + 1 overflow) fits max_connections 100
 
 
 def _client(kind: str, pg: str, grpc_port: int, name: str, ready: Any, go: Any, stop: Any, out: Any) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=_storage(kind, pg, grpc_port),
-                              sampler=optuna.samplers.RandomSampler())
-    study.trials  # noqa: B018 - connect and replay before the window opens
+    try:
+        study = optuna.load_study(study_name=name, storage=_storage(kind, pg, grpc_port),
+                                  sampler=optuna.samplers.RandomSampler())
+        study.trials  # noqa: B018 - connect and replay before the window opens
+    except Exception as e:
+        out.put(f"failed: {str(e).splitlines()[0][:120]}")
+        ready.release()
+        return
     ready.release()
     go.wait()
     done = 0
@@ -104,7 +109,9 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
         peak = max(peak, _connections(pg) - baseline - 1)  # minus the setup storage's
         time.sleep(1)
     stop.set()
-    total = sum(out.get() for _ in procs)
+    results = [out.get() for _ in procs]
+    failed = [r for r in results if isinstance(r, str)]
+    total = sum(r for r in results if isinstance(r, int))
     wall = time.perf_counter() - t0
     for p in procs:
         p.join()
@@ -113,7 +120,7 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
     optuna.delete_study(study_name=name, storage=get_storage(
         "journal+" + pg.replace("+psycopg2", "") if kind in ("journal", "grpc-journal") else pg, heartbeat=False))
     return {"backend": kind, "clients": clients, "trials": total, "trials_per_s": round(total / wall, 1),
-            "peak_db_connections": peak}
+            "peak_db_connections": peak, "clients_failed": len(failed), **({"error": failed[0]} if failed else {})}
 
 
 def main() -> None:

@@ -148,6 +148,11 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         search = start("search", "search")
         rc = search.wait(timeout=420)
         assert rc == 0, (logs / "search.log").read_text()[-3000:]
+        storage = _native(cfg["search"], mapping)[1]["HPS_STORAGE"]
+        export = subprocess.run([str(BIN / "hps"), "export", "native-quickstart", "-o", str(tmp / "best.yaml"),
+                                 "--artifacts", str(artifacts)], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "HPS_STORAGE": storage})
+        assert export.returncode == 0, export.stderr
         dash = subprocess.Popen(dash_cmd.split(), cwd=REPO, env={**base_env, **dash_env}, stdout=open(logs / "dashboard.log", "w"),  # noqa: SIM115
                                 stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(dash)
@@ -158,7 +163,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 break
             except OSError:
                 time.sleep(0.3)
-        yield {"storage": _native(cfg["search"], mapping)[1]["HPS_STORAGE"], "study": "native-quickstart",
+        yield {"storage": storage, "study": "native-quickstart",
                "dashboard": url, "tmp": tmp, "artifacts": artifacts, "logs": logs}
     finally:
         for p in procs:
@@ -180,7 +185,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
             optuna.delete_study(study_name="native-quickstart", storage=get_storage(
                 _native(cfg["search"], mapping)[1]["HPS_STORAGE"], heartbeat=False))
-        except Exception:  # noqa: BLE001, S110
+        except Exception:
             pass
 
 
@@ -195,10 +200,7 @@ def test_native_topology_runs_the_study(topology: dict[str, Any]) -> None:
     nodes = {t.user_attrs["worker"]["pid"] for t in study.trials if "worker" in t.user_attrs}
     assert len(nodes) == 2  # both worker slots ran trials
 
-    out = topology["tmp"] / "best.yaml"
-    proc = subprocess.run([str(BIN / "hps"), "export", topology["study"], "-o", str(out), "--artifacts", str(topology["artifacts"])],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "HPS_STORAGE": topology["storage"]})
-    assert proc.returncode == 0, proc.stderr
+    out = topology["tmp"] / "best.yaml"  # written by `hps export` against the native stack
     assert yaml.safe_load(out.read_text())["provenance"]["study"] == topology["study"]
 
     summaries = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies", timeout=10))["study_summaries"]
@@ -206,3 +208,62 @@ def test_native_topology_runs_the_study(topology: dict[str, Any]) -> None:
     data = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies/{sid}", timeout=10))
     assert len(data["trials"]) == len(study.trials)
     assert [a["filename"] for a in data["artifacts"]] == ["best.yaml"]
+
+
+# ---- the dashboard in a real browser ----------------------------------------------------------
+
+SCREENSHOTS = Path(os.environ.get("HPS_SCREENSHOTS", REPO / "out" / "screenshots"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("chromium and chromedriver (Debian packages) are needed: make test installs them")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=opts)
+    yield b
+    b.quit()
+
+
+def _wait_text(b: Any, *needles: str, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    body = ""
+    while time.time() < deadline:
+        body = b.find_element("tag name", "body").text
+        if all(n in body for n in needles):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"{needles} not on the page; it shows: {body[:1500]}")
+
+
+def test_dashboard_in_a_real_browser(topology: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    summaries = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies", timeout=10))["study_summaries"]
+    sid = next(s["study_id"] for s in summaries if s["study_name"] == topology["study"])
+
+    # the study page: charts, the intermediate-values chart among them, and the exported artifact
+    browser.get(f"{topology['dashboard']}/dashboard/studies/{sid}")
+    _wait_text(browser, topology["study"], "Study Artifacts", "best.yaml")
+    plots = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    curves = [p for p in plots if "Step" in p.text]
+    assert curves, "no intermediate-values chart"
+    assert curves[0].find_elements(By.CSS_SELECTOR, ".scatterlayer .trace"), "the intermediate-values chart drew no curve"
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard-study.png"))
+
+    # the trial list: complete and pruned trials; a pruned trial's reason
+    browser.get(f"{topology['dashboard']}/dashboard/studies/{sid}/trials")
+    _wait_text(browser, "Complete", "Pruned")
+    browser.find_element(By.XPATH, "//*[normalize-space(text())='Trial 0']").click()
+    body = _wait_text(browser, "prune_reason", "over budget: params 1.97M > max_params 300k")
+    assert "Pruned" in body
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard-trials.png"))
