@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HPS_DATA ?= $(wildcard $(abspath ../shared/data/cifar10-mini.npz))
 export HPS_DATA
 
-.PHONY: install demo test lint bench
+.PHONY: install system-deps demo test lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# Debian packages the tests use: docker-compose (offline validation of the compose file) and
+# Chromium + ChromeDriver (the dashboard in a real browser).
+system-deps:
+	@command -v docker-compose >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium chromium-driver; }
+
+test: lint system-deps
+	docker-compose --env-file .env.example config -q
 	$(BIN)/pytest -q
 
 bench: install
 	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/orchestration.py --hps-storage journal+postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/storage.py

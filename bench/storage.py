@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import time
 import uuid
 from typing import Any
@@ -109,12 +110,19 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
         peak = max(peak, _connections(pg) - baseline - 1)  # minus the setup storage's
         time.sleep(1)
     stop.set()
-    results = [out.get() for _ in procs]
+    results: list[Any] = []
+    for _ in procs:
+        try:
+            results.append(out.get(timeout=120))
+        except queue.Empty:
+            results.append("failed: the client died without a result")
     failed = [r for r in results if isinstance(r, str)]
     total = sum(r for r in results if isinstance(r, int))
     wall = time.perf_counter() - t0
     for p in procs:
-        p.join()
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
     if server is not None:
         server.kill()
     optuna.delete_study(study_name=name, storage=get_storage(

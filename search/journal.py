@@ -1,12 +1,15 @@
-"""Optuna's JournalStorage on PostgreSQL, with heartbeats: the storage for large clusters.
+"""Optuna's JournalStorage on PostgreSQL with heartbeats: the storage for large clusters.
 
 ``journal+postgresql://user@host/db`` keeps every study operation as one row of an append-only
 table (``hps_journal``). Each client replays the log into memory, so an ask/report/tell costs one
 append and one incremental SELECT instead of Optuna's ~46 ORM statements per trial. An append is
 one call of a server-side function that takes a transaction-scoped advisory lock, numbers the
 logs after the last one and inserts them: sequence numbers are gapless, every reader sees a
-prefix of one total order, and the lock is never held across a client round trip. Heartbeats (``hps_heartbeat``) make a killed worker's
-trial FAIL and be retried, as with RDBStorage.
+prefix of one total order, and the lock is never held across a client round trip. Heartbeats
+(``hps_heartbeat``) make a killed worker's trial FAIL and be retried, as with RDBStorage.
+
+Cost: every client replays every log (ask, params, reports, tell of all trials of all studies in
+the table), so the CPU spent on replay grows with the number of clients times the trial rate.
 
 Durability is PostgreSQL's: rows are committed before ``append_logs`` returns.
 """

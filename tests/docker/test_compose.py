@@ -3,6 +3,7 @@ natively: the exact commands and environment of its services, hosts mapped to 12
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -167,10 +168,8 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                "dashboard": url, "tmp": tmp, "artifacts": artifacts, "logs": logs}
     finally:
         for p in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for p in procs:
             try:
                 p.wait(15)

@@ -51,3 +51,13 @@ def test_missing_torchvision_data_without_download(tmp_path: Path, monkeypatch: 
     cfg = config_from_dict({"data": {"root": str(tmp_path), "download": False}}).data
     with pytest.raises(DataError, match=r"cifar10 not found under .* and data\.download is false"):
         load_data(cfg)
+
+
+def test_the_file_is_read_once_per_process(mini_npz: Path) -> None:
+    from trainers.data import _npz
+
+    _npz.cache_clear()
+    for seed in range(3):  # three trials in one worker
+        load_data(config_from_dict({"data": {"subset": 500, "split_seed": seed}}).data)
+    info = _npz.cache_info()
+    assert info.misses == 1 and info.hits >= 2
