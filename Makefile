@@ -40,3 +40,5 @@ bench: install
 	$(BIN)/python bench/trainer.py
 	$(BIN)/python bench/orchestration.py --hps-storage journal+postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/augment.py
+	$(BIN)/python bench/search_quality.py

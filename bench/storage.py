@@ -98,7 +98,8 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
     setup = _storage(kind, pg, port)
     optuna.create_study(study_name=name, storage=setup, direction="maximize")
     ready, go, stop, out = ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(kind, pg, port, name, ready, go, stop, out)) for _ in range(clients)]
+    procs = [ctx.Process(target=_client, args=(kind, pg, port, name, ready, go, stop, out), daemon=True)
+             for _ in range(clients)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -106,8 +107,12 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
     go.set()
     t0 = time.perf_counter()
     peak = 0
+    exhausted = False
     while time.perf_counter() - t0 < seconds:
-        peak = max(peak, _connections(pg) - baseline - 1)  # minus the setup storage's
+        try:
+            peak = max(peak, _connections(pg) - baseline - 1)  # minus the setup storage's
+        except Exception:
+            exhausted = True
         time.sleep(1)
     stop.set()
     results: list[Any] = []
@@ -128,7 +133,8 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
     optuna.delete_study(study_name=name, storage=get_storage(
         "journal+" + pg.replace("+psycopg2", "") if kind in ("journal", "grpc-journal") else pg, heartbeat=False))
     return {"backend": kind, "clients": clients, "trials": total, "trials_per_s": round(total / wall, 1),
-            "peak_db_connections": peak, "clients_failed": len(failed), **({"error": failed[0]} if failed else {})}
+            "peak_db_connections": "max_connections reached" if exhausted else peak,
+            "clients_failed": len(failed), **({"error": failed[0]} if failed else {})}
 
 
 def main() -> None:
@@ -138,9 +144,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--pg", default=PG)
     args = p.parse_args()
-    rows = [run(kind, n, args.seconds, args.pg) for n in args.clients for kind in args.backends]
-    for row in rows:
-        print(json.dumps(row), flush=True)
+    for n in args.clients:
+        for kind in args.backends:
+            print(json.dumps(run(kind, n, args.seconds, args.pg)), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.errors import SpaceError
 from trainers import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config, with_overrides
-from trainers.config import check_value, flat_keys
+from trainers.config import check_value, flat_keys, read_yaml
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "gp")
 PRUNERS = ("asha", "hyperband", "median", "none")
@@ -257,13 +256,7 @@ def load_space(path: str | Path) -> Space:
     """Read and validate a space file; raises :class:`SpaceError` with one line."""
     path = Path(path)
     source = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpaceError(f"{source}: file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpaceError(f"{source}: not valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
+    raw = read_yaml(path, SpaceError)
     if not isinstance(raw, Mapping):
         raise SpaceError(f"{source}: expected a mapping with keys study, base, fixed, space, budget, objectives, warm_start")
     try:

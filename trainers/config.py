@@ -251,18 +251,22 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a retrain YAML file; a ``provenance`` block, if present, is ignored."""
+def read_yaml(path: str | Path, error: type[Exception] = ConfigError) -> Any:
+    """Parse a YAML file; a missing file or bad YAML raises ``error`` with one line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    return config_from_dict(raw, str(path))
+        raise error(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a retrain YAML file; a ``provenance`` block, if present, is ignored."""
+    return config_from_dict(read_yaml(path), str(path))
 
 
 def dump_config(cfg: TrainConfig, path: str | Path | None = None, extra: Mapping[str, Any] | None = None) -> str:
