@@ -43,6 +43,7 @@ SPACE = {"model.width": {"low": 0.25, "high": 1.0}, "optimizer.lr": {"low": 0.00
          "optimizer.weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
          "schedule.name": {"choices": ["cosine", "onecycle"]}, "augment.strength": {"low": 0.0, "high": 1.0}}
 LIMITS = {"max_params": 700_000, "max_epochs": 5}
+EPOCHS = [5]  # set from --epochs; read by the Tune trainable and scheduler
 
 
 def _space_file(tmp: Path, name: str, seed: int, budget_s: float, method: str) -> Path:
@@ -86,11 +87,11 @@ def run_study(method: str, seed: int, budget_s: float, url: str, tmp: Path) -> l
     return rows
 
 
-def _tune_trainable(config: dict[str, Any]) -> None:
+def _tune_trainable(config: dict[str, Any], epochs: int) -> None:
     from ray import tune
 
-    cfg = with_overrides(config_from_dict(BASE), config)
-    if not check(cfg, Budget(**LIMITS)).feasible:
+    cfg = with_overrides(config_from_dict(BASE), {**config, "train.epochs": epochs})
+    if not check(cfg, Budget(**{**LIMITS, "max_epochs": epochs})).feasible:
         tune.report({"val_acc": 0.0, "feasible": False, "train_seconds": 0.0, "config": json.dumps(config)})
         return
     start = time.perf_counter()
@@ -110,10 +111,10 @@ def run_tune(seed: int, budget_s: float, url: str) -> list[dict[str, Any]]:
     search = OptunaSearch(dists, metric="val_acc", mode="max", seed=seed,
                           storage=optuna.storages.RDBStorage(url), study_name=f"bench-tune-{seed}-{uuid.uuid4().hex[:4]}")
     tuner = tune.Tuner(
-        tune.with_resources(_tune_trainable, {"cpu": 2}),
+        tune.with_resources(tune.with_parameters(_tune_trainable, epochs=EPOCHS[0]), {"cpu": 2}),
         tune_config=tune.TuneConfig(search_alg=search, num_samples=-1, max_concurrent_trials=1, reuse_actors=True,
                                     time_budget_s=budget_s * 1.3,
-                                    scheduler=ASHAScheduler(metric="val_acc", mode="max", max_t=5, grace_period=1,
+                                    scheduler=ASHAScheduler(metric="val_acc", mode="max", max_t=EPOCHS[0], grace_period=1,
                                                             reduction_factor=3, time_attr="training_iteration")),
         run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0),
     )
@@ -121,7 +122,7 @@ def run_tune(seed: int, budget_s: float, url: str) -> list[dict[str, Any]]:
     rows = []
     for result in sorted(grid, key=lambda r: r.metrics.get("timestamp", 0)):
         m = result.metrics
-        full = m.get("epoch", 0) == 5 or not m.get("feasible", True)
+        full = m.get("epoch", 0) == EPOCHS[0] or not m.get("feasible", True)
         rows.append({"seconds": float(m.get("train_seconds", 0.0)), "feasible": bool(m.get("feasible", True)),
                      "complete": full and bool(m.get("feasible", True)), "val_acc": m.get("val_acc"),
                      "config": json.loads(m["config"]) if "config" in m else None, "state": "TUNE",
@@ -152,7 +153,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["hps", "random", "tune"])
     p.add_argument("--out", type=Path, default=Path("out/search-bench"))
     p.add_argument("--no-retrain", action="store_true", help="skip the final test-split retrain")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per trial (and the epoch budget)")
     args = p.parse_args()
+    BASE["train"]["epochs"] = LIMITS["max_epochs"] = EPOCHS[0] = args.epochs
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{(args.out / 'studies.db').resolve()}"

@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 def test_search_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "bench/search_quality.py", "--budget", "4", "--seeds", "0", "--no-retrain",
+    proc = subprocess.run([sys.executable, "bench/search_quality.py", "--budget", "4", "--seeds", "0", "--no-retrain", "--epochs", "1",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
