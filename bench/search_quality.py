@@ -101,8 +101,12 @@ def _tune_trainable(config: dict[str, Any], epochs: int) -> None:
 
 
 def run_tune(seed: int, budget_s: float, url: str) -> list[dict[str, Any]]:
+    import ray
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from ray import tune
+
+    if not ray.is_initialized():  # a private Ray: never join a cluster that happens to run here
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
