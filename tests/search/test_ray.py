@@ -93,6 +93,17 @@ def connected(ray_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> I
         ray.shutdown()
 
 
+def _wait_finished(name: str, n: int, seconds: float) -> None:
+    """Poll until the study holds ``n`` finished trials (or ``seconds`` pass)."""
+    for _ in range(int(seconds * 10)):
+        time.sleep(0.1)
+        try:
+            if len([t for t in _trials(name) if t.state in FINISHED]) >= n:
+                return
+        except KeyError:  # the study does not exist yet
+            continue
+
+
 def _trials(name: str, url: str = PG_URL) -> list[optuna.trial.FrozenTrial]:
     return load(url, name).trials
 
@@ -200,13 +211,7 @@ def test_kill_the_driver_and_rerun_resumes(tmp_path: Path, connected: str, study
     env = {"HPS_STORAGE": PG_URL, "RAY_AUTH_MODE": "disabled", "HPS_HEARTBEAT_SECONDS": "1"}
     args = ("run", str(path), "--ray", connected, "--workers", "2", "--no-live")
     proc = _hps(*args, env=env, start_new_session=True)
-    for _ in range(900):
-        time.sleep(0.1)
-        try:
-            if len([t for t in _trials(study_name) if t.state in FINISHED]) >= 2:
-                break
-        except KeyError:
-            continue
+    _wait_finished(study_name, 2, 90)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     before = {t.number: t.values for t in _trials(study_name) if t.state in FINISHED}
@@ -228,13 +233,7 @@ def test_postgres_restart_mid_study(tmp_path: Path, connected: str, study_name: 
     import threading
 
     def restart() -> None:
-        for _ in range(600):
-            time.sleep(0.1)
-            try:
-                if len([t for t in _trials(study_name) if t.state in FINISHED]) >= 2:
-                    break
-            except KeyError:
-                continue
+        _wait_finished(study_name, 2, 60)
         version = os.listdir("/etc/postgresql")[0]
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
         restarted.append(True)
