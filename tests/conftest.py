@@ -1,8 +1,13 @@
-"""Shared fixtures: the real CIFAR-10 mini set and a small fast config."""
+"""Shared fixtures: the real CIFAR-10 mini set, a small fast config, and process helpers for the
+tests that start real clusters."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +39,35 @@ def tiny_config(**sections: dict) -> dict:
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pids_using(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker`` (a Ray temp dir, say), and every process in
+    their process groups: Ray's client server and agents do not name the temp dir."""
+    own = os.getpgid(0)
+    procs: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                stat = (entry / "stat").read_text()
+                pgid = int(stat.rsplit(")", 1)[1].split()[2])
+                procs[int(entry.name)] = (pgid, (entry / "cmdline").read_bytes().decode(errors="ignore"))
+            except (OSError, ValueError, IndexError):
+                continue
+    groups = {pgid for pgid, cmd in procs.values() if marker in cmd} - {own}
+    return sorted(pid for pid, (pgid, cmd) in procs.items() if marker in cmd or pgid in groups)
+
+
+def kill_all(marker: str) -> None:
+    """SIGTERM, then SIGKILL, whatever :func:`pids_using` finds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_using(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(1)

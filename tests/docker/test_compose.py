@@ -20,9 +20,8 @@ import psycopg2
 import pytest
 import yaml
 
-from tests.conftest import MINI, REPO
-from tests.search.conftest import write_space
-from tests.search.test_ray import _free_port, _kill_all, _pids_using
+from tests.conftest import MINI, REPO, free_port, kill_all, pids_using
+from tests.search.conftest import opened, trials, write_space
 
 BIN = Path(sys.executable).parent
 COMMANDS = ("hps ", "ray ", "optuna-dashboard ")
@@ -110,7 +109,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     tmp = tmp_path_factory.mktemp("native")
     space = write_space(tmp, "native-quickstart", study__trials=4)
     ray_tmp = f"/tmp/hpsnative-{os.getpid()}"
-    env_vars = {"RAY_PORT": str(_free_port()), "RAY_CLIENT_PORT": str(_free_port()), "RAY_DASHBOARD_HOST": "127.0.0.1",
+    env_vars = {"RAY_PORT": str(free_port()), "RAY_CLIENT_PORT": str(free_port()), "RAY_DASHBOARD_HOST": "127.0.0.1",
                 "SPACE": str(space), "WORKERS": "2", "GPUS_PER_TRIAL": "0", "CPUS_PER_TRIAL": "1",
                 "HPS_DATA": str(MINI), "HPS_HEARTBEAT_SECONDS": "5", "POSTGRES_PASSWORD": "native-test"}
     cfg = resolved(env_vars)["services"]
@@ -140,7 +139,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             raise AssertionError("ray-head never became healthy: " + (logs / "ray-head.log").read_text()[-2000:])
         start("ray-worker-1", "ray-worker")
         start("ray-worker-2", "ray-worker")
-        dash_port = _free_port()
+        dash_port = free_port()
         args, dash_env = _native(cfg["dashboard"], mapping)
         dash_cmd = " ".join(args).replace("--port 8080", f"--port {dash_port}").replace("--host 0.0.0.0", "--host 127.0.0.1")
         time.sleep(5)
@@ -175,35 +174,19 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
-        _kill_all(ray_tmp)
-        assert _pids_using(ray_tmp) == []
-        from search.storage import get_storage
+        kill_all(ray_tmp)
+        assert pids_using(ray_tmp) == []
+        import optuna
 
-        try:
-            import optuna
-
-            optuna.delete_study(study_name="native-quickstart", storage=get_storage(
-                _native(cfg["search"], mapping)[1]["HPS_STORAGE"], heartbeat=False))
-        except Exception:
-            pass
+        with contextlib.suppress(KeyError), opened(_native(cfg["search"], mapping)[1]["HPS_STORAGE"]) as storage:
+            optuna.delete_study(study_name="native-quickstart", storage=storage)
 
 
-RAY_CLIENT_CRASH = pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="in a fresh clone Ray's client server crashes (gRPC ev_epoll1 'next_worker->state == KICKED') "
-           "and the driver cannot connect; passes in the dev checkout; under investigation (issue 5)")
-
-
-@RAY_CLIENT_CRASH
 def test_native_topology_runs_the_study(topology: dict[str, Any]) -> None:
-    import optuna
-
-    from search.storage import get_storage
-
-    study = optuna.load_study(study_name=topology["study"], storage=get_storage(topology["storage"], heartbeat=False))
-    states = [t.state.name for t in study.trials]
+    ts = trials(topology["storage"], topology["study"])
+    states = [t.state.name for t in ts]
     assert states.count("COMPLETE") + states.count("PRUNED") >= 4
-    nodes = {t.user_attrs["worker"]["pid"] for t in study.trials if "worker" in t.user_attrs}
+    nodes = {t.user_attrs["worker"]["pid"] for t in ts if "worker" in t.user_attrs}
     assert len(nodes) == 2  # both worker slots ran trials
 
     out = topology["tmp"] / "best.yaml"  # written by `hps export` against the native stack
@@ -212,7 +195,7 @@ def test_native_topology_runs_the_study(topology: dict[str, Any]) -> None:
     summaries = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies", timeout=10))["study_summaries"]
     sid = next(s["study_id"] for s in summaries if s["study_name"] == topology["study"])
     data = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies/{sid}", timeout=10))
-    assert len(data["trials"]) == len(study.trials)
+    assert len(data["trials"]) == len(ts)
     assert [a["filename"] for a in data["artifacts"]] == ["best.yaml"]
 
 
@@ -250,7 +233,6 @@ def _wait_text(b: Any, *needles: str, timeout: float = 30) -> str:
     raise AssertionError(f"{needles} not on the page; it shows: {body[:1500]}")
 
 
-@RAY_CLIENT_CRASH
 def test_dashboard_in_a_real_browser(topology: dict[str, Any], browser: Any) -> None:
     from selenium.webdriver.common.by import By
 

@@ -50,18 +50,27 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL, "journal": JOURNAL_URL}[request.param]
 
 
-def load(url: str, name: str) -> optuna.Study:
-    from search.storage import get_storage
+@contextlib.contextmanager
+def opened(url: str) -> Iterator[optuna.storages.BaseStorage]:
+    """A storage whose connections are closed on exit (tests poll; leaked pools would pile up)."""
+    from search.storage import dispose, get_storage
 
-    return optuna.load_study(study_name=name, storage=get_storage(url, heartbeat=False))
+    storage = get_storage(url, heartbeat=False)
+    try:
+        yield storage
+    finally:
+        dispose(storage)
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    with opened(url) as storage:
+        return optuna.load_study(study_name=name, storage=storage).trials
 
 
 @pytest.fixture
 def study_name() -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
-    from search.storage import get_storage
-
     for url in (PG_URL, JOURNAL_URL):
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=name, storage=get_storage(url, heartbeat=False))
+        with contextlib.suppress(KeyError), opened(url) as storage:
+            optuna.delete_study(study_name=name, storage=storage)

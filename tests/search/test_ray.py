@@ -3,11 +3,9 @@ the second node advertises 2 fake GPUs to test placement), PostgreSQL storage, r
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,52 +20,23 @@ from optuna.trial import TrialState
 
 from search.ray import RayExecutor
 from search.space import load_space
-from tests.conftest import REPO
-from tests.search.conftest import JOURNAL_URL, PG_URL, load, write_space
+from tests.conftest import REPO, free_port, kill_all, pids_using
+from tests.search.conftest import JOURNAL_URL, PG_URL, trials, write_space
 
 RAY = str(Path(sys.executable).parent / "ray")
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="in a fresh clone the Ray cluster tests fail (as Ray Client does, see issue 5); they pass in the dev "
-           "checkout; under investigation (issue 4)")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_using(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "cmdline").read_bytes().decode(errors="ignore"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def _kill_all(marker: str) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_using(marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[dict[str, str]]:
     """``ray start --head`` plus a second node, torn down by process id afterwards."""
     tmp = tempfile.mkdtemp(prefix="hpsray-", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--temp-dir", tmp, "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+                    "--ray-client-server-port", str(free_port()),
                     "--include-dashboard", "false", *common], check=True, capture_output=True, env=env)
     try:
         subprocess.run([RAY, "start", "--address", address, "--num-cpus", "2", "--num-gpus", "2",
@@ -78,8 +47,8 @@ def ray_cluster() -> Iterator[dict[str, str]]:
 
         if ray.is_initialized():
             ray.shutdown()
-        _kill_all(tmp)
-        assert _pids_using(tmp) == []
+        kill_all(tmp)
+        assert pids_using(tmp) == []
 
 
 @pytest.fixture
@@ -105,7 +74,7 @@ def _wait_finished(name: str, n: int, seconds: float) -> None:
 
 
 def _trials(name: str, url: str = PG_URL) -> list[optuna.trial.FrozenTrial]:
-    return load(url, name).trials
+    return trials(url, name)
 
 
 def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, study_name: str) -> None:

@@ -25,7 +25,7 @@ from search.space import load_space
 from search.storage import get_storage
 from search.study import open_study
 from tests.conftest import REPO
-from tests.search.conftest import PG_URL, load, write_space
+from tests.search.conftest import PG_URL, trials, write_space
 from trainers import TrainConfig, load_config, train
 
 
@@ -40,10 +40,6 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
     monkeypatch.setattr(search.objective, "train", recording_train)
     return seen
-
-
-def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return load(url, name).trials
 
 
 def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, spy: list[TrainConfig]) -> None:
