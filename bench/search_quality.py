@@ -92,12 +92,11 @@ def _tune_trainable(config: dict[str, Any], epochs: int) -> None:
 
     cfg = with_overrides(config_from_dict(BASE), {**config, "train.epochs": epochs})
     if not check(cfg, Budget(**{**LIMITS, "max_epochs": epochs})).feasible:
-        tune.report({"val_acc": 0.0, "feasible": False, "train_seconds": 0.0, "config": json.dumps(config)})
+        tune.report({"val_acc": 0.0, "feasible": False, "train_seconds": 0.0})
         return
     start = time.perf_counter()
     train(cfg, report=lambda e, m: tune.report({"val_acc": m["val_acc"], "feasible": True, "epoch": e,
-                                                 "train_seconds": time.perf_counter() - start,
-                                                 "config": json.dumps(config)}))
+                                                 "train_seconds": time.perf_counter() - start}))
 
 
 def run_tune(seed: int, budget_s: float, url: str) -> list[dict[str, Any]]:
@@ -124,12 +123,14 @@ def run_tune(seed: int, budget_s: float, url: str) -> list[dict[str, Any]]:
     )
     grid = tuner.fit()
     rows = []
-    for result in sorted(grid, key=lambda r: r.metrics.get("timestamp", 0)):
-        m = result.metrics
+    for result in sorted(grid, key=lambda r: (r.metrics or {}).get("timestamp", 0)):
+        m = result.metrics or {}
+        if "val_acc" not in m:  # the trial never reported (stopped by the time budget while starting)
+            continue
         full = m.get("epoch", 0) == EPOCHS[0] or not m.get("feasible", True)
         rows.append({"seconds": float(m.get("train_seconds", 0.0)), "feasible": bool(m.get("feasible", True)),
                      "complete": full and bool(m.get("feasible", True)), "val_acc": m.get("val_acc"),
-                     "config": json.loads(m["config"]) if "config" in m else None, "state": "TUNE",
+                     "config": result.config, "state": "TUNE",
                      "intermediate": m.get("epoch", 0)})
     spent, kept = 0.0, []
     for r in rows:  # equal compute: keep trials that started within the budget
