@@ -1,0 +1,104 @@
+"""The journal storage on the real PostgreSQL: shared order, snapshots, and what a database crash
+can and cannot lose."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import optuna
+import psycopg2
+import pytest
+from optuna.trial import TrialState
+
+import search.journal
+from search.journal import JournalDiverged, PostgresJournalBackend, PostgresJournalStorage
+from search.storage import dispose, get_storage
+from tests.search.conftest import JOURNAL_URL, PG_URL
+
+LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    name = f"j-{uuid.uuid4().hex[:10]}"
+    yield name
+    storage = get_storage(JOURNAL_URL, heartbeat=False)
+    optuna.delete_study(study_name=name, storage=storage)
+    dispose(storage)
+
+
+def _sql(query: str, *args: object) -> list[tuple]:
+    conn = psycopg2.connect(LIBPQ)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(query, args)
+        rows = cur.fetchall() if cur.description else []
+    conn.close()
+    return rows
+
+
+def _trial(study: optuna.Study, x: float) -> None:
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    for step in range(3):
+        trial.report(x * step, step)
+    study.tell(trial, x)
+
+
+def test_two_clients_see_one_history(name: str) -> None:
+    a = optuna.create_study(study_name=name, storage=get_storage(JOURNAL_URL, heartbeat=False))
+    b = optuna.load_study(study_name=name, storage=get_storage(JOURNAL_URL, heartbeat=False))
+    for i in range(5):
+        _trial(a if i % 2 else b, i / 10)
+    for study in (a, b):
+        ts = study.trials
+        assert [t.number for t in ts] == list(range(5))
+        assert [t.value for t in ts] == [i / 10 for i in range(5)]
+        assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in ts)
+    seqs = [r[0] for r in _sql("SELECT seq FROM hps_journal ORDER BY seq")]
+    assert seqs == list(range(len(seqs)))  # gapless: every reader sees a prefix of one order
+
+
+def test_a_new_client_starts_from_the_snapshot(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search.journal, "SNAPSHOT_EVERY", 100)  # logs
+    study = optuna.create_study(study_name=name, storage=get_storage(JOURNAL_URL, heartbeat=False))
+    for i in range(30):
+        _trial(study, i / 200)
+    total = _sql("SELECT count(*) FROM hps_journal")[0][0]
+    reads: list[int] = []
+    read = PostgresJournalBackend.read_logs
+    monkeypatch.setattr(PostgresJournalBackend, "read_logs", lambda self, n: reads.append(n) or read(self, n))
+    fresh = PostgresJournalStorage(JOURNAL_URL)
+    loaded = optuna.load_study(study_name=name, storage=fresh).trials
+    assert total - 200 <= reads[0] <= total  # it read only the logs after the snapshot...
+    assert fresh._replay_result.log_number_read == total  # ...and holds everything
+    assert [(t.number, t.value, t.params) for t in loaded] == [(t.number, t.value, t.params) for t in study.trials]
+    dispose(fresh)
+
+
+def test_a_client_that_read_lost_logs_stops(name: str) -> None:
+    """A database crash can lose the last reports of running trials (committed without waiting for
+    the disk). A client that had read them must not carry on from a state the database lost."""
+    storage = get_storage(JOURNAL_URL, heartbeat=False)
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial = study.ask()
+    trial.report(0.5, 0)
+    # a crash loses the report; another worker then appends a different log at the same place
+    other = json.dumps({"op_code": 2, "worker_id": "other", "study_id": study._study_id, "user_attr": {"k": 1}})
+    _sql("UPDATE hps_journal SET log = %s WHERE seq = (SELECT max(seq) FROM hps_journal)", other)
+    _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
+    with pytest.raises(JournalDiverged, match="lost logs this worker had read"):
+        trial.report(0.6, 1)
+    dispose(storage)
+
+
+def test_a_reconnect_without_loss_carries_on(name: str) -> None:
+    storage = get_storage(JOURNAL_URL, heartbeat=False)
+    study = optuna.create_study(study_name=name, storage=storage)
+    _trial(study, 0.1)
+    _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
+    _trial(study, 0.2)
+    assert [t.value for t in study.trials] == [0.1, 0.2]
+    dispose(storage)
