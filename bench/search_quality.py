@@ -44,13 +44,14 @@ SPACE = {"model.width": {"low": 0.25, "high": 1.0}, "optimizer.lr": {"low": 0.00
          "schedule.name": {"choices": ["cosine", "onecycle"]}, "augment.strength": {"low": 0.0, "high": 1.0}}
 LIMITS = {"max_params": 700_000, "max_epochs": 5}
 EPOCHS = [5]  # set from --epochs; read by the Tune trainable and scheduler
+MIN_RESOURCE = [1]  # set from --min-resource: epochs before hps's ASHA first compares trials
 
 
 def _space_file(tmp: Path, name: str, seed: int, budget_s: float, method: str) -> Path:
     hps = method == "hps"
     spec = {"study": {"name": name, "trials": 100_000, "seed": seed,
                       "sampler": {"name": "tpe" if hps else "random"},
-                      "pruner": {"name": "asha", "args": {"min_resource": 1, "reduction_factor": 3}} if hps
+                      "pruner": {"name": "asha", "args": {"min_resource": MIN_RESOURCE[0], "reduction_factor": 3}} if hps
                       else {"name": "none"}},
             "base": BASE, "space": SPACE,
             "budget": {**(LIMITS if hps else {}), "max_device_hours": budget_s / 3600}}
@@ -159,8 +160,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("out/search-bench"))
     p.add_argument("--no-retrain", action="store_true", help="skip the final test-split retrain")
     p.add_argument("--epochs", type=int, default=5, help="epochs per trial (and the epoch budget)")
+    p.add_argument("--min-resource", type=int, default=1, help="hps's ASHA: epochs before the first rung")
     args = p.parse_args()
     BASE["train"]["epochs"] = LIMITS["max_epochs"] = EPOCHS[0] = args.epochs
+    MIN_RESOURCE[0] = args.min_resource
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{(args.out / 'studies.db').resolve()}"
