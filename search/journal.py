@@ -33,6 +33,7 @@ import pickle
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,19 +49,26 @@ from optuna.trial import FrozenTrial, TrialState
 _LOCK_KEY = 0x6870735F6A726E  # "hps_jrn"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS hps_journal (seq BIGINT PRIMARY KEY, log TEXT NOT NULL);
+ALTER TABLE hps_journal ADD COLUMN IF NOT EXISTS batch UUID UNIQUE;
 CREATE TABLE IF NOT EXISTS hps_heartbeat (trial_id BIGINT PRIMARY KEY, beat DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS hps_journal_snapshot (id INT PRIMARY KEY, log_number BIGINT NOT NULL, data BYTEA NOT NULL);
 DROP FUNCTION IF EXISTS hps_journal_append(TEXT[]);
 DROP FUNCTION IF EXISTS hps_journal_append(TEXT[], BOOLEAN, BIGINT);
-CREATE OR REPLACE FUNCTION hps_journal_append(logs TEXT[], durable BOOLEAN) RETURNS void LANGUAGE plpgsql AS $$
+DROP FUNCTION IF EXISTS hps_journal_append(TEXT[], BOOLEAN);
+CREATE OR REPLACE FUNCTION hps_journal_append(logs TEXT[], batch_id UUID, durable BOOLEAN) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE first BIGINT;
 BEGIN
   IF NOT durable THEN
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
   PERFORM pg_advisory_xact_lock({_LOCK_KEY});
+  IF EXISTS (SELECT 1 FROM hps_journal WHERE batch = batch_id) THEN
+    RETURN;  -- a retry of a batch whose commit's reply was lost: appended once already
+  END IF;
   SELECT coalesce(max(seq) + 1, 0) INTO first FROM hps_journal;
-  INSERT INTO hps_journal (seq, log) SELECT first + i - 1, l FROM unnest(logs) WITH ORDINALITY AS t(l, i);
+  INSERT INTO hps_journal (seq, log, batch)
+    SELECT first + i - 1, l, CASE WHEN i = 1 THEN batch_id END FROM unnest(logs) WITH ORDINALITY AS t(l, i);
 END $$;
 """
 SNAPSHOT_EVERY = 20_000  # logs (about 3,000 trials)
@@ -88,7 +96,10 @@ class PostgresJournalBackend(BaseJournalBackend):
         self._conn: Any = None
         self._last: tuple[int, str] | None = None  # the last log read: (seq, text), checked after a reconnect
         self._reconnected = False
-        with self._cursor() as cur:
+        with self._cursor() as cur:  # create or upgrade the tables once, not on every client start
+            cur.execute("SELECT to_regprocedure('hps_journal_append(text[],uuid,boolean)') IS NOT NULL")
+            if cur.fetchone()[0]:
+                return
             cur.execute("BEGIN")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             cur.execute(_SCHEMA)
@@ -180,12 +191,13 @@ class PostgresJournalBackend(BaseJournalBackend):
         """Append ``logs`` and return every log from ``log_number_from`` on, in one round trip (the
         read runs after the commit, so the append lock is not held while the logs are sent)."""
         texts = [json.dumps(log) for log in logs]
+        batch = str(uuid.uuid4())  # the same on a retry: a batch is appended at most once
         durable = any(log["op_code"] not in _LAZY_OPS for log in logs)
         read_from = (1 << 62) if log_number_from is None else log_number_from
 
         def q(cur: Any) -> list[str]:
-            cur.execute("BEGIN; SELECT hps_journal_append(%s::text[], %s); COMMIT; "
-                        "SELECT log FROM hps_journal WHERE seq >= %s ORDER BY seq", (texts, durable, read_from))
+            cur.execute("BEGIN; SELECT hps_journal_append(%s::text[], %s::uuid, %s); COMMIT; "
+                        "SELECT log FROM hps_journal WHERE seq >= %s ORDER BY seq", (texts, batch, durable, read_from))
             return [row[0] for row in cur.fetchall()]
 
         out = self._run(q)

@@ -102,3 +102,19 @@ def test_a_reconnect_without_loss_carries_on(name: str) -> None:
     _trial(study, 0.2)
     assert [t.value for t in study.trials] == [0.1, 0.2]
     dispose(storage)
+
+
+def test_a_retried_append_is_stored_once(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that breaks after the commit but before the reply makes the client send the
+    same batch again; it must not be appended twice (a duplicate CREATE_TRIAL would be a ghost trial)."""
+    storage = get_storage(JOURNAL_URL, heartbeat=False)
+    study = optuna.create_study(study_name=name, storage=storage)
+    log = {"op_code": 2, "worker_id": "w", "study_id": study._study_id, "user_attr": {"retried": 1}}
+    batch = uuid.uuid4()
+    monkeypatch.setattr(search.journal.uuid, "uuid4", lambda: batch)
+    backend = PostgresJournalBackend(JOURNAL_URL)
+    backend.append_logs([log])
+    backend.append_logs([log])  # the retry
+    assert _sql("SELECT count(*) FROM hps_journal WHERE log = %s", json.dumps(log))[0][0] == 1
+    backend.close()
+    dispose(storage)
