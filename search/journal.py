@@ -97,7 +97,9 @@ class PostgresJournalBackend(BaseJournalBackend):
         self._last: tuple[int, str] | None = None  # the last log read: (seq, text), checked after a reconnect
         self._reconnected = False
         with self._cursor() as cur:  # create or upgrade the tables once, not on every client start
-            cur.execute("SELECT to_regprocedure('hps_journal_append(text[],uuid,boolean)') IS NOT NULL")
+            cur.execute("SELECT to_regprocedure('hps_journal_append(text[],uuid,boolean)') IS NOT NULL AND "
+                        "to_regclass('hps_journal') IS NOT NULL AND to_regclass('hps_heartbeat') IS NOT NULL AND "
+                        "to_regclass('hps_journal_snapshot') IS NOT NULL")
             if cur.fetchone()[0]:
                 return
             cur.execute("BEGIN")
