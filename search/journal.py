@@ -2,10 +2,11 @@
 
 ``journal+postgresql://user@host/db`` keeps every study operation as one row of an append-only
 table (``hps_journal``). Each client replays the log into memory, so an ask/report/tell costs one
-round trip (append and read back in one server-side call) instead of Optuna's ~46 ORM statements
+round trip (append, then read back what is new) instead of Optuna's ~46 ORM statements
 per trial. An append takes a transaction-scoped advisory lock, numbers the logs after the last
 one and inserts them: sequence numbers are gapless, every reader sees a prefix of one total
-order, and the lock is never held across a client round trip. Heartbeats (``hps_heartbeat``)
+order, and the lock is never held across a client round trip. Each batch carries an id, so a
+retry after a lost reply does not append it twice. Heartbeats (``hps_heartbeat``)
 make a killed worker's trial FAIL and be retried, as with RDBStorage.
 
 Durability: logs that create or finish trials and studies are committed synchronously (flushed

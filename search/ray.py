@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 from typing import Any
 
 import ray
@@ -55,13 +57,25 @@ class RayExecutor:
         self.address, self.workers = address, workers
         self.gpus, self.cpus = gpus_per_trial, cpus_per_trial
 
-    def _connect(self) -> None:
+    def _connect(self, attempts: int = 3) -> None:
+        """Ray Client's per-driver server sometimes dies while starting (a gRPC race inside Ray,
+        seen in a few of the test runs here): a new connection gets a new one, so try again."""
         if ray.is_initialized():
             return
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
-                 include_dashboard=False if self.address == "local" else None, log_to_driver=True,
-                 configure_logging=False)
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
+                         include_dashboard=False if self.address == "local" else None, log_to_driver=True,
+                         configure_logging=False)
+                return
+            except ConnectionError as e:
+                ray.shutdown()
+                if attempt == attempts or not self.address.startswith("ray://"):
+                    raise
+                print(f"Ray Client connection failed ({str(e).splitlines()[0]}); retrying ({attempt}/{attempts - 1})",
+                      file=sys.stderr, flush=True)
+                time.sleep(2 * attempt)
 
     def run(self, space: Space, url: str, target: int, objective: Any = None) -> None:
         if url.startswith("sqlite") and self.address != "local":
