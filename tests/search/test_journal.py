@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import optuna
 import psycopg2
@@ -14,19 +13,10 @@ from optuna.trial import TrialState
 
 import search.journal
 from search.journal import JournalDiverged, PostgresJournalBackend, PostgresJournalStorage
-from search.storage import dispose, get_storage
-from tests.search.conftest import JOURNAL_URL, PG_URL
+from search.storage import dispose
+from tests.search.conftest import JOURNAL_URL, PG_URL, opened
 
 LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
-
-
-@pytest.fixture
-def name() -> Iterator[str]:
-    name = f"j-{uuid.uuid4().hex[:10]}"
-    yield name
-    storage = get_storage(JOURNAL_URL, heartbeat=False)
-    optuna.delete_study(study_name=name, storage=storage)
-    dispose(storage)
 
 
 def _sql(query: str, *args: object) -> list[tuple]:
@@ -39,6 +29,11 @@ def _sql(query: str, *args: object) -> list[tuple]:
     return rows
 
 
+def _terminate_clients() -> None:
+    """Drop every hps connection, as a database restart would."""
+    _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
+
+
 def _trial(study: optuna.Study, x: float) -> None:
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
@@ -47,69 +42,70 @@ def _trial(study: optuna.Study, x: float) -> None:
     study.tell(trial, x)
 
 
-def test_two_clients_see_one_history(name: str) -> None:
-    a = optuna.create_study(study_name=name, storage=get_storage(JOURNAL_URL, heartbeat=False))
-    b = optuna.load_study(study_name=name, storage=get_storage(JOURNAL_URL, heartbeat=False))
-    for i in range(5):
-        _trial(a if i % 2 else b, i / 10)
-    for study in (a, b):
-        ts = study.trials
-        assert [t.number for t in ts] == list(range(5))
-        assert [t.value for t in ts] == [i / 10 for i in range(5)]
-        assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in ts)
+def test_two_clients_see_one_history(study_name: str) -> None:
+    with opened(JOURNAL_URL) as one, opened(JOURNAL_URL) as two:
+        a = optuna.create_study(study_name=study_name, storage=one)
+        b = optuna.load_study(study_name=study_name, storage=two)
+        for i in range(5):
+            _trial(a if i % 2 else b, i / 10)
+        for study in (a, b):
+            ts = study.trials
+            assert [t.number for t in ts] == list(range(5))
+            assert [t.value for t in ts] == [i / 10 for i in range(5)]
+            assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in ts)
     seqs = [r[0] for r in _sql("SELECT seq FROM hps_journal ORDER BY seq")]
     assert seqs == list(range(len(seqs)))  # gapless: every reader sees a prefix of one order
 
 
-def test_a_new_client_starts_from_the_snapshot(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_client_starts_from_the_snapshot(study_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(search.journal, "SNAPSHOT_EVERY", 100)  # logs
-    study = optuna.create_study(study_name=name, storage=get_storage(JOURNAL_URL, heartbeat=False))
-    for i in range(30):
-        _trial(study, i / 200)
+    with opened(JOURNAL_URL) as storage:
+        study = optuna.create_study(study_name=study_name, storage=storage)
+        for i in range(30):
+            _trial(study, i / 200)
+        written = [(t.number, t.value, t.params) for t in study.trials]
     total = _sql("SELECT count(*) FROM hps_journal")[0][0]
     reads: list[int] = []
     read = PostgresJournalBackend.read_logs
     monkeypatch.setattr(PostgresJournalBackend, "read_logs", lambda self, n: reads.append(n) or read(self, n))
     fresh = PostgresJournalStorage(JOURNAL_URL)
-    loaded = optuna.load_study(study_name=name, storage=fresh).trials
+    loaded = optuna.load_study(study_name=study_name, storage=fresh).trials
     assert total - 200 <= reads[0] <= total  # it read only the logs after the snapshot...
     assert fresh._replay_result.log_number_read == total  # ...and holds everything
-    assert [(t.number, t.value, t.params) for t in loaded] == [(t.number, t.value, t.params) for t in study.trials]
+    assert [(t.number, t.value, t.params) for t in loaded] == written
     dispose(fresh)
 
 
-def test_a_client_that_read_lost_logs_stops(name: str) -> None:
+def test_a_client_that_read_lost_logs_stops(study_name: str) -> None:
     """A database crash can lose the last reports of running trials (committed without waiting for
     the disk). A client that had read them must not carry on from a state the database lost."""
-    storage = get_storage(JOURNAL_URL, heartbeat=False)
-    study = optuna.create_study(study_name=name, storage=storage)
-    trial = study.ask()
-    trial.report(0.5, 0)
-    # a crash loses the report; another worker then appends a different log at the same place
-    other = json.dumps({"op_code": 2, "worker_id": "other", "study_id": study._study_id, "user_attr": {"k": 1}})
-    _sql("UPDATE hps_journal SET log = %s WHERE seq = (SELECT max(seq) FROM hps_journal)", other)
-    _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
-    with pytest.raises(JournalDiverged, match="lost logs this worker had read"):
-        trial.report(0.6, 1)
-    dispose(storage)
+    with opened(JOURNAL_URL) as storage:
+        study = optuna.create_study(study_name=study_name, storage=storage)
+        trial = study.ask()
+        trial.report(0.5, 0)
+        # a crash loses the report; another worker then appends a different log at the same place
+        other = json.dumps({"op_code": 2, "worker_id": "other", "study_id": study._study_id, "user_attr": {"k": 1}})
+        _sql("UPDATE hps_journal SET log = %s WHERE seq = (SELECT max(seq) FROM hps_journal)", other)
+        _terminate_clients()
+        with pytest.raises(JournalDiverged, match="lost logs this worker had read"):
+            trial.report(0.6, 1)
 
 
-def test_a_reconnect_without_loss_carries_on(name: str) -> None:
-    storage = get_storage(JOURNAL_URL, heartbeat=False)
-    study = optuna.create_study(study_name=name, storage=storage)
-    _trial(study, 0.1)
-    _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
-    _trial(study, 0.2)
-    assert [t.value for t in study.trials] == [0.1, 0.2]
-    dispose(storage)
+def test_a_reconnect_without_loss_carries_on(study_name: str) -> None:
+    with opened(JOURNAL_URL) as storage:
+        study = optuna.create_study(study_name=study_name, storage=storage)
+        _trial(study, 0.1)
+        _terminate_clients()
+        _trial(study, 0.2)
+        assert [t.value for t in study.trials] == [0.1, 0.2]
 
 
-def test_a_retried_append_is_stored_once(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retried_append_is_stored_once(study_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that breaks after the commit but before the reply makes the client send the
     same batch again; it must not be appended twice (a duplicate CREATE_TRIAL would be a ghost trial)."""
-    storage = get_storage(JOURNAL_URL, heartbeat=False)
-    study = optuna.create_study(study_name=name, storage=storage)
-    log = {"op_code": 2, "worker_id": "w", "study_id": study._study_id, "user_attr": {"retried": 1}}
+    with opened(JOURNAL_URL) as storage:
+        study_id = optuna.create_study(study_name=study_name, storage=storage)._study_id
+    log = {"op_code": 2, "worker_id": "w", "study_id": study_id, "user_attr": {"retried": 1}}
     batch = uuid.uuid4()
     monkeypatch.setattr(search.journal.uuid, "uuid4", lambda: batch)
     backend = PostgresJournalBackend(JOURNAL_URL)
@@ -117,4 +113,3 @@ def test_a_retried_append_is_stored_once(name: str, monkeypatch: pytest.MonkeyPa
     backend.append_logs([log])  # the retry
     assert _sql("SELECT count(*) FROM hps_journal WHERE log = %s", json.dumps(log))[0][0] == 1
     backend.close()
-    dispose(storage)
