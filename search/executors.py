@@ -8,10 +8,12 @@ shared storage, so Optuna's heartbeats run and its pruner decides.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import optuna
+import sqlalchemy.exc
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -21,6 +23,7 @@ from search.storage import dispose, get_storage
 from search.study import FINISHED, load_study, make_pruner, make_sampler, open_study
 
 MAX_FAILS_IN_A_ROW = 3
+MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
 
 
 class Executor(Protocol):
@@ -74,8 +77,17 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
         budget = StudyBudget(space.budget.max_device_hours)
         if budget.spent(study) or len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
             return
-        study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
-                       callbacks=[MaxTrialsCallback(target, states=FINISHED), budget, FailureGuard()])
+        for outage in range(MAX_STORAGE_OUTAGES + 1):
+            try:
+                study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
+                               callbacks=[MaxTrialsCallback(target, states=FINISHED), budget, FailureGuard()])
+                return
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError):
+                # the database went away (a restart): the trial in flight fails through heartbeats;
+                # wait for the database, then carry on with the study
+                if outage == MAX_STORAGE_OUTAGES:
+                    raise
+                time.sleep(5)
     finally:
         dispose(storage)
 
