@@ -8,7 +8,8 @@ measured). Clients start, connect and wait at a barrier; trials/s is counted ove
 Backends:
 - ``rdb``: Optuna's RDBStorage on PostgreSQL (hps's pool settings: 2 + 1 overflow per client);
 - ``grpc``: Optuna's gRPC storage proxy (run_grpc_proxy_server over RDBStorage) in one server process;
-- ``journal``: hps's ``journal+postgresql://`` (Optuna JournalStorage, one connection per client).
+- ``journal``: hps's ``journal+postgresql://`` (Optuna JournalStorage, one connection per client);
+- ``hps``: hps's ``hps+postgresql://`` (search/pgstorage.py, one connection per client), the cluster default.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from typing import Any
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
+def _url(kind: str, pg: str) -> str:
+    """The storage URL a backend (or the gRPC server's backend) uses."""
+    kind = kind.removeprefix("grpc-")
+    return pg if kind in ("rdb", "grpc") else f"{kind}+" + pg.replace("+psycopg2", "")
+
+
 def _storage(kind: str, pg: str, grpc_port: int) -> Any:
     from optuna.storages import GrpcStorageProxy
 
@@ -31,8 +38,7 @@ def _storage(kind: str, pg: str, grpc_port: int) -> Any:
 
     if kind.startswith("grpc"):
         return GrpcStorageProxy(host="127.0.0.1", port=grpc_port)
-    url = "journal+" + pg.replace("+psycopg2", "") if kind == "journal" else pg
-    return get_storage(url, heartbeat=False, pool_size=1)  # 64 clients x (1 + 1 overflow) fits max_connections 100
+    return get_storage(_url(kind, pg), heartbeat=False, pool_size=1)  # 64 clients x (1 + 1 overflow) fits max_connections 100
 
 
 def _client(kind: str, pg: str, grpc_port: int, name: str, ready: Any, go: Any, stop: Any, out: Any) -> None:
@@ -65,8 +71,8 @@ def _grpc_server(kind: str, pg: str, port: int) -> None:
 
     from search.storage import get_storage
 
-    url = "journal+" + pg.replace("+psycopg2", "") if kind == "grpc-journal" else pg
-    optuna.storages.run_grpc_proxy_server(get_storage(url, heartbeat=False, pool_size=8), host="127.0.0.1", port=port)
+    optuna.storages.run_grpc_proxy_server(get_storage(_url(kind, pg), heartbeat=False, pool_size=8),
+                                          host="127.0.0.1", port=port)
 
 
 def _connections(pg: str) -> int:
@@ -130,8 +136,7 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
             p.kill()
     if server is not None:
         server.kill()
-    optuna.delete_study(study_name=name, storage=get_storage(
-        "journal+" + pg.replace("+psycopg2", "") if kind in ("journal", "grpc-journal") else pg, heartbeat=False))
+    optuna.delete_study(study_name=name, storage=get_storage(_url(kind, pg), heartbeat=False))
     return {"backend": kind, "clients": clients, "trials": total, "trials_per_s": round(total / wall, 1),
             "peak_db_connections": "max_connections reached" if exhausted else peak,
             "clients_failed": len(failed), **({"error": failed[0]} if failed else {})}
@@ -140,7 +145,7 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[8, 32, 64])
-    p.add_argument("--backends", nargs="+", default=["rdb", "grpc", "journal"])
+    p.add_argument("--backends", nargs="+", default=["rdb", "grpc", "journal", "hps"])
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--pg", default=PG)
     args = p.parse_args()

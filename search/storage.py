@@ -2,7 +2,10 @@
 
 - ``sqlite:///hps.db`` (the embedded default) and ``postgresql+psycopg2://...``: Optuna's
   RDBStorage with pre-ping and a small bounded pool.
-- ``journal+postgresql://...``: :mod:`search.journal`, for large clusters.
+- ``hps+postgresql://...``: :mod:`search.pgstorage`, hps's own tables, for clusters (the default
+  there: one statement an operation, no client replays another's work).
+- ``journal+postgresql://...``: :mod:`search.journal`, Optuna's JournalStorage in a table (the
+  earlier cluster default, kept so that studies stored in it stay readable).
 
 Heartbeats are on for workers, so a trial whose worker died becomes FAIL and its params are
 retried once as a WAITING trial. This module imports neither torch nor the trainer.
@@ -20,6 +23,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 
 from search.errors import StudyError
 from search.journal import PostgresJournalStorage, is_journal
+from search.pgstorage import PostgresStorage, is_pgstorage
 
 DEFAULT_STORAGE = "sqlite:///hps.db"
 HEARTBEAT_SECONDS = int(os.environ.get("HPS_HEARTBEAT_SECONDS", "30"))
@@ -43,15 +47,15 @@ def redact(url: str) -> str:
 def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool = True) -> BaseStorage:
     """An RDB storage with pre-ping (survives a database restart) and a small, bounded pool:
     each process holds at most ``pool_size`` connections (+1 overflow) to the database.
-    ``journal+postgresql://`` gives the journal storage for large clusters (one connection)."""
+    ``hps+postgresql://`` (the cluster default) and ``journal+postgresql://`` hold one connection."""
     url = storage_url(url)
-    if is_journal(url):
+    if is_pgstorage(url) or is_journal(url):
         hb_kw: dict[str, Any] = {}
         if heartbeat:
             hb_kw = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
                      "heartbeat_stale_trial_callback": _retry_callback()}
         try:
-            return PostgresJournalStorage(url, **hb_kw)
+            return (PostgresStorage if is_pgstorage(url) else PostgresJournalStorage)(url, **hb_kw)
         except Exception as e:
             raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
     engine: dict[str, Any] = {"pool_pre_ping": True}
@@ -79,7 +83,9 @@ def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
 
 def dispose(storage: BaseStorage) -> None:
     """Release a storage's database connections."""
-    if isinstance(storage, PostgresJournalStorage):
+    if isinstance(storage, PostgresStorage):
+        storage.close()
+    elif isinstance(storage, PostgresJournalStorage):
         storage.backend.close()
     elif isinstance(storage, RDBStorage):
         storage.engine.dispose()
