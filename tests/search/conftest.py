@@ -16,6 +16,7 @@ import yaml
 
 PG_URL = os.environ.get("HPS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 JOURNAL_URL = "journal+" + PG_URL.replace("+psycopg2", "")
+HPS_URL = "hps+" + PG_URL.replace("+psycopg2", "")  # the cluster default
 
 # airnet on 1,500 images, 3 epochs: about a second a trial. Trial 0 (warm start) is over budget,
 # trial 1 is a sound config that completes, trial 2 barely learns and is pruned after epoch 1.
@@ -45,9 +46,10 @@ def write_space(tmp_path: Path, name: str, **changes: Any) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgres", "journal"])
+@pytest.fixture(params=["sqlite", "postgres", "journal", "hps"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL, "journal": JOURNAL_URL}[request.param]
+    yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL, "journal": JOURNAL_URL,
+           "hps": HPS_URL}[request.param]
 
 
 @contextlib.contextmanager
@@ -71,6 +73,6 @@ def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def study_name() -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
-    for url in (PG_URL, JOURNAL_URL):
+    for url in (PG_URL, JOURNAL_URL, HPS_URL):
         with contextlib.suppress(KeyError), opened(url) as storage:
             optuna.delete_study(study_name=name, storage=storage)
