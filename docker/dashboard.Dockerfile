@@ -1,5 +1,5 @@
 # optuna-dashboard with psycopg2 and plotly (server-side plots), served by `hps dashboard` so
-# that every hps storage (the journal storage included) can be browsed. No torch: hps is
+# that every hps storage (hps+postgresql:// and the journal included) can be browsed. No torch: hps is
 # installed without its training dependencies; the dashboard command imports none of them.
 FROM python:3.11.7-slim-bookworm AS build
 RUN python -m venv /opt/dash && /opt/dash/bin/pip install --no-cache-dir \

@@ -237,12 +237,37 @@ def plot(study: Annotated[str, typer.Argument(help="study name")],
 
 @app.command()
 @_user_errors
+def copy(study: Annotated[str, typer.Argument(help="study name")],
+         source: Annotated[str, typer.Option("--from", help="storage URL the study is in")],
+         dest: Annotated[str, typer.Option("--to", help="storage URL to copy it to, e.g. hps+postgresql://...")]) -> None:
+    """Copy a study with all its trials to another storage (e.g. from the journal to hps+postgresql://)."""
+    import optuna
+
+    from search.errors import StudyError
+    from search.storage import dispose, get_storage, redact
+    from search.study import load_study
+
+    _quiet_optuna()
+    src, dst = get_storage(source, heartbeat=False), get_storage(dest, heartbeat=False)
+    try:
+        n = len(load_study(study, src).get_trials(deepcopy=False))
+        optuna.copy_study(from_study_name=study, from_storage=src, to_storage=dst)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(f"{redact(dest)} already holds a study named {study!r}; nothing copied") from None
+    finally:
+        dispose(src)
+        dispose(dst)
+    console.print(f"copied {study} ({n} trials) from {redact(source)} to {redact(dest)}", highlight=False)
+
+
+@app.command()
+@_user_errors
 def dashboard(storage: StorageOpt = None,
               host: Annotated[str, typer.Option("--host", help="bind address")] = "127.0.0.1",
               port: Annotated[int, typer.Option("--port")] = 8080, artifacts: ArtifactsOpt = None) -> None:
     """Start optuna-dashboard on the study storage (localhost unless --host says otherwise).
 
-    Serves every storage hps writes, the journal storage included, with the export artifacts.
+    Serves every storage hps writes (hps+postgresql:// and the journal included), with the export artifacts.
     Imports neither torch nor the trainer (the dashboard image has neither)."""
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore

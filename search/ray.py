@@ -7,9 +7,10 @@ pruners, so its study states and curves would be wrong.
 Resources: each actor asks ``num_gpus=gpus_per_trial`` (fractions share a GPU; Ray sets
 CUDA_VISIBLE_DEVICES) and ``num_cpus=cpus_per_trial``. A killed actor is restarted by Ray
 (``max_restarts``) and resumes the loop; its trial turns FAIL through heartbeats and its params are
-retried once. Database connections: each actor holds at most ``POOL_SIZE + 1`` (SQLAlchemy pool +
-overflow, the heartbeat thread shares it), so a run holds at most ``workers * 2 + 4`` (the driver
-opens two storages of two connections each, one for the live view).
+retried once. Database connections: on ``hps+postgresql://`` (and the journal) each actor holds one,
+shared with its heartbeat thread, so a run holds at most ``workers + 2`` (the driver opens two
+storages, one for the live view); on RDBStorage each holds at most ``POOL_SIZE + 1`` (SQLAlchemy
+pool + overflow), so ``workers * 2 + 4``.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def test_what_the_validator_cannot_check() -> None:
     assert (vol["source"] if isinstance(vol, dict) else vol.split(":")[0]) == "pgdata"
     assert "healthcheck" in services["postgres"] and "healthcheck" in services["ray-head"]
     assert services["search"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["search"]["environment"]["HPS_STORAGE"].startswith("journal+postgresql://hps:")
+    assert services["search"]["environment"]["HPS_STORAGE"].startswith("hps+postgresql://hps:")
     raw = (REPO / "docker-compose.yml").read_text() + (REPO / ".env.example").read_text()
     assert "change-me" not in (REPO / "docker-compose.yml").read_text() and "POSTGRES_PASSWORD=change-me" in raw
     for dockerfile in ("worker", "dashboard"):

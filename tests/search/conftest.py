@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+
+from tests.conftest import REPO
 
 PG_URL = os.environ.get("HPS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 JOURNAL_URL = "journal+" + PG_URL.replace("+psycopg2", "")
@@ -62,6 +66,12 @@ def opened(url: str) -> Iterator[optuna.storages.BaseStorage]:
         yield storage
     finally:
         dispose(storage)
+
+
+def hps(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """The hps command line, run as a user runs it."""
+    exe = Path(sys.executable).parent / "hps"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
 
 
 def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:

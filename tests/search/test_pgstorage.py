@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 import search.pgstorage
 from search.pgstorage import PostgresStorage
-from tests.search.conftest import HPS_URL, PG_URL, opened
+from tests.search.conftest import HPS_URL, JOURNAL_URL, PG_URL, hps, opened, trials
 
 LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
 
@@ -173,3 +173,25 @@ def test_heartbeats_fail_a_silent_trial(study_name: str) -> None:
     assert hb._get_stale_trial_ids(study_id) == [silent._trial_id]  # a trial that never beat is not stale
     assert never._trial_id not in hb._get_stale_trial_ids(study_id)
     hb.close()
+
+
+def test_hps_copy_moves_a_journal_study_here(study_name: str) -> None:
+    """Studies stored in the earlier cluster default come along, trial for trial."""
+    with opened(JOURNAL_URL) as storage:
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+        study.set_user_attr("hps_space", {"study": {"name": study_name}})
+        for i in range(3):
+            _trial(study, i / 10)
+        pruned = study.ask()
+        pruned.suggest_float("x", 0, 1)
+        pruned.report(0.01, 0)
+        study.tell(pruned, state=TrialState.PRUNED)
+        study.enqueue_trial({"x": 0.5})
+    r = hps("copy", study_name, "--from", JOURNAL_URL, "--to", HPS_URL)
+    assert r.returncode == 0 and f"copied {study_name} (5 trials)" in r.stdout, r.stderr
+    key = [(t.number, t.state, t.values, t.params, t.intermediate_values, t.user_attrs) for t in trials(JOURNAL_URL, study_name)]
+    assert [(t.number, t.state, t.values, t.params, t.intermediate_values, t.user_attrs) for t in trials(HPS_URL, study_name)] == key
+    with opened(HPS_URL) as storage:
+        assert optuna.load_study(study_name=study_name, storage=storage).user_attrs["hps_space"]["study"]["name"] == study_name
+    again = hps("copy", study_name, "--from", JOURNAL_URL, "--to", HPS_URL)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already holds a study named" in again.stderr

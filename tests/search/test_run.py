@@ -25,7 +25,7 @@ from search.space import load_space
 from search.storage import get_storage
 from search.study import open_study
 from tests.conftest import REPO
-from tests.search.conftest import PG_URL, trials, write_space
+from tests.search.conftest import PG_URL, hps, trials, write_space
 from trainers import TrainConfig, load_config, train
 
 
@@ -190,11 +190,6 @@ def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) 
     assert study.user_attrs["stopped"].startswith("compute budget spent")
     InProcessExecutor().run(load_space(path), url, 5)  # a rerun does not start new trials either
     assert len(optuna.load_study(study_name=study_name, storage=url).trials) == 1
-
-
-def hps(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "hps"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
 
 
 def test_cli_run_resume_export_retrain(tmp_path: Path, study_name: str) -> None:
