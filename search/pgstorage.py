@@ -137,6 +137,7 @@ class PostgresStorage(BaseStorage, BaseHeartbeat):
         self._dsn = dsn(url)
         self._lock = threading.RLock()  # one connection, shared with Optuna's heartbeat thread
         self._conn: Any = None
+        self._connected = False  # once it has been, a lost connection is waited for
         self._studies: dict[int, _Study] = {}
         self._where: dict[int, tuple[int, int]] = {}  # trial_id -> (study_id, number)
         self._owned: set[int] = set()  # running trials this client runs: its copy is the stored one
@@ -150,7 +151,8 @@ class PostgresStorage(BaseStorage, BaseHeartbeat):
     # the connection
     def _query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         """Run one statement (autocommit) and return its rows. A broken connection is replaced
-        and the statement sent again until ``RETRY_SECONDS`` have passed."""
+        and the statement sent again until ``RETRY_SECONDS`` have passed. The first connection
+        is not retried: a wrong URL is reported at once."""
         deadline = time.monotonic() + RETRY_SECONDS
         delay = 0.1
         with self._lock:
@@ -159,12 +161,13 @@ class PostgresStorage(BaseStorage, BaseHeartbeat):
                     if self._conn is None or self._conn.closed:
                         self._conn = psycopg2.connect(self._dsn, application_name="hps")
                         self._conn.autocommit = True
+                        self._connected = True
                     with self._conn.cursor() as cur:
                         cur.execute(sql, args)
                         return cur.fetchall() if cur.description else []
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
                     self.close()
-                    if time.monotonic() > deadline:
+                    if not self._connected or time.monotonic() > deadline:
                         raise StorageInternalError(f"PostgreSQL unreachable: {str(e).strip().splitlines()[0]}") from e
                     time.sleep(delay)
                     delay = min(2 * delay, 2.0)

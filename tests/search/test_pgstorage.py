@@ -195,3 +195,12 @@ def test_hps_copy_moves_a_journal_study_here(study_name: str) -> None:
         assert optuna.load_study(study_name=study_name, storage=storage).user_attrs["hps_space"]["study"]["name"] == study_name
     again = hps("copy", study_name, "--from", JOURNAL_URL, "--to", HPS_URL)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already holds a study named" in again.stderr
+
+
+def test_a_wrong_url_is_reported_at_once() -> None:
+    """The first connection is not retried (only a lost one is): a typo is an error, not a wait."""
+    from search.errors import StudyError
+    from search.storage import get_storage
+
+    with pytest.raises(StudyError, match=r'cannot open storage hps\+postgresql://.*database "no_such_db" does not exist'):
+        get_storage(HPS_URL.rsplit("/", 1)[0] + "/no_such_db")

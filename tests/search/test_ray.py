@@ -62,7 +62,7 @@ def connected(ray_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> I
         ray.shutdown()
 
 
-def _wait_finished(name: str, n: int, seconds: float, url: str = PG_URL) -> None:
+def _wait_finished(name: str, n: int, seconds: float, url: str = HPS_URL) -> None:
     """Poll until the study holds ``n`` finished trials (or ``seconds`` pass)."""
     for _ in range(int(seconds * 10)):
         time.sleep(0.1)
@@ -73,7 +73,7 @@ def _wait_finished(name: str, n: int, seconds: float, url: str = PG_URL) -> None
             continue
 
 
-def _trials(name: str, url: str = PG_URL) -> list[optuna.trial.FrozenTrial]:
+def _trials(name: str, url: str = HPS_URL) -> list[optuna.trial.FrozenTrial]:
     return trials(url, name)
 
 
@@ -82,7 +82,7 @@ def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, stud
                                    space={"model.width": {"low": 0.125, "high": 0.3},
                                           "optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}},
                                    warm_start=[]))
-    RayExecutor(connected, workers=4, cpus_per_trial=1).run(space, PG_URL, 6)
+    RayExecutor(connected, workers=4, cpus_per_trial=1).run(space, HPS_URL, 6)  # the cluster default
     ts = _trials(study_name)
     finished = [t for t in ts if t.state in FINISHED]
     assert 6 <= len(finished) <= 6 + 3  # in-flight trials finish when the target is reached
@@ -96,7 +96,7 @@ def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, stud
 def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, study_name: str) -> None:
     space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[]))
     RayExecutor(connected, workers=4, gpus_per_trial=0.5, cpus_per_trial=0.5).run(space, PG_URL, 4)
-    info = [t.user_attrs["worker"] for t in _trials(study_name) if "worker" in t.user_attrs]
+    info = [t.user_attrs["worker"] for t in _trials(study_name, PG_URL) if "worker" in t.user_attrs]
     assert info and all(w["gpus"] and w["cuda_visible"] in ("0", "1") for w in info)
     import ray
 
@@ -178,7 +178,7 @@ def _hps(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
 
 def test_kill_the_driver_and_rerun_resumes(tmp_path: Path, connected: str, study_name: str) -> None:
     path = write_space(tmp_path, study_name, study__trials=6)
-    env = {"HPS_STORAGE": PG_URL, "RAY_AUTH_MODE": "disabled", "HPS_HEARTBEAT_SECONDS": "1"}
+    env = {"HPS_STORAGE": HPS_URL, "RAY_AUTH_MODE": "disabled", "HPS_HEARTBEAT_SECONDS": "1"}
     args = ("run", str(path), "--ray", connected, "--workers", "2", "--no-live")
     proc = _hps(*args, env=env, start_new_session=True)
     _wait_finished(study_name, 2, 90)
