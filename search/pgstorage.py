@@ -5,15 +5,18 @@ before it returns) on one connection per process, and it returns the trial's row
 client's copy of its own trial is the stored one. Reading a study's trials fetches only the rows
 changed since this client's last read: each row holds the id of the transaction that last changed
 it (``changed``), and a reader keeps the oldest transaction still running when it last read (its
-snapshot's xmin), so a change that commits late is read next time, never skipped. Clients never
-replay each other's work (the journal's limit), so an operation costs the same with 8 or 64
-workers. Waiting (enqueued) trials are read with their own indexed query, so ``study.ask()``
-reads no other trial unless the sampler asks for them.
+snapshot's xmin), so a change that commits late is read next time, never skipped. (A transaction
+left open elsewhere in the database holds that xmin back: reads stay correct, only larger.)
+Clients never replay each other's writes (the journal's limit): a write costs the same with 8 or
+64 workers, and a sampler that reads the whole study reads each changed trial once. Waiting
+(enqueued) trials are read with their own indexed query, so ``study.ask()`` reads no other trial
+unless the sampler asks for them.
 
 Retries: a statement that fails on a broken connection (a database restart) is sent again on a
-new one, up to ~1 minute. The writes that are not idempotent by themselves carry an id:
-creating a trial (``token``) and changing its state (``claim``), so a retry whose first attempt
-had committed finds its own work instead of doing it twice or calling it someone else's.
+new one, up to ~1 minute; the first connection is not retried, so a wrong URL fails at once.
+The writes that are not idempotent by themselves carry an id: creating a trial (``token``) and
+changing its state (``claim``), so a retry whose first attempt had committed finds its own work
+instead of doing it twice or calling it someone else's.
 Heartbeats (``heartbeat``) make a killed worker's trial FAIL and be retried, as with RDBStorage.
 
 Tables: ``hps_studies``, ``hps_trials`` and ``hps_params`` (the distribution each parameter

@@ -21,6 +21,7 @@ from tests.conftest import REPO
 PG_URL = os.environ.get("HPS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 JOURNAL_URL = "journal+" + PG_URL.replace("+psycopg2", "")
 HPS_URL = "hps+" + PG_URL.replace("+psycopg2", "")  # the cluster default
+LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
 
 # airnet on 1,500 images, 3 epochs: about a second a trial. Trial 0 (warm start) is over budget,
 # trial 1 is a sound config that completes, trial 2 barely learns and is pruned after epoch 1.
@@ -72,6 +73,34 @@ def hps(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.
     """The hps command line, run as a user runs it."""
     exe = Path(sys.executable).parent / "hps"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
+
+
+def sql(query: str, *args: object) -> list[tuple]:
+    """One statement on the test database, on a connection of its own."""
+    import psycopg2
+
+    conn = psycopg2.connect(LIBPQ)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(query, args)
+        rows = cur.fetchall() if cur.description else []
+    conn.close()
+    return rows
+
+
+def terminate_clients() -> None:
+    """Drop every hps connection, as a database restart would."""
+    sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
+
+
+def ask_report_tell(study: optuna.Study, x: float) -> None:
+    """One trial of two params and three reports, valued ``x``: what the storage tests write."""
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_categorical("opt", ["sgd", "adam"])
+    for step in range(3):
+        trial.report(x * step, step)
+    study.tell(trial, x)
 
 
 def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -7,39 +7,13 @@ import json
 import uuid
 
 import optuna
-import psycopg2
 import pytest
 from optuna.trial import TrialState
 
 import search.journal
 from search.journal import JournalDiverged, PostgresJournalBackend, PostgresJournalStorage
 from search.storage import dispose
-from tests.search.conftest import JOURNAL_URL, PG_URL, opened
-
-LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
-
-
-def _sql(query: str, *args: object) -> list[tuple]:
-    conn = psycopg2.connect(LIBPQ)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(query, args)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
-
-
-def _terminate_clients() -> None:
-    """Drop every hps connection, as a database restart would."""
-    _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
-
-
-def _trial(study: optuna.Study, x: float) -> None:
-    trial = study.ask()
-    trial.suggest_float("x", 0, 1)
-    for step in range(3):
-        trial.report(x * step, step)
-    study.tell(trial, x)
+from tests.search.conftest import JOURNAL_URL, ask_report_tell, opened, sql, terminate_clients
 
 
 def test_two_clients_see_one_history(study_name: str) -> None:
@@ -47,13 +21,13 @@ def test_two_clients_see_one_history(study_name: str) -> None:
         a = optuna.create_study(study_name=study_name, storage=one)
         b = optuna.load_study(study_name=study_name, storage=two)
         for i in range(5):
-            _trial(a if i % 2 else b, i / 10)
+            ask_report_tell(a if i % 2 else b, i / 10)
         for study in (a, b):
             ts = study.trials
             assert [t.number for t in ts] == list(range(5))
             assert [t.value for t in ts] == [i / 10 for i in range(5)]
             assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in ts)
-    seqs = [r[0] for r in _sql("SELECT seq FROM hps_journal ORDER BY seq")]
+    seqs = [r[0] for r in sql("SELECT seq FROM hps_journal ORDER BY seq")]
     assert seqs == list(range(len(seqs)))  # gapless: every reader sees a prefix of one order
 
 
@@ -62,9 +36,9 @@ def test_a_new_client_starts_from_the_snapshot(study_name: str, monkeypatch: pyt
     with opened(JOURNAL_URL) as storage:
         study = optuna.create_study(study_name=study_name, storage=storage)
         for i in range(30):
-            _trial(study, i / 200)
+            ask_report_tell(study, i / 200)
         written = [(t.number, t.value, t.params) for t in study.trials]
-    total = _sql("SELECT count(*) FROM hps_journal")[0][0]
+    total = sql("SELECT count(*) FROM hps_journal")[0][0]
     reads: list[int] = []
     read = PostgresJournalBackend.read_logs
     monkeypatch.setattr(PostgresJournalBackend, "read_logs", lambda self, n: reads.append(n) or read(self, n))
@@ -85,8 +59,8 @@ def test_a_client_that_read_lost_logs_stops(study_name: str) -> None:
         trial.report(0.5, 0)
         # a crash loses the report; another worker then appends a different log at the same place
         other = json.dumps({"op_code": 2, "worker_id": "other", "study_id": study._study_id, "user_attr": {"k": 1}})
-        _sql("UPDATE hps_journal SET log = %s WHERE seq = (SELECT max(seq) FROM hps_journal)", other)
-        _terminate_clients()
+        sql("UPDATE hps_journal SET log = %s WHERE seq = (SELECT max(seq) FROM hps_journal)", other)
+        terminate_clients()
         with pytest.raises(JournalDiverged, match="lost logs this worker had read"):
             trial.report(0.6, 1)
 
@@ -94,9 +68,9 @@ def test_a_client_that_read_lost_logs_stops(study_name: str) -> None:
 def test_a_reconnect_without_loss_carries_on(study_name: str) -> None:
     with opened(JOURNAL_URL) as storage:
         study = optuna.create_study(study_name=study_name, storage=storage)
-        _trial(study, 0.1)
-        _terminate_clients()
-        _trial(study, 0.2)
+        ask_report_tell(study, 0.1)
+        terminate_clients()
+        ask_report_tell(study, 0.2)
         assert [t.value for t in study.trials] == [0.1, 0.2]
 
 
@@ -111,5 +85,5 @@ def test_a_retried_append_is_stored_once(study_name: str, monkeypatch: pytest.Mo
     backend = PostgresJournalBackend(JOURNAL_URL)
     backend.append_logs([log])
     backend.append_logs([log])  # the retry
-    assert _sql("SELECT count(*) FROM hps_journal WHERE log = %s", json.dumps(log))[0][0] == 1
+    assert sql("SELECT count(*) FROM hps_journal WHERE log = %s", json.dumps(log))[0][0] == 1
     backend.close()

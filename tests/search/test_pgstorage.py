@@ -14,28 +14,7 @@ from optuna.trial import TrialState
 
 import search.pgstorage
 from search.pgstorage import PostgresStorage
-from tests.search.conftest import HPS_URL, JOURNAL_URL, PG_URL, hps, opened, trials
-
-LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
-
-
-def _sql(query: str, *args: object) -> list[tuple]:
-    conn = psycopg2.connect(LIBPQ)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(query, args)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
-
-
-def _trial(study: optuna.Study, x: float) -> None:
-    trial = study.ask()
-    trial.suggest_float("x", 0, 1)
-    trial.suggest_categorical("opt", ["sgd", "adam"])
-    for step in range(3):
-        trial.report(x * step, step)
-    study.tell(trial, x)
+from tests.search.conftest import HPS_URL, JOURNAL_URL, LIBPQ, ask_report_tell, hps, opened, sql, terminate_clients, trials
 
 
 def test_two_clients_see_one_history(study_name: str) -> None:
@@ -44,7 +23,7 @@ def test_two_clients_see_one_history(study_name: str) -> None:
         b = optuna.load_study(study_name=study_name, storage=two)
         a.enqueue_trial({"x": 0.25, "opt": "adam"}, user_attrs={"warm_start": "hand"})
         for i in range(5):
-            _trial(a if i % 2 else b, i / 10)
+            ask_report_tell(a if i % 2 else b, i / 10)
         for study in (a, b):
             ts = study.trials
             assert [t.number for t in ts] == list(range(5))
@@ -87,11 +66,11 @@ def test_a_read_fetches_only_what_changed(study_name: str, monkeypatch: pytest.M
     with opened(HPS_URL) as writer, opened(HPS_URL) as reader:
         a = optuna.create_study(study_name=study_name, storage=writer)
         for i in range(20):
-            _trial(a, i / 100)
+            ask_report_tell(a, i / 100)
         b = optuna.load_study(study_name=study_name, storage=reader)
         assert len(b.trials) == 20
         decoded.clear()
-        _trial(a, 0.5)
+        ask_report_tell(a, 0.5)
         writes = len(decoded)  # the writer decodes the row each of its writes returns
         assert [t.value for t in b.trials][-1] == 0.5
         assert len(decoded) == writes + 1  # the reader: one row, not 21
@@ -111,7 +90,7 @@ def test_a_change_that_commits_late_is_not_skipped(study_name: str) -> None:
         with conn.cursor() as cur:  # a slow writer: its transaction stays open across the reads below
             cur.execute("UPDATE hps_trials SET user_attrs = user_attrs || '{\"late\": \"1\"}', "
                         "changed = pg_current_xact_id() WHERE trial_id = %s", (slow._trial_id,))
-            _trial(a, 0.3)  # a change that begins and commits after the slow one began
+            ask_report_tell(a, 0.3)  # a change that begins and commits after the slow one began
             assert [t.user_attrs for t in b.trials] == [{}, {}]
             conn.commit()
         conn.close()
@@ -121,9 +100,9 @@ def test_a_change_that_commits_late_is_not_skipped(study_name: str) -> None:
 def test_a_reconnect_carries_on(study_name: str) -> None:
     with opened(HPS_URL) as storage:
         study = optuna.create_study(study_name=study_name, storage=storage)
-        _trial(study, 0.1)
-        _sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hps' AND pid <> pg_backend_pid()")
-        _trial(study, 0.2)
+        ask_report_tell(study, 0.1)
+        terminate_clients()
+        ask_report_tell(study, 0.2)
         assert [t.value for t in study.trials] == [0.1, 0.2]
 
 
@@ -136,7 +115,7 @@ def test_a_retried_create_is_stored_once(study_name: str, monkeypatch: pytest.Mo
     study_id = optuna.create_study(study_name=study_name, storage=storage)._study_id
     first = storage.create_new_trial(study_id)
     assert storage.create_new_trial(study_id) == first  # the retry finds its own trial
-    assert _sql("SELECT count(*) FROM hps_trials WHERE study_id = %s", study_id)[0][0] == 1
+    assert sql("SELECT count(*) FROM hps_trials WHERE study_id = %s", study_id)[0][0] == 1
     storage.close()
 
 
@@ -167,7 +146,7 @@ def test_heartbeats_fail_a_silent_trial(study_name: str) -> None:
         silent, beating, never = study.ask(), study.ask(), study.ask()
     hb = PostgresStorage(HPS_URL, heartbeat_interval=1, grace_period=2)
     hb.record_heartbeat(silent._trial_id)
-    _sql("UPDATE hps_trials SET heartbeat = now() - interval '10 seconds' WHERE trial_id = %s", silent._trial_id)
+    sql("UPDATE hps_trials SET heartbeat = now() - interval '10 seconds' WHERE trial_id = %s", silent._trial_id)
     hb.record_heartbeat(beating._trial_id)
     study_id = silent.study._study_id
     assert hb._get_stale_trial_ids(study_id) == [silent._trial_id]  # a trial that never beat is not stale
@@ -181,7 +160,7 @@ def test_hps_copy_moves_a_journal_study_here(study_name: str) -> None:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
         study.set_user_attr("hps_space", {"study": {"name": study_name}})
         for i in range(3):
-            _trial(study, i / 10)
+            ask_report_tell(study, i / 10)
         pruned = study.ask()
         pruned.suggest_float("x", 0, 1)
         pruned.report(0.01, 0)
