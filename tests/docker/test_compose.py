@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,7 +123,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     def start(name: str, svc: str, **extra: str) -> subprocess.Popen[str]:
         args, env = _native(cfg[svc], mapping)
-        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        out = open(logs / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
         p = subprocess.Popen(args, cwd=REPO, env={**base_env, **env, **extra}, stdout=out, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
         procs.append(p)
@@ -137,14 +138,24 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             time.sleep(1)
         else:
             raise AssertionError("ray-head never became healthy: " + (logs / "ray-head.log").read_text()[-2000:])
-        start("ray-worker-1", "ray-worker")
-        start("ray-worker-2", "ray-worker")
+        # The workers join one after the other, before the driver starts: two Ray nodes starting at
+        # once on 2 cores can miss Ray's node-registration timeout (seen in a fresh clone and here).
+        # A worker that exits is started again, as compose's `restart: unless-stopped` does.
+        for i, name in enumerate(("ray-worker-1", "ray-worker-2")):
+            worker = start(name, "ray-worker")
+            for _ in range(180):
+                status = subprocess.run(health, shell=True, env=base_env, capture_output=True, text=True).stdout
+                active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
+                if len(re.findall(r"^\s*\d+ node_", active, re.MULTILINE)) >= 2 + i:  # the head and i + 1 workers
+                    break
+                if worker.poll() is not None:
+                    worker = start(name, "ray-worker")
+                time.sleep(1)
+            else:
+                raise AssertionError(f"{name} never joined: " + (logs / f"{name}.log").read_text()[-2000:])
         dash_port = free_port()
         args, dash_env = _native(cfg["dashboard"], mapping)
         dash_cmd = " ".join(args).replace("--port 8080", f"--port {dash_port}").replace("--host 0.0.0.0", "--host 127.0.0.1")
-        time.sleep(5)
-        for p in procs[1:]:
-            assert p.poll() is None, (logs / "ray-worker-1.log").read_text()[-2000:]
         search = start("search", "search")
         rc = search.wait(timeout=420)
         assert rc == 0, (logs / "search.log").read_text()[-3000:]

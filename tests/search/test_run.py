@@ -197,11 +197,12 @@ def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) 
 def test_cli_run_resume_export_retrain(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {"HPS_STORAGE": url, "HPS_ARTIFACTS": str(tmp_path / "art")}
-    n = 8  # the first three (warm starts) end within seconds: the rest keep the run going past Ctrl-C
-    path = write_space(tmp_path, study_name, study__trials=n)
+    # Ctrl-C once two trials are finished. Without pruning, the third (a warm start) trains all its
+    # epochs, so the signal lands inside the run: with pruning the rest of the run took ~1 s once
+    # (a fresh-clone CI run), and the poll missed it. The poll reads the SQLite file with plain SQL.
+    n = 8
+    path = write_space(tmp_path, study_name, study__trials=n, study__pruner={"name": "none"})
     exe = Path(sys.executable).parent / "hps"
-    # interrupt a run (Ctrl-C) once two trials are finished; polled with plain SQL, which is fast
-    # enough to stop the run well before its end (opening an Optuna storage per poll was not)
     proc = subprocess.Popen([str(exe), "run", str(path), "--no-live"], cwd=REPO, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for _ in range(600):
