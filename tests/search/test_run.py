@@ -197,14 +197,19 @@ def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) 
 def test_cli_run_resume_export_retrain(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {"HPS_STORAGE": url, "HPS_ARTIFACTS": str(tmp_path / "art")}
-    # Ctrl-C once two trials are finished. Without pruning, the third (a warm start) trains all its
-    # epochs, so the signal lands inside the run: with pruning the rest of the run took ~1 s once
-    # (a fresh-clone CI run), and the poll missed it. The poll reads the SQLite file with plain SQL.
+    # Ctrl-C once two trials are finished (the poll reads the SQLite file with plain SQL). Without
+    # pruning, the third trial (a warm start) trains all its epochs, so the signal lands inside the run.
     n = 8
     path = write_space(tmp_path, study_name, study__trials=n, study__pruner={"name": "none"})
     exe = Path(sys.executable).parent / "hps"
-    proc = subprocess.Popen([str(exe), "run", str(path), "--no-live"], cwd=REPO, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # hps gets SIGINT as from an interactive shell: a test run started in the background of a
+    # non-interactive shell ignores SIGINT, and a child inherits an ignored signal (not a handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([str(exe), "run", str(path), "--no-live"], cwd=REPO, env={**os.environ, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for _ in range(600):
         time.sleep(0.1)
         try:
