@@ -65,15 +65,6 @@ def test_a_client_that_read_lost_logs_stops(study_name: str) -> None:
             trial.report(0.6, 1)
 
 
-def test_a_reconnect_without_loss_carries_on(study_name: str) -> None:
-    with opened(JOURNAL_URL) as storage:
-        study = optuna.create_study(study_name=study_name, storage=storage)
-        ask_report_tell(study, 0.1)
-        terminate_clients()
-        ask_report_tell(study, 0.2)
-        assert [t.value for t in study.trials] == [0.1, 0.2]
-
-
 def test_a_retried_append_is_stored_once(study_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that breaks after the commit but before the reply makes the client send the
     same batch again; it must not be appended twice (a duplicate CREATE_TRIAL would be a ghost trial)."""
