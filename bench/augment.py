@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from trainers import config_from_dict, create_model, load_data
 from trainers.augment import Augmenter
-from trainers.train import resolve_device
+from trainers.device import resolve_device
 
 
 def per_batch_ms(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]

@@ -6,22 +6,54 @@ a human reason such as ``params 7.1M > max_params 5M``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
 
 from search.errors import SpaceError
 from trainers import Measurement, TrainConfig, measure, with_overrides
-
-if TYPE_CHECKING:
-    from search.space import Budget, Space
+from trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
 
 
-def human(n: float) -> str:
+class Budget(Strict):
+    """A space file's ``budget:`` section. Every limit is optional."""
+
+    max_params: OptInteger = Field(None, gt=0)
+    max_model_bytes: OptInteger = Field(None, gt=0)
+    storage_dtype: Annotated[Text, one_of(("fp32", "fp16", "bf16", "int8"))] = "fp32"
+    max_macs: OptInteger = Field(None, gt=0)
+    max_flops: OptInteger = Field(None, gt=0)
+    max_epochs: OptInteger = Field(None, ge=1)
+    max_trial_seconds: OptNumber = Field(None, gt=0)
+    max_gpu_memory_mb: OptNumber = Field(None, gt=0)
+    max_device_hours: OptNumber = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Budget:
+        if self.max_macs is not None and self.max_flops is not None and self.max_flops != 2 * self.max_macs:
+            raise ValueError(f"max_macs {self.max_macs} and max_flops {self.max_flops} disagree "
+                             "(FLOPs = 2 x MACs); give one of them")
+        return self
+
+
+def human(n: float, digits: int = 3) -> str:
     """7100000 -> '7.1M', 20000000 -> '20M', 512 -> '512'."""
     for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.3g}"
+            return f"{n / div:.{digits}g}{unit}"
+    return f"{n:.{digits}g}"
+
+
+def over(measured: float, limit: float) -> tuple[str, str]:
+    """Both figures in short form, with as many digits as it takes to tell them apart
+    (400,490 vs 400,000: '400.49k' and '400k', never '400k > 400k')."""
+    for digits in range(3, 16):
+        a, b = human(measured, digits), human(limit, digits)
+        if a != b:
+            return a, b
+    return f"{measured:,}", f"{limit:,}"
 
 
 @dataclass(frozen=True)
@@ -57,7 +89,8 @@ def check(cfg: TrainConfig, budget: Budget) -> Check:
         constraints[key] = float(figs[fig] - limit)
         if figs[fig] > limit:
             dtype = f" at {budget.storage_dtype}" if fig == "model_bytes" else ""
-            violations.append(f"{label}{dtype} {human(figs[fig])} > {key} {human(limit)}")
+            shown, cap = over(figs[fig], limit)
+            violations.append(f"{label}{dtype} {shown} > {key} {cap}")
     return Check(figs, constraints, violations)
 
 
@@ -79,34 +112,20 @@ def fit_width(cfg: TrainConfig, budget: Budget, low: float, high: float, steps: 
     return round(lo, 4) if ok(round(lo, 4)) else lo
 
 
-def _smallest_candidates(space: Space) -> list[dict[str, Any]]:
-    """Overrides giving the smallest config for every model family the space can pick."""
-    dists = space.spec.space
-    fixed: dict[str, Any] = {}
-    for key in ("model.width", "model.depth", "train.epochs"):
-        d = dists.get(key)
-        if d is not None and d.when is None:
-            fixed[key] = min(d.values_to_check())
-    names = dists["model.name"].choices if "model.name" in dists and dists["model.name"].kind == "categorical" else None
-    options = [{"model.name": n} for n in names] if names else [{}]
-    return [dict(fixed, **o) for o in options]
-
-
-def check_smallest(space: Space) -> None:
-    """Refuse a space in which even the smallest config breaks a size budget."""
-    b = space.budget
-    if all(getattr(b, k) is None for k in _LIMITS):
+def check_smallest(base: TrainConfig, budget: Budget, candidates: Sequence[Mapping[str, Any]], source: str) -> None:
+    """Refuse a space in which even the smallest config breaks a static budget limit.
+    ``candidates``: overrides of ``base`` that give the space's smallest configs (one per model
+    family it can pick); the space is feasible if any of them is."""
+    if all(getattr(budget, k) is None for k in _LIMITS):
         return
     results = []
-    for overrides in _smallest_candidates(space):
-        cfg = with_overrides(space.base, overrides, space.source)
-        result = check(cfg, b)
+    for overrides in candidates:
+        cfg = with_overrides(base, overrides, source)
+        result = check(cfg, budget)
         if result.feasible:
             return
         results.append((cfg, result))
-    cfg, result = min(results, key=lambda r: sum(max(v, 0) / abs(getattr(b, k)) for k, v in r[1].constraints.items()))
-    name = f" ({cfg.model.name} at width {cfg.model.width:g})"
-    raise SpaceError(f"{space.source}: budget: smallest config{name} has {result.violations[0]}; "
+    cfg, result = min(results, key=lambda r: sum(max(v, 0) / abs(getattr(budget, k)) for k, v in r[1].constraints.items()))
+    name = f" ({cfg.model.name} at width {cfg.model.width:g}, depth {cfg.model.depth:g})"
+    raise SpaceError(f"{source}: budget: smallest config{name} has {result.violations[0]}; "
                      "raise the budget or lower the space's minimum")
-
-

@@ -19,6 +19,22 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        versions = {pkg: metadata.version(pkg) for pkg in ("hps", "optuna", "optuna-dashboard", "ray", "torch")}
+        console.print(f"hps {versions.pop('hps')} (" + ", ".join(f"{k} {v}" for k, v in versions.items()) + ")",
+                      highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print the versions and exit")] = False) -> None:
+    """Hyperparameter search for CIFAR classifiers under hard budgets."""
+
+
 def _user_errors(fn: F) -> F:
     """Bad input ends with one line on stderr and exit code 2, never a traceback."""
 
@@ -39,7 +55,10 @@ def _user_errors(fn: F) -> F:
 @_user_errors
 def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. from hps export)")],
             test: Annotated[bool, typer.Option("--test", help="also score the test split")] = False,
-            out: Annotated[Path | None, typer.Option("--out", help="output folder [runs/<name>]")] = None) -> None:
+            out: Annotated[Path | None, typer.Option("--out", help="output folder [runs/<name>]")] = None,
+            allow_data_mismatch: Annotated[bool, typer.Option("--allow-data-mismatch",
+                                                              help="train on the data here even if it is not the data "
+                                                                   "the config was made on")] = False) -> None:
     """Train a config from scratch; write the resolved config, metrics.json and model.pt."""
     from trainers import retrain as run_retrain
 
@@ -49,7 +68,7 @@ def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. fr
                       f"{m['images_per_s']:.0f} img/s", highlight=False)
 
     out_dir = out or Path("runs") / config.stem
-    result = run_retrain(config, out_dir, test=test, report=show)
+    result = run_retrain(config, out_dir, test=test, report=show, allow_data_mismatch=allow_data_mismatch)
     summary = f"val_acc {result.val_acc:.4f}" if result.val_acc is not None else "no validation split"
     if result.test_acc is not None:
         summary += f", test_acc {result.test_acc:.4f}"
@@ -108,7 +127,9 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="CPUs per trial (Ray)")] = 1.0,
         live: Annotated[bool, typer.Option("--live/--no-live", help="live view")] = True) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
-    from search.executors import Executor, InProcessExecutor
+    import optuna
+
+    from search.executors import FAILED_ATTR, Executor, InProcessExecutor
     from search.progress import LiveView
     from search.space import load_space
     from search.storage import dispose, get_storage, redact, storage_url
@@ -142,7 +163,11 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         console.print("interrupted; rerun the same command to resume (finished trials are kept)")
         raise typer.Exit(130) from None
     _summary(study, target)
+    failed = optuna.load_study(study_name=space.name, storage=store).user_attrs.get(FAILED_ATTR)
     dispose(store)
+    if failed:
+        err.print(f"[red]error:[/] study {space.name}: {failed}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _summary(study: object, target: int) -> None:
@@ -165,41 +190,101 @@ def _summary(study: object, target: int) -> None:
                   f"export it with: hps export {name} -o best.yaml", highlight=False)
 
 
+TRIAL_ATTRS = ("best_value", "best_epoch", "device_seconds", "prune_reason", "fail_reason", "warm_start")
+
+
+def _stops(user_attrs: dict[str, Any]) -> list[str]:
+    """Why the study's last run stopped early (failures, compute budget), if it did."""
+    return [str(user_attrs[k]) for k in ("failed", "stopped") if user_attrs.get(k)]
+
+
 @app.command()
 @_user_errors
 def status(study: Annotated[str | None, typer.Argument(help="study name; omit to list studies")] = None,
-           storage: StorageOpt = None) -> None:
-    """A table of studies, or of one study's trials with budget figures and prune reasons."""
+           storage: StorageOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")] = False) -> None:
+    """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     import optuna
 
     from search.budget import human
-    from search.storage import get_storage
+    from search.storage import dispose, get_storage
     from search.study import load_study
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
-    if study is None:
-        table = Table("study", "trials", "directions", "best value")
-        for s in optuna.get_all_study_summaries(store):
-            best = f"{s.best_trial.values[0]:.4f}" if s.best_trial and s.best_trial.values else "-"
-            table.add_row(s.study_name, str(s.n_trials), ", ".join(d.name.lower() for d in s.directions), best)
+    try:
+        if study is None:
+            rows: list[dict[str, Any]] = []
+            for s in optuna.get_all_study_summaries(store):
+                best = s.best_trial.values[0] if s.best_trial and s.best_trial.values else None
+                rows.append({"study": s.study_name, "trials": s.n_trials, "directions": [d.name.lower() for d in s.directions],
+                             "best_value": best, "stopped": _stops(s.user_attrs)})
+            if as_json:
+                print(json.dumps(rows))
+                return
+            table = Table("study", "trials", "directions", "best value", "stopped")
+            for r in rows:
+                table.add_row(r["study"], str(r["trials"]), ", ".join(r["directions"]),
+                              "-" if r["best_value"] is None else f"{r['best_value']:.4f}", "; ".join(r["stopped"]))
+            console.print(table)
+            return
+        st = load_study(study, store)
+        trials = st.get_trials(deepcopy=False)
+        if as_json:
+            print(json.dumps({
+                "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": _stops(st.user_attrs),
+                "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
+                            "constraints": t.constraints, "budget": t.user_attrs.get("budget"),
+                            **{k: t.user_attrs.get(k) for k in TRIAL_ATTRS}} for t in trials]}, default=str))
+            return
+        table = Table(title=study)
+        for col in ("#", "state", "value", "best@epoch", "params", "bytes", "MACs", "secs"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("note", ratio=1, min_width=24)
+        for t in trials:
+            fig = t.user_attrs.get("budget", {})
+            value = f"{t.values[0]:.4f}" if t.values else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
+                                                            if t.intermediate_values else "-")
+            best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
+            reason = t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason") or t.user_attrs.get("warm_start", "")
+            if t.state == optuna.trial.TrialState.FAIL and not reason:
+                reason = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
+            table.add_row(str(t.number), t.state.name.lower(), value, best, human(fig["params"]) if fig else "-",
+                          human(fig["model_bytes"]) if fig else "-", human(fig["macs"]) if fig else "-",
+                          f"{t.user_attrs.get('device_seconds', 0):.1f}", reason)
         console.print(table)
-        return
-    st = load_study(study, store)
-    table = Table(title=study)
-    for col in ("#", "state", "value", "params", "bytes", "MACs", "secs"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("note", ratio=1, min_width=24)
-    for t in st.get_trials(deepcopy=False):
-        fig = t.user_attrs.get("budget", {})
-        value = f"{t.values[0]:.4f}" if t.values else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
-                                                        if t.intermediate_values else "-")
-        reason = t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason") or t.user_attrs.get("warm_start", "")
-        table.add_row(str(t.number), t.state.name.lower(), value, human(fig["params"]) if fig else "-",
-                      human(fig["model_bytes"]) if fig else "-", human(fig["macs"]) if fig else "-",
-                      f"{t.user_attrs.get('device_seconds', 0):.1f}", reason)
-    console.print(table)
-    console.print("* last intermediate value of a pruned trial", style="dim")
+        console.print("value: the metric at the last epoch; * last intermediate value of a pruned trial", style="dim")
+        for line in _stops(st.user_attrs):
+            console.print(f"[red]stopped:[/] {line}", highlight=False)
+    finally:
+        dispose(store)
+
+
+@app.command()
+@_user_errors
+def delete(study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (scripts)")] = False) -> None:
+    """Delete a study and all its trials from the storage (asks first)."""
+    import sys
+
+    import optuna
+
+    from search.errors import StudyError
+    from search.storage import dispose, get_storage, redact, storage_url
+    from search.study import load_study
+
+    _quiet_optuna()
+    store = get_storage(storage, heartbeat=False)
+    try:
+        n = len(load_study(study, store).get_trials(deepcopy=False))
+        if not yes:
+            if not sys.stdin.isatty():
+                raise StudyError(f"not deleting study {study!r} ({n} trials) without confirmation; pass --yes")
+            typer.confirm(f"delete study {study!r} and its {n} trials from {redact(storage_url(storage))}?", abort=True)
+        optuna.delete_study(study_name=study, storage=store)
+    finally:
+        dispose(store)
+    console.print(f"deleted study {study} ({n} trials)", highlight=False)
 
 
 @app.command()

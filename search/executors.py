@@ -49,15 +49,23 @@ class StudyBudget:
             study.stop()
 
 
+FAILED_ATTR = "failed"  # study user attr: why the last run stopped on failures (None once a run starts)
+
+
 class FailureGuard:
-    """Stops a worker after ``MAX_FAILS_IN_A_ROW`` failed trials: a bug, not bad luck."""
+    """Stops a worker after ``MAX_FAILS_IN_A_ROW`` failed trials (a bug, not bad luck) and stores
+    why on the study, with the first failure's reason: ``hps run`` exits non-zero with it."""
 
     def __init__(self) -> None:
-        self.streak = 0
+        self.streak: list[FrozenTrial] = []
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
-        if self.streak >= MAX_FAILS_IN_A_ROW:
+        self.streak = [*self.streak, trial] if trial.state == TrialState.FAIL else []
+        if len(self.streak) >= MAX_FAILS_IN_A_ROW:
+            first = self.streak[0]
+            why = first.user_attrs.get("fail_reason", "no reason stored")
+            study.set_user_attr(FAILED_ATTR, f"stopped after {len(self.streak)} failed trials in a row; "
+                                             f"first: trial {first.number}: {why}")
             study.stop()
 
 
@@ -96,7 +104,9 @@ def prepare(space: Space, url: str) -> None:
     """Driver side, once before any worker starts: create the study and enqueue its warm starts."""
     storage = get_storage(url, heartbeat=False)
     try:
-        open_study(space, storage)
+        study = open_study(space, storage)
+        if study.user_attrs.get(FAILED_ATTR):
+            study.set_user_attr(FAILED_ATTR, None)  # a new run: the last one's stop is history
     finally:
         dispose(storage)
 

@@ -57,6 +57,8 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
         "study": study.study_name, "trial": trial.number, "values": list(trial.values),
         "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
         "budget_figures": trial.user_attrs.get("budget", {}), "constraints": trial.constraints,
+        "data": trial.user_attrs.get("data"),
+        "best_epoch": {"value": trial.user_attrs.get("best_value"), "epoch": trial.user_attrs.get("best_epoch")},
         "device_seconds": trial.user_attrs.get("device_seconds"), "storage": redact(storage),
         "versions": versions, "git_commit": _git_commit(),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -47,6 +47,8 @@ from optuna.storages.journal._base import BaseJournalSnapshot
 from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
+from search._env import connect_timeout
+
 _LOCK_KEY = 0x6870735F6A726E  # "hps_jrn"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS hps_journal (seq BIGINT PRIMARY KEY, log TEXT NOT NULL);
@@ -108,7 +110,7 @@ class PostgresJournalBackend(BaseJournalBackend):
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(self._dsn, application_name="hps")
+            self._conn = psycopg2.connect(self._dsn, application_name="hps", connect_timeout=connect_timeout())
             self._conn.autocommit = True  # every statement is its own transaction: one round trip
         return self._conn
 

@@ -3,11 +3,16 @@
 Outcomes, each stored on the trial:
 - budget broken before training -> PRUNED, no intermediate values, constraints set,
   ``prune_reason`` names each broken limit;
-- pruner, max_trial_seconds, max_epochs, GPU memory, CUDA OOM, NaN/inf loss -> PRUNED with
-  its intermediate values and ``prune_reason``;
-- any other exception -> FAIL with ``fail_reason`` (the worker carries on).
-User attrs: ``config`` (the full trainer config), ``budget`` (measured figures),
-``device_seconds`` (training wall time; the study's compute budget sums it).
+- pruner, max_trial_seconds, GPU memory, CUDA OOM, NaN/inf loss -> PRUNED with its intermediate
+  values and ``prune_reason``;
+- any other exception, wherever it happens (sampling, the meter, the data, training) -> FAIL with
+  ``fail_reason`` (the worker carries on).
+
+A trial's value is its metric (``objectives[0]``: val_acc or val_loss) at its last epoch, the
+epoch its schedule ends annealed on. User attrs: ``config`` (the full trainer config, data path
+and sha256 included), ``data`` (the data's identity), ``budget`` (measured figures),
+``best_value``/``best_epoch`` (the best epoch's metric), ``device_seconds`` (training wall time;
+the study's compute budget sums it).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from search.budget import check
 from search.space import Space, suggest
-from trainers import ConfigError, TrainingDiverged, config_to_dict, train
+from trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, train
 
 
 class _Stop(optuna.TrialPruned):
@@ -34,12 +39,23 @@ class Objective:
         self.space, self.worker = space, worker
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         space, budget = self.space, self.space.budget
         try:
             cfg = suggest(space, trial)
         except ConfigError as e:
             return _prune(trial, f"invalid config: {e}")
+        cfg = pin_data(cfg)
         trial.set_user_attr("config", config_to_dict(cfg))
+        trial.set_user_attr("data", data_identity(cfg))
         if self.worker:
             trial.set_user_attr("worker", self.worker)
         screen = check(cfg, budget)
@@ -49,7 +65,8 @@ class Objective:
         if not screen.feasible:
             return _prune(trial, "over budget: " + "; ".join(screen.violations))
 
-        metric = space.spec.objectives[0]
+        metric, sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
+        best: dict[str, float] = {}
         start = time.perf_counter()
         cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
         if cuda:
@@ -57,6 +74,8 @@ class Objective:
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             value = metrics[metric]
+            if not best or sign * value > sign * best["value"]:
+                best.update(value=value, epoch=epoch)
             if not space.multi_objective:
                 trial.report(value, epoch)
             elapsed = time.perf_counter() - start
@@ -70,29 +89,32 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned by {space.spec.study.pruner.name} at epoch {epoch} "
                                          f"({metric} {value:.4f})")
 
+        def finish() -> None:
+            trial.set_user_attr("device_seconds", time.perf_counter() - start)
+            if best:
+                trial.set_user_attr("best_value", best["value"])
+                trial.set_user_attr("best_epoch", int(best["epoch"]))
+
         try:
             result = train(cfg, report)
-        except optuna.TrialPruned as e:
-            return _prune(trial, str(e), start)
-        except TrainingDiverged as e:
-            return _prune(trial, str(e), start)
+        except (optuna.TrialPruned, TrainingDiverged) as e:
+            finish()
+            return _prune(trial, str(e))
         except torch.cuda.OutOfMemoryError:
-            return _prune(trial, f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})", start)
-        except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
-            trial.set_user_attr("device_seconds", time.perf_counter() - start)
+            finish()
+            return _prune(trial, f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
+        except Exception:
+            finish()
             raise
-        trial.set_user_attr("device_seconds", time.perf_counter() - start)
+        finish()
         value = result.history[-1][metric]
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
         return value
 
 
-def _prune(trial: optuna.Trial, reason: str, start: float | None = None) -> Any:
+def _prune(trial: optuna.Trial, reason: str) -> Any:
     trial.set_user_attr("prune_reason", reason)
-    if start is not None:
-        trial.set_user_attr("device_seconds", time.perf_counter() - start)
     raise optuna.TrialPruned(reason)
 
 

@@ -48,6 +48,8 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
+from search._env import connect_timeout
+
 _LOCK_KEY = 0x6870735F746162  # "hps_tab": creating the schema
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hps_studies (
@@ -162,7 +164,7 @@ class PostgresStorage(BaseStorage, BaseHeartbeat):
             while True:
                 try:
                     if self._conn is None or self._conn.closed:
-                        self._conn = psycopg2.connect(self._dsn, application_name="hps")
+                        self._conn = psycopg2.connect(self._dsn, application_name="hps", connect_timeout=connect_timeout())
                         self._conn.autocommit = True
                         self._connected = True
                     with self._conn.cursor() as cur:
@@ -288,6 +290,12 @@ class PostgresStorage(BaseStorage, BaseHeartbeat):
             self._raise_not_updatable(trial_id)
         with self._lock:
             return self._keep(rows[0][0], rows[0][1:])
+
+    def record_reason(self, trial_id: int, key: str, value: str) -> None:
+        """A user attr on a trial that has already finished: why a lost worker's trial failed."""
+        self._query("UPDATE hps_trials SET user_attrs = user_attrs || jsonb_build_object(%(k)s, %(v)s::text), "
+                    "changed = pg_current_xact_id() WHERE trial_id = %(id)s RETURNING trial_id",
+                    {"id": trial_id, "k": key, "v": json.dumps(value)})
 
     def _raise_not_updatable(self, trial_id: int) -> None:
         rows = self._query("SELECT number, state FROM hps_trials WHERE trial_id = %s", (trial_id,))

@@ -1,93 +1,118 @@
 """A space file: the study, a base trainer config, distributions over trainer keys, a budget.
 
 Everything is checked when the file loads, before any trial runs; each problem is one
-:class:`SpaceError` line naming the file, the key, the value and what is allowed.
+:class:`SpaceError` line naming the file, the key, the value and what is allowed (the same
+formatter as the trainer's config: :mod:`trainers.validation`). Checks that need more than one
+key run on the whole space: the distributions against the trainer's types and ranges, the
+smallest config against the budget, the sampler and pruner in a rehearsal of a few trials.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from search.algorithms import PRUNERS, SAMPLERS, build_pruner, build_sampler, check_args, pruner_class, rehearse, sampler_class
+from search.budget import Budget, check_smallest, fit_width
 from search.errors import SpaceError
 from trainers import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config, with_overrides
-from trainers.config import check_value, flat_keys, read_yaml
+from trainers.config import check_value, flat_keys, key_type, read_yaml
+from trainers.validation import Flag, Integer, OptNumber, OptText, Strict, Text, error_line, show
 
-SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "gp")
-PRUNERS = ("asha", "hyperband", "median", "none")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 SECOND_OBJECTIVES = ("params", "macs", "flops", "model_bytes")
+# Keys that pick the data or the machine: searching them would score trials on different data.
+NOT_SEARCHABLE = ("data.", "train.device")
+KINDS = ("float", "int", "categorical", "fit")
 Scalar = bool | int | float | str | None
 
 
-class _Strict(BaseModel):
-    """Unknown keys are an error that lists the allowed ones."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                raise ValueError(f"unknown key {unknown[0]!r}; allowed keys: {', '.join(cls.model_fields)}")
-        return data
-
-
-class Named(_Strict):
+class Named(Strict):
     """A sampler or pruner: a name plus keyword arguments of its Optuna class."""
 
-    name: str
+    name: Text
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class StudySection(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
-    metric: Literal["val_acc", "val_loss"] = "val_acc"
-    direction: Literal["maximize", "minimize"] | None = None
-    trials: int = Field(20, ge=1, le=100_000)
-    timeout: float | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
+class StudySection(Strict):
+    name: Annotated[Text, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    trials: Integer = Field(20, ge=1, le=100_000)
+    timeout: OptNumber = Field(None, gt=0)
+    seed: Integer = Field(0, ge=0)
     sampler: Named = Named(name="tpe")
     pruner: Named = Named(name="asha")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        for key in ("metric", "direction"):
+            if isinstance(data, Mapping) and key in data:
+                raise PydanticCustomError("hps", f"{key} is not a study key; the objective is the top-level "
+                                                 "objectives list (objectives: [val_loss] minimizes val_loss; its "
+                                                 "direction follows the metric)")
+        return data
 
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: Named) -> Named:
-        return _check_named(v, SAMPLERS, _sampler_class)
+        return _check_named(v, SAMPLERS, sampler_class)
 
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v: Named) -> Named:
-        return _check_named(v, PRUNERS, _pruner_class)
-
-    @model_validator(mode="after")
-    def _direction(self) -> StudySection:
-        if self.direction is not None and self.direction != METRICS[self.metric]:
-            raise ValueError(f"direction {self.direction!r} contradicts metric {self.metric!r}, "
-                             f"which is {METRICS[self.metric]}d")
-        return self
+        return _check_named(v, PRUNERS, pruner_class)
 
 
-class Dist(_Strict):
+def _check_named(v: Named, allowed: tuple[str, ...], cls_of: Any) -> Named:
+    if v.name not in allowed:
+        raise PydanticCustomError("hps", f"name {v.name!r} is not allowed; choose one of {', '.join(allowed)}")
+    try:
+        check_args(cls_of(v.name), v.args, v.name)
+    except ValueError as e:
+        raise PydanticCustomError("hps", str(e)) from None
+    return v
+
+
+class Dist(Strict):
     """``{type: float|int, low, high, log, step}``, ``{choices: [...]}`` or ``{type: fit, low, high}``
     (the largest value in [low, high] that meets the budget; for ``model.width``). ``when`` makes
-    the parameter conditional on earlier keys: ``{schedule.name: multistep}`` or a list of values."""
+    the parameter conditional on earlier keys: ``{schedule.name: multistep}`` or a list of values.
+    Without ``type``, a range takes the key's own type (int for ``train.epochs``)."""
 
-    type: Literal["float", "int", "categorical", "fit"] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    choices: list[Any] | None = None
-    when: dict[str, Any] | None = None
+    type: OptText = None
+    low: OptNumber = None
+    high: OptNumber = None
+    log: Flag = False
+    step: OptNumber = Field(None, gt=0)
+    choices: Any = None
+    when: Any = None
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str | None) -> str | None:
+        if v is not None and v not in KINDS:
+            raise PydanticCustomError("hps", f"is not allowed; choose one of {', '.join(KINDS)}")
+        return v
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, list):
+            raise PydanticCustomError("hps", "is not allowed; expected a list of values")
+        return v
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, Mapping):
+            raise PydanticCustomError("hps", "is not allowed; expected a mapping of earlier keys to values")
+        return v
 
     @model_validator(mode="after")
     def _shape(self) -> Dist:
@@ -108,10 +133,13 @@ class Dist(_Strict):
             raise ValueError(f"log needs low > 0, got low {self.low:g}")
         if self.log and self.step is not None:
             raise ValueError("log and step cannot be combined")
-        if kind == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
-            raise ValueError(f"type 'int' needs integer low and high, got {self.low:g}, {self.high:g}")
         if kind == "fit" and (self.log or self.step is not None or self.when is not None):
             raise ValueError("type 'fit' takes low and high only")
+        if self.step is not None:
+            n = (self.high - self.low) / self.step
+            if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+                raise ValueError(f"step {self.step:g} does not divide high - low ({self.high - self.low:g}); "
+                                 "Optuna would move high")
         return self
 
     @property
@@ -128,72 +156,42 @@ class Dist(_Strict):
         return [self.low, self.high]
 
 
-class Budget(_Strict):
-    max_params: int | None = Field(None, gt=0)
-    max_model_bytes: int | None = Field(None, gt=0)
-    storage_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    max_macs: int | None = Field(None, gt=0)
-    max_flops: int | None = Field(None, gt=0)
-    max_epochs: int | None = Field(None, ge=1)
-    max_trial_seconds: float | None = Field(None, gt=0)
-    max_gpu_memory_mb: float | None = Field(None, gt=0)
-    max_device_hours: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_compute_cap(self) -> Budget:
-        if self.max_macs is not None and self.max_flops is not None and self.max_flops != 2 * self.max_macs:
-            raise ValueError(f"max_macs {self.max_macs} and max_flops {self.max_flops} disagree "
-                             "(FLOPs = 2 x MACs); give one of them")
-        return self
-
-
-class SpaceFile(_Strict):
+class SpaceFile(Strict):
     study: StudySection
-    base: str | dict[str, Any] = Field(default_factory=dict)
+    base: Any = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Dist] = Field(default_factory=dict)
     budget: Budget = Budget()
-    objectives: list[str] = Field(default_factory=lambda: ["val_acc"])
-    warm_start: list[str | dict[str, Any]] = Field(default_factory=list)
+    objectives: list[Text] = Field(default_factory=lambda: ["val_acc"])
+    warm_start: list[Any] = Field(default_factory=list)
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: Any) -> Any:
+        if not isinstance(v, (str, Mapping)):
+            raise PydanticCustomError("hps", "is not allowed; expected a retrain YAML's name or a mapping of trainer sections")
+        return v
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm(cls, v: list[Any]) -> list[Any]:
+        for i, entry in enumerate(v):
+            if not isinstance(entry, (str, Mapping)):
+                raise ValueError(f"warm_start[{i}]: {show(entry)} is not allowed; expected a retrain YAML's file name "
+                                 "or a mapping of searched keys to values")
+        return v
 
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: list[str]) -> list[str]:
         if not 1 <= len(v) <= 2:
-            raise ValueError(f"give 1 or 2 objectives, got {len(v)}")
+            raise PydanticCustomError("hps", f"is not allowed; give 1 or 2 objectives, got {len(v)}")
         if v[0] not in METRICS:
-            raise ValueError(f"first objective {v[0]!r} is not allowed; choose one of {', '.join(METRICS)}")
+            raise PydanticCustomError("hps", f"is not allowed; the first objective must be one of {', '.join(METRICS)}")
         if len(v) == 2 and v[1] not in SECOND_OBJECTIVES:
-            raise ValueError(f"second objective {v[1]!r} is not allowed; choose one of {', '.join(SECOND_OBJECTIVES)}")
+            allowed = ", ".join(SECOND_OBJECTIVES)
+            raise PydanticCustomError("hps", f"is not allowed; the second objective must be one of {allowed}")
         return v
-
-
-def _sampler_class(name: str) -> Any:
-    import optuna
-
-    return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-            "cmaes": optuna.samplers.CmaEsSampler, "nsga2": optuna.samplers.NSGAIISampler,
-            "gp": optuna.samplers.GPSampler}[name]
-
-
-def _pruner_class(name: str) -> Any:
-    import optuna
-
-    return {"asha": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner,
-            "median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner}[name]
-
-
-_MANAGED_ARGS = {"seed", "constraints_func"}  # hps sets these itself
-
-
-def _check_named(v: Named, allowed: tuple[str, ...], cls_of: Any) -> Named:
-    if v.name not in allowed:
-        raise ValueError(f"name {v.name!r} is not allowed; choose one of {', '.join(allowed)}")
-    params = [p for p in inspect.signature(cls_of(v.name).__init__).parameters if p not in ("self", *_MANAGED_ARGS)]
-    for key in v.args:
-        if key not in params:
-            raise ValueError(f"{v.name} has no argument {key!r}; allowed: {', '.join(params) or 'none'}")
-    return v
 
 
 class Space:
@@ -211,33 +209,30 @@ class Space:
         return self.spec.budget
 
     @property
+    def metric(self) -> str:
+        """The one source of truth for what a trial is scored on: ``objectives[0]``."""
+        return self.spec.objectives[0]
+
+    @property
     def directions(self) -> list[str]:
-        first = METRICS[self.spec.objectives[0]]
-        return [first] + ["minimize"] * (len(self.spec.objectives) - 1)
+        return [METRICS[self.metric]] + ["minimize"] * (len(self.spec.objectives) - 1)
 
     @property
     def multi_objective(self) -> bool:
         return len(self.spec.objectives) > 1
 
+    def make_sampler(self, seed_offset: int = 0) -> Any:
+        s = self.spec.study
+        return build_sampler(s.sampler.name, s.sampler.args, s.trials, s.seed + seed_offset)
+
+    def make_pruner(self) -> Any:
+        s = self.spec.study
+        return build_pruner(s.pruner.name, s.pruner.args, self.base.train.epochs)
+
     def to_dict(self) -> dict[str, Any]:
         data = self.spec.model_dump(mode="json", exclude_none=True)
         data["base"] = config_to_dict(self.base)
         return data
-
-
-def _pydantic_line(source: str, e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    msg = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    shown = "" if isinstance(value, Mapping) or err["type"] == "missing" else f"{_show(value)}: "
-    if err["type"] == "missing":
-        msg = "required key is missing"
-    return f"{source}: {loc}: {shown}{msg}" if loc else f"{source}: {shown}{msg}"
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if not isinstance(value, str) else repr(value)
 
 
 def encode_choice(value: Any) -> Scalar:
@@ -258,42 +253,70 @@ def load_space(path: str | Path) -> Space:
     source = str(path)
     raw = read_yaml(path, SpaceError)
     if not isinstance(raw, Mapping):
-        raise SpaceError(f"{source}: expected a mapping with keys study, base, fixed, space, budget, objectives, warm_start")
+        raise SpaceError(f"{source}: expected a mapping with keys {', '.join(SpaceFile.model_fields)}")
     try:
         spec = SpaceFile.model_validate(raw)
     except ValidationError as e:
-        raise SpaceError(_pydantic_line(source, e)) from None
+        raise SpaceError(error_line(source, e, SpaceFile, raw=raw)) from None
     base = _load_base(spec.base, path)
     try:
         base = with_overrides(base, spec.fixed, f"{source}: fixed")
     except ConfigError as e:
         raise SpaceError(str(e)) from None
-    _check_space(spec, base, source)
-    warm = [_warm_params(w, spec, path, i) for i, w in enumerate(spec.warm_start)]
+    spec = spec.model_copy(update={"space": _check_space(spec, base, source)})
+    warm = [_warm_params(w, spec, base, path, i) for i, w in enumerate(spec.warm_start)]
     space = Space(spec, base, source, warm)
-    from search.budget import check_smallest  # budget imports this module
-
-    check_smallest(space)
+    check_smallest(base, spec.budget, _smallest_candidates(spec, base), source)
+    _rehearse(space)
     return space
 
 
-def _load_base(base: str | dict[str, Any], path: Path) -> TrainConfig:
-    source = f"{path}: base"
-    try:
-        if isinstance(base, str):
+def _load_base(base: str | Mapping[str, Any], path: Path) -> TrainConfig:
+    if isinstance(base, str):  # the file's own error, behind the space file and key that named it
+        try:
             return load_config(path.parent / base)
-        return config_from_dict(base, source)
+        except ConfigError as e:
+            raise SpaceError(f"{path}: base: {e}") from None
+    try:
+        return config_from_dict(base, f"{path}: base")
     except ConfigError as e:
-        raise SpaceError(str(e) if isinstance(base, str) else f"{e}") from None
+        raise SpaceError(str(e)) from None
 
 
-def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> None:
+def _typed(key: str, dist: Dist, where: str) -> Dist:
+    """The distribution with the key's own type: ranges over int keys are int ranges; bool, str and
+    list keys take choices only."""
+    kt = key_type(key)
+    kind = dist.kind
+    if kt in ("bool", "str", "list") and kind != "categorical":
+        raise SpaceError(f"{where}: a {kt} key takes choices only, e.g. {{choices: [...]}}")
+    if kt == "int" and kind in ("float", "int"):
+        if dist.type == "float":
+            raise SpaceError(f"{where}: type 'float' is not allowed for an integer key; use type 'int' or leave type out")
+        bounds = [dist.low, dist.high] + ([dist.step] if dist.step is not None else [])
+        if not all(b is not None and float(b).is_integer() for b in bounds):
+            raise SpaceError(f"{where}: an integer key needs integer low, high and step, got "
+                             + ", ".join(f"{b:g}" for b in bounds if b is not None))
+        return dist.model_copy(update={"type": "int"})
+    if kind == "int":
+        bounds = [dist.low, dist.high] + ([dist.step] if dist.step is not None else [])
+        if not all(b is not None and float(b).is_integer() for b in bounds):
+            raise SpaceError(f"{where}: type 'int' needs integer low, high and step, got "
+                             + ", ".join(f"{b:g}" for b in bounds if b is not None))
+    return dist
+
+
+def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, Dist]:
     keys = flat_keys()
-    seen: list[str] = []
+    checked: dict[str, Dist] = {}
     for key, dist in spec.space.items():
         where = f"{source}: space.{key}"
         if key not in keys:
             raise SpaceError(f"{where}: not a trainer key; allowed: {', '.join(keys)}")
+        if key.startswith(NOT_SEARCHABLE):
+            raise SpaceError(f"{where}: not searchable (it decides the data or the machine, so trials would be scored "
+                             "on different terms); set it in base or fixed")
+        dist = _typed(key, dist, where)
         if dist.kind == "fit" and key != "model.width":
             raise SpaceError(f"{where}: type 'fit' is only for model.width")
         if dist.kind == "fit" and not spec.budget.model_dump(exclude_none=True).keys() & {
@@ -302,16 +325,28 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> None:
         for cond_key, cond in (dist.when or {}).items():
             if cond_key not in keys:
                 raise SpaceError(f"{where}.when.{cond_key}: not a trainer key; allowed: {', '.join(keys)}")
-            if cond_key in spec.space and cond_key not in seen:
+            if cond_key == key:
+                raise SpaceError(f"{where}.when.{cond_key}: a key cannot depend on itself")
+            if cond_key in spec.space and cond_key not in checked:
                 raise SpaceError(f"{where}.when.{cond_key}: must come before {key} in the space")
-            for v in cond if isinstance(cond, list) else [cond]:
+            values = cond if isinstance(cond, list) else [cond]
+            if not values:
+                raise SpaceError(f"{where}.when.{cond_key}: [] is not allowed; give a value or a list of values")
+            for v in values:
                 _trainer_value(cond_key, v, f"{where}.when.{cond_key}")
         for v in dist.values_to_check():
             _trainer_value(key, v, where)
-        seen.append(key)
-    if spec.budget.max_epochs is not None and "train.epochs" not in spec.space and base.train.epochs > spec.budget.max_epochs:
-        raise SpaceError(f"{source}: base.train.epochs: {base.train.epochs} breaks budget.max_epochs "
-                         f"{spec.budget.max_epochs}; lower one of them")
+        checked[key] = dist
+    if base.data.val_fraction <= 0:
+        raise SpaceError(f"{source}: base.data.val_fraction: 0 leaves no validation split to score trials on; "
+                         "set it > 0 (e.g. 0.1)")
+    epochs = spec.budget.max_epochs
+    if epochs is not None and "train.epochs" not in checked and base.train.epochs > epochs:
+        raise SpaceError(f"{source}: base.train.epochs: {base.train.epochs} breaks budget.max_epochs {epochs}; lower one of them")
+    if len(spec.objectives) > 1 and spec.study.pruner.name != "none":
+        raise SpaceError(f"{source}: study.pruner: {spec.study.pruner.name!r} cannot prune a study of 2 objectives "
+                         "(Optuna prunes single-objective studies only); use pruner: {name: none}")
+    return checked
 
 
 def _trainer_value(key: str, value: Any, where: str) -> None:
@@ -322,30 +357,41 @@ def _trainer_value(key: str, value: Any, where: str) -> None:
         raise SpaceError(f"{where}: {detail}") from None
 
 
-def _warm_params(entry: str | dict[str, Any], spec: SpaceFile, path: Path, i: int) -> tuple[str, dict[str, Any]]:
-    """Param values for the searched keys, taken from a retrain YAML or a dotted-key mapping."""
+def _values_of(space: dict[str, Dist], base: TrainConfig, chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """Every key's value as :func:`suggest` sees it: the chosen one, else the base's."""
+    cfg = config_to_dict(base)
+    values = {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in flat_keys()}
+    values.update(chosen)
+    return values
+
+
+def _warm_params(entry: str | Mapping[str, Any], spec: SpaceFile, base: TrainConfig, path: Path,
+                 i: int) -> tuple[str, dict[str, Any]]:
+    """Param values for the searched keys, from a retrain YAML or a dotted-key mapping. A condition
+    is read as a trial reads it: the warm start's value of a searched key, else the base's."""
     where = f"{path}: warm_start[{i}]"
     if isinstance(entry, str):
         try:
             cfg = config_to_dict(load_config(path.parent / entry))
         except ConfigError as e:
             raise SpaceError(f"{where}: {e}") from None
-        values = {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in flat_keys()}
+        given = {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in flat_keys() if k in spec.space}
         label = entry
     else:
         unknown = [k for k in entry if k not in spec.space]
         if unknown:
             raise SpaceError(f"{where}.{unknown[0]}: not a searched key; searched: {', '.join(spec.space)}")
-        values, label = dict(entry), f"warm_start[{i}]"
+        given, label = dict(entry), f"warm_start[{i}]"
+    values = _values_of(spec.space, base, given)
     params: dict[str, Any] = {}
     for key, dist in spec.space.items():
-        if dist.kind == "fit" or key not in values:
+        if dist.kind == "fit" or key not in given:
             continue
         if dist.when and not all(_matches(values.get(k), c) for k, c in dist.when.items()):
             continue
-        v = values[key]
+        v = given[key]
         if not _inside(dist, v):
-            raise SpaceError(f"{where}.{key}: {_show(v)} lies outside the space ({_describe(dist)})")
+            raise SpaceError(f"{where}.{key}: {show(v)} lies outside the space ({_describe(dist)})")
         params[key] = encode_choice(v)
     return label, params
 
@@ -358,45 +404,89 @@ def _inside(dist: Dist, v: Any) -> bool:
     if dist.kind == "categorical":
         return v in (dist.choices or [])
     assert dist.low is not None and dist.high is not None
-    return isinstance(v, (int, float)) and dist.low - 1e-12 <= v <= dist.high + 1e-12 and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return False
+    if dist.kind == "int" and not float(v).is_integer():
+        return False
+    return dist.low - 1e-12 <= v <= dist.high + 1e-12
 
 
 def _describe(dist: Dist) -> str:
     if dist.kind == "categorical":
-        return "choices " + ", ".join(_show(c) for c in dist.choices or [])
+        return "choices " + ", ".join(show(c) for c in dist.choices or [])
     return f"{dist.kind} in [{dist.low:g}, {dist.high:g}]"
 
+
+def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, Any]]:
+    """Overrides giving the smallest config of every model family the space can pick. A key that
+    is searched only under a condition keeps its base value when the condition is off, so its
+    smallest value is the least of the base's and every range's."""
+    fixed: dict[str, Any] = {}
+    for key in ("model.width", "model.depth", "train.epochs"):
+        dists = [d for k, d in spec.space.items() if k == key]
+        if not dists:
+            continue
+        section, name = key.split(".")
+        options = [v for d in dists for v in d.values_to_check()]
+        if any(d.when for d in dists):
+            options.append(getattr(getattr(base, section), name))
+        fixed[key] = min(options)
+    names = [base.model.name]
+    d = spec.space.get("model.name")
+    if d is not None:
+        names = list(d.choices or []) + ([base.model.name] if d.when else [])
+    return [dict(fixed, **{"model.name": n}) for n in dict.fromkeys(names)]
+
+
+def _rehearse(space: Space) -> None:
+    """Build the sampler and pruner and drive them through a few trials of this space (no
+    training): an argument Optuna rejects, when built or when used, fails here as one line."""
+    study = space.spec.study
+
+    def fail(part: str, exc: BaseException) -> SpaceError:
+        named = getattr(study, part)
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return SpaceError(f"{space.source}: study.{part}: {named.name} with args {show(named.args)} fails: {line}")
+
+    parts = {}
+    for part, make in (("sampler", space.make_sampler), ("pruner", space.make_pruner)):
+        try:
+            parts[part] = make()
+        except Exception as e:
+            raise fail(part, e) from None
+    try:
+        rehearse(space.directions, lambda trial: _suggest_params(space, trial), parts["sampler"], parts["pruner"])
+    except RuntimeError as e:
+        if len(e.args) == 2 and e.args[0] in ("sampler", "pruner"):
+            raise fail(e.args[0], e.args[1]) from None
+        raise
+
+
+def _suggest_params(space: Space, trial: Any) -> dict[str, Any]:
+    """Sample the searched keys in file order; a conditional key only when its condition holds."""
+    chosen: dict[str, Any] = {}
+    for key, dist in space.spec.space.items():
+        if dist.kind == "fit":
+            continue
+        values = _values_of(space.spec.space, space.base, chosen)
+        if dist.when and not all(_matches(values.get(k), c) for k, c in dist.when.items()):
+            continue
+        chosen[key] = _suggest_one(trial, key, dist)
+    return chosen
 
 
 def suggest(space: Space, trial: Any) -> TrainConfig:
     """Sample the space's keys in file order (conditions see earlier values), apply them to the base
     config and, for ``model.width: {type: fit}``, fit the width to the budget."""
-    from search.budget import fit_width
-
-    base = config_to_dict(space.base)
-    chosen: dict[str, Any] = {}
-
-    def current(key: str) -> Any:
-        section, name = key.split(".")
-        return chosen.get(key, base[section][name])
-
-    fit: Dist | None = None
-    for key, dist in space.spec.space.items():
-        if dist.kind == "fit":
-            fit = dist
-            continue
-        if dist.when and not all(_matches(current(k), c) for k, c in dist.when.items()):
-            continue
-        chosen[key] = _suggest_one(trial, key, dist)
+    chosen = _suggest_params(space, trial)
     cfg = with_overrides(space.base, chosen, space.source)
+    fit = next((d for d in space.spec.space.values() if d.kind == "fit"), None)
     if fit is not None:
         assert fit.low is not None and fit.high is not None
         width = fit_width(cfg, space.budget, fit.low, fit.high)
         trial.set_user_attr("fitted_width", width)
-        if width is not None:
-            cfg = with_overrides(cfg, {"model.width": width}, space.source)
-        else:  # even the narrowest breaks the budget: keep it, the pre-screen prunes it
-            cfg = with_overrides(cfg, {"model.width": fit.low}, space.source)
+        # even the narrowest breaks the budget: keep it, the pre-screen prunes it
+        cfg = with_overrides(cfg, {"model.width": width if width is not None else fit.low}, space.source)
     return cfg
 
 
@@ -408,3 +498,6 @@ def _suggest_one(trial: Any, key: str, dist: Dist) -> Any:
     if dist.kind == "int":
         return trial.suggest_int(key, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
     return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+__all__ = ["METRICS", "Budget", "Dist", "Space", "SpaceFile", "load_space", "suggest"]

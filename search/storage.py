@@ -13,6 +13,7 @@ retried once as a WAITING trial. This module imports neither torch nor the train
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -20,7 +21,9 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
+from search._env import connect_timeout
 from search.errors import StudyError
 from search.journal import PostgresJournalStorage, is_journal
 from search.pgstorage import PostgresStorage, is_pgstorage
@@ -60,7 +63,7 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
             raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        engine["connect_args"] = {"application_name": "hps"}
+        engine["connect_args"] = {"application_name": "hps", "connect_timeout": connect_timeout()}
     if not url.startswith("sqlite"):
         engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
     hb: dict[str, Any] = {}
@@ -75,10 +78,42 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
         raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
 
 
-def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=1)
+class _LostWorker:
+    """Optuna's stale-trial callback (the trial is FAIL once its worker stops beating): store why
+    on the failed trial, then retry its params once as a new WAITING trial."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = (f"no heartbeat from its worker for {2 * HEARTBEAT_SECONDS} s (killed, out of memory or lost); "
+                  f"worker: {trial.user_attrs.get('worker', 'unknown')}")
+        record_reason(study._storage, trial._trial_id, reason)
+        self.retry(study, trial)
+
+
+def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
+    """Write ``fail_reason`` on a trial that already finished as FAIL (Optuna's own setters refuse
+    finished trials). Supported on RDB storages and hps+postgresql://; elsewhere it is skipped."""
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    try:
+        if isinstance(backend, PostgresStorage):
+            backend.record_reason(trial_id, "fail_reason", reason)
+        elif isinstance(backend, RDBStorage):
+            from optuna.storages._rdb import models
+
+            table = models.TrialUserAttributeModel.__table__
+            with backend.engine.begin() as conn:
+                conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == "fail_reason"))
+                conn.execute(table.insert().values(trial_id=trial_id, key="fail_reason", value_json=json.dumps(reason)))
+    except Exception as e:  # the retry matters more than the note
+        warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
+
+
+def _retry_callback() -> _LostWorker:
+    return _LostWorker()
 
 
 def dispose(storage: BaseStorage) -> None:

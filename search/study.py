@@ -6,31 +6,18 @@ import optuna
 from optuna.storages import BaseStorage
 
 from search.errors import StudyError
-from search.space import Space, _pruner_class, _sampler_class
+from search.space import Space
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def make_sampler(space: Space, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """``seed_offset`` keeps workers, and resumed runs, from redrawing the same random points."""
-    s = space.spec.study
-    args = dict(s.sampler.args)
-    if s.sampler.name == "tpe":  # hps defaults: learn jointly, do not hand two workers one point
-        args.setdefault("multivariate", True)
-        args.setdefault("constant_liar", True)
-        args.setdefault("n_startup_trials", min(10, max(3, s.trials // 4)))
-    return _sampler_class(s.sampler.name)(seed=s.seed + seed_offset, **args)
+    return space.make_sampler(seed_offset)
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    s = space.spec.study
-    args = dict(s.pruner.args)
-    if s.pruner.name == "asha":
-        args.setdefault("min_resource", 1)
-        args.setdefault("reduction_factor", 3)
-    if s.pruner.name == "hyperband":
-        args.setdefault("max_resource", space.base.train.epochs)
-    return _pruner_class(s.pruner.name)(**args)
+    return space.make_pruner()
 
 
 def open_study(space: Space, storage: BaseStorage) -> optuna.Study:

@@ -102,9 +102,9 @@ class Augmenter:
     def _cutout(self, x: Tensor, n: int) -> Tensor:
         cy = torch.randint(0, 32, (n, 1, 1), generator=self.gen, device=self.device)
         cx = torch.randint(0, 32, (n, 1, 1), generator=self.gen, device=self.device)
-        half = self.cutout / 2
-        rows = (self._ar.view(1, 32, 1) - cy).abs() < half
-        cols = (self._ar.view(1, 1, 32) - cx).abs() < half
+        lo = self.cutout // 2  # the square covers [c - side // 2, c - side // 2 + side): side px when inside
+        rows = ((self._ar.view(1, 32, 1) - cy + lo) >= 0) & ((self._ar.view(1, 32, 1) - cy + lo) < self.cutout)
+        cols = ((self._ar.view(1, 1, 32) - cx + lo) >= 0) & ((self._ar.view(1, 1, 32) - cx + lo) < self.cutout)
         return x.masked_fill((rows & cols).unsqueeze(1), 0.0)
 
 

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainers.config import TrainConfig
 from trainers.data import num_classes
+from trainers.device import autocast_dtype, resolve_device
 from trainers.models import create_model
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -120,7 +121,7 @@ def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES)) -
     macs, act_elems = count_macs(model)
     sd = model.state_dict()
     sizes = {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}
-    act_bytes = 4 if cfg.train.precision == "fp32" or cfg.train.device == "cpu" else 2
+    act_bytes = 4 if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) is None else 2
     weights = params * 4 * (2 + _OPT_STATES[cfg.optimizer.name])
     memory = weights + act_elems * cfg.train.batch_size * act_bytes
     return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), classes)

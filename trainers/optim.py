@@ -31,6 +31,21 @@ def _cosine(t: float, lo: float) -> float:
     return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
 
 
+def sgdr_periods(span: float, t0: float, t_mult: float) -> list[float]:
+    """SGDR's periods fitted to a run of ``span`` epochs, so the run ends annealed: as many whole
+    periods t0, t0 * t_mult, ... as fit, the last one stretched to end at the last epoch (a t0
+    longer than the run gives one cosine period). 100 epochs at t0 10, t_mult 2: 10, 20, 70."""
+    periods, total, p = [], 0.0, t0
+    while total + p <= span + 1e-9:
+        periods.append(p)
+        total += p
+        p *= t_mult
+    if not periods:
+        return [span]
+    periods[-1] += span - total
+    return periods
+
+
 def lr_at(epoch: float, epochs: int, lr: float, cfg: ScheduleConfig) -> float:
     """The learning rate at a fractional epoch (``step / steps_per_epoch``) of an ``epochs`` run."""
     w = cfg.warmup_epochs
@@ -48,9 +63,11 @@ def lr_at(epoch: float, epochs: int, lr: float, cfg: ScheduleConfig) -> float:
     elif name == "cosine":
         f = _cosine(t_epoch / span, lo)
     elif name == "sgdr":
-        period, start = cfg.t0, 0.0
-        while t_epoch >= start + period:
-            start, period = start + period, period * cfg.t_mult
+        start = 0.0
+        for period in sgdr_periods(span, cfg.t0, cfg.t_mult):
+            if t_epoch < start + period:
+                break
+            start += period
         f = _cosine((t_epoch - start) / period, lo)
     elif name == "onecycle":
         rise = cfg.pct_start

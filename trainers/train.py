@@ -9,7 +9,6 @@ training and propagates (the search prunes this way). A non-finite loss raises
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random
@@ -24,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.augment import Augmenter, mix
-from trainers.config import TrainConfig, config_to_dict, dump_config, load_config
-from trainers.data import Data, Split, load_data, resolve_path
+from trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml
+from trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
+from trainers.device import autocast_dtype, resolve_device
 from trainers.meter import state_dict_at
 from trainers.models import create_model
 from trainers.optim import build_optimizer, lr_at
@@ -57,20 +57,6 @@ class TrainResult:
                 "seconds": self.seconds, "val_acc": self.val_acc, "test_acc": self.test_acc}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None means plain fp32. ``auto`` is bf16 on CUDA devices that support it, fp32 elsewhere."""
-    if precision == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if ok else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, aug: Augmenter, cast: contextlib.AbstractContextManager[Any],
              channels_last: bool, batch_size: int = 1000) -> tuple[float, float]:
@@ -95,7 +81,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     t_start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=resolve_path(cfg.data)))
+    cfg = pin_data(cfg)  # the result records the data it ran on
     data = data or load_data(cfg.data, device, test=test)
     torch.manual_seed(tc.seed)
     gen = torch.Generator(device=device).manual_seed(tc.seed)
@@ -167,10 +153,40 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
         raise TrainingDiverged(f"training loss became {value} in epoch {epoch} (lr {lr:.3g}); training stopped")
 
 
+IDENTITY_KEYS = ("dataset", "source", "sha256", "version", "split_seed", "val_fraction", "subset")
+
+
+def check_identity(cfg: TrainConfig, recorded: dict[str, Any] | None) -> TrainConfig:
+    """Refuse to train on other data than ``recorded`` (an export's ``provenance.data``) or than the
+    config's own ``data.sha256``: raises :class:`DataMismatch` saying what differs."""
+    here = data_identity(cfg)  # raises DataMismatch on a sha256 that differs
+    if recorded:
+        diff = [f"{k} {recorded.get(k)!r} -> {here.get(k)!r}" for k in IDENTITY_KEYS if recorded.get(k) != here.get(k)]
+        if diff:
+            where = here.get("path") or here.get("root")
+            raise DataMismatch(f"data differs from the data this config was exported from ({'; '.join(diff)}; here: "
+                               f"{where})")
+    return cfg
+
+
 def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test: bool = False,
-            report: Report | None = None) -> TrainResult:
-    """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``."""
+            report: Report | None = None, allow_data_mismatch: bool = False) -> TrainResult:
+    """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``.
+
+    The data must be the data the config was made on (its ``data.sha256``, and the export's
+    ``provenance.data``); ``allow_data_mismatch`` trains on what is here instead, and the written
+    config records that."""
     cfg = load_config(config_path)
+    raw = read_yaml(config_path)
+    prov = raw.get("provenance") if isinstance(raw, dict) else None
+    recorded = prov.get("data") if isinstance(prov, dict) else None
+    try:
+        check_identity(cfg, recorded)
+    except DataMismatch as e:
+        if not allow_data_mismatch:
+            raise DataMismatch(f"{config_path}: {e}; retrain with --allow-data-mismatch to train on it anyway") from None
+        path = cfg.data.path if cfg.data.path and Path(cfg.data.path).expanduser().is_file() else None
+        cfg = cfg.replace("data", sha256=None, path=path)
     result = train(cfg, report, test=test)
     out = Path(out_dir) if out_dir else Path("runs") / Path(config_path).stem
     out.mkdir(parents=True, exist_ok=True)

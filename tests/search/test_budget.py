@@ -40,3 +40,13 @@ def test_fit_width_edges() -> None:
 
 def test_human() -> None:
     assert [human(x) for x in (512, 7_100_000, 20_000_000, 1.5e9)] == ["512", "7.1M", "20M", "1.5G"]
+
+
+def test_a_broken_limit_never_reads_as_equal() -> None:
+    """400,490 params against 400,000 was 'params 400k > max_params 400k'."""
+    cfg = config_from_dict({"model": {"name": "resnet18", "width": 0.25}})
+    params = measure(cfg).params
+    for excess in (1, 490, 5000):
+        line = check(cfg, Budget(max_params=params - excess)).violations[0]
+        shown, limit = line.removeprefix("params ").split(" > max_params ")
+        assert shown != limit, line

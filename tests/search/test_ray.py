@@ -134,7 +134,8 @@ def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: 
     assert len(killed) == 1
     ts = _trials(study_name, url)
     dead = ts[killed[0]]
-    assert dead.state == TrialState.FAIL  # through the heartbeat
+    assert dead.state == TrialState.FAIL  # through the heartbeat, with the reason stored
+    assert dead.user_attrs["fail_reason"].startswith("no heartbeat from its worker for ")
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
     finished = [t for t in ts if t.state in FINISHED]

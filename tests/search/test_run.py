@@ -64,6 +64,15 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
     good, weak = ts[1], ts[2]
     assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2, 3]
     assert good.value == good.intermediate_values[3] and good.value > 0.2  # chance is 0.1
+    # the best epoch is stored beside the last epoch's value
+    best_epoch = max(good.intermediate_values, key=lambda e: (good.intermediate_values[e], -e))
+    assert good.user_attrs["best_epoch"] == best_epoch
+    assert good.user_attrs["best_value"] == good.intermediate_values[best_epoch]
+    # every trained trial's config names the data it ran on: the resolved file and its sha256
+    data = good.user_attrs["config"]["data"]
+    assert data["path"] == os.environ["HPS_DATA"] and len(data["sha256"]) == 64
+    assert good.user_attrs["data"] == {"dataset": "cifar10", "source": "npz", "path": data["path"], "sha256": data["sha256"],
+                                       "split_seed": 0, "val_fraction": 0.2, "subset": 1500}
     assert weak.state == TrialState.PRUNED and list(weak.intermediate_values) == [1]
     assert weak.user_attrs["prune_reason"].startswith("pruned by median at epoch 1 (val_acc ")
     for t in ts:
@@ -266,3 +275,75 @@ def test_reopening_a_study_keeps_warm_starts_single(tmp_path: Path, study_name: 
     open_study(space, storage)
     waiting = [t for t in optuna.load_study(study_name=study_name, storage=url).trials if t.state == TrialState.WAITING]
     assert len(waiting) == 3
+
+
+def test_val_loss_objective_minimizes_val_loss(tmp_path: Path, study_name: str) -> None:
+    """objectives: [val_loss] scores trials on val_loss and minimizes it (it used to maximize val_acc)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    path = write_space(tmp_path, study_name, objectives=["val_loss"], study__pruner={"name": "none"},
+                       warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    InProcessExecutor().run(load_space(path), url, 1)
+    study = optuna.load_study(study_name=study_name, storage=url)
+    t = study.trials[0]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert t.value == t.intermediate_values[3] and t.value > 1.0  # a loss, not an accuracy
+    assert t.user_attrs["best_value"] == min(t.intermediate_values.values())
+
+
+def test_failures_stop_the_run_with_its_first_reason(tmp_path: Path, study_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception inside the meter fails each trial with a stored reason; three in a row stop the
+    run, and hps run exits 1 with the first reason (it exited 0)."""
+    from typer.testing import CliRunner
+
+    import search.cli
+
+    calls = []
+
+    def broken_meter(*args: Any) -> Any:
+        calls.append(args)
+        raise RuntimeError(f"meter broke on call {len(calls)}")
+
+    monkeypatch.setattr(search.objective, "check", broken_meter)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    path = write_space(tmp_path, study_name, study__trials=6)
+    runner = CliRunner()
+    result = runner.invoke(search.cli.app, ["run", str(path), "--storage", url, "--no-live"])
+    assert result.exit_code == 1, result.output
+    assert f"study {study_name}: stopped after 3 failed trials in a row; first: trial 0: RuntimeError: meter broke on call 1" in result.output
+    ts = trials(url, study_name)
+    assert [t.state for t in ts] == [TrialState.FAIL] * 3
+    assert [t.user_attrs["fail_reason"] for t in ts] == [f"RuntimeError: meter broke on call {i}" for i in (1, 2, 3)]
+    status = runner.invoke(search.cli.app, ["status", study_name, "--storage", url, "--json"])
+    assert json.loads(status.output)["stopped"] == ["stopped after 3 failed trials in a row; first: trial 0: RuntimeError: meter broke on call 1"]
+    table = runner.invoke(search.cli.app, ["status", study_name, "--storage", url], env={"COLUMNS": "300"})
+    assert "stopped: stopped after 3 failed trials in a row" in table.output
+
+
+def test_cli_basics_version_json_delete(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    env = {"HPS_STORAGE": url}
+    version = hps("--version")
+    assert version.returncode == 0 and version.stdout.startswith("hps 0.1.0 (optuna 5.0.")
+    optuna.create_study(study_name=study_name, storage=url).enqueue_trial({"x": 1})
+    listed = json.loads(hps("status", "--json", env=env).stdout)
+    assert listed == [{"study": study_name, "trials": 1, "directions": ["minimize"], "best_value": None, "stopped": []}]
+    refused = hps("delete", study_name, env=env, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "without confirmation; pass --yes" in refused.stderr
+    assert hps("delete", "nope", "--yes", env=env).returncode == 2
+    gone = hps("delete", study_name, "--yes", env=env)
+    assert gone.returncode == 0 and f"deleted study {study_name} (1 trials)" in gone.stdout
+    assert json.loads(hps("status", "--json", env=env).stdout) == []
+
+
+def test_a_database_that_never_answers_fails_fast(tmp_path: Path) -> None:
+    """A host that takes the connection and never answers (a packet-dropping firewall, say) ends
+    hps with a one-line error after HPS_CONNECT_TIMEOUT instead of hanging."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever speaks
+        port = silent.getsockname()[1]
+        for url in (f"postgresql://u@127.0.0.1:{port}/db", f"hps+postgresql://u@127.0.0.1:{port}/db"):
+            r = hps("status", "--storage", url, env={"HPS_CONNECT_TIMEOUT": "2"}, timeout=60)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+            assert f"cannot open storage {url.split('u@')[0]}u@127.0.0.1:{port}/db" in r.stderr.replace("postgresql+psycopg2", "postgresql")
+            assert "timeout" in r.stderr.lower()

@@ -67,3 +67,38 @@ def test_mixup_and_cutmix() -> None:
     assert abs((1 - lam) - changed) < 0.05  # lam is the kept area
     none = config_from_dict({"augment": {}}).augment
     assert mix(x, y, none, random.Random(0), g)[2] == 1.0
+
+
+def test_cutout_square_has_the_documented_side() -> None:
+    """strength 1.0 documents a 16 px square: exactly 256 pixels when it lies inside the image."""
+    aug, _ = augmenter(1.0)
+    n = 64
+    x = aug._cutout(torch.ones(n, 3, 32, 32), n)
+    cut = (x == 0).all(1).flatten(1).sum(1)
+    assert aug.cutout == 16
+    assert cut.max().item() == 256 and (cut <= 256).all()  # centres near the border clip the square
+    gen = torch.Generator().manual_seed(0)  # the same draws as aug._cutout: which centres are inside
+    cy = torch.randint(0, 32, (n, 1, 1), generator=gen)
+    cx = torch.randint(0, 32, (n, 1, 1), generator=gen)
+    inside = ((cy >= 8) & (cy <= 24) & (cx >= 8) & (cx <= 24)).flatten()
+    assert inside.any() and (cut[inside] == 256).all()
+
+
+def test_named_policies_change_the_images_per_group() -> None:
+    """Each named policy transforms images beyond flip + crop, with its own draw per group of
+    POLICY_GROUP images (an identity transform, or one draw per batch, fails this)."""
+    from trainers.augment import POLICY_GROUP
+
+    for policy in ("randaugment", "trivialaugment", "autoaugment", "augmix"):
+        aug, x = augmenter(1.0, policy, seed=1)
+        aug.pad, aug.flip, aug.images = 0, False, x  # isolate the policy
+        idx = torch.arange(128)
+        out = aug.batch(idx)
+        plain = aug.normalize(x[idx])
+        changed = (out - plain).abs().flatten(1).amax(1) > 1e-3
+        assert changed.float().mean() > 0.4, (policy, changed.float().mean())
+        groups = changed.view(-1, POLICY_GROUP).float().mean(1)
+        assert groups.unique().numel() > 1 or groups.min() == 1.0, policy
+        again, _ = augmenter(1.0, policy, seed=2)
+        again.pad, again.flip, again.images = 0, False, x
+        assert not torch.equal(again.batch(idx), out), policy

@@ -27,7 +27,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     assert cfg.optimizer.lr == 5e-4  # YAML 1.1 reads 5e-4 as a string; accepted as a number
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
-    assert list(load_config(tmp_path / "c.yaml").__dataclass_fields__) == list(CONTRACT)
+    assert list(type(load_config(tmp_path / "c.yaml")).model_fields) == list(CONTRACT)
 
 
 def test_defaults_and_provenance_ignored(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_overrides() -> None:
 
 
 BAD = [
-    ({"modle": {}}, "bad.yaml: modle: unknown section; allowed sections: model, data, optimizer"),
+    ({"modle": {}}, "bad.yaml: modle: unknown key; allowed keys: model, data, optimizer, schedule, augment, train"),
     ({"model": {"widht": 1}}, "bad.yaml: model.widht: unknown key; allowed keys: name, width, depth, dropout"),
     ({"model": {"name": "vgg"}}, "bad.yaml: model.name: 'vgg' is not allowed; choose one of airnet, efficientnet_b0"),
     ({"model": {"width": 0}}, "bad.yaml: model.width: 0 is out of range; allowed > 0 and <= 8"),
@@ -52,18 +52,25 @@ BAD = [
     ({"model": {"dropout": 1.0}}, "bad.yaml: model.dropout: 1.0 is out of range; allowed >= 0 and < 1"),
     ({"optimizer": {"name": "lion"}}, "bad.yaml: optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam"),
     ({"optimizer": {"lr": -1}}, "bad.yaml: optimizer.lr: -1 is out of range; allowed > 0 and <= 10"),
+    ({"optimizer": {"lr": True}}, "bad.yaml: optimizer.lr: true is not allowed; expected a number"),
+    ({"optimizer": {"lr": ".nan"}}, "bad.yaml: optimizer.lr: '.nan' is not allowed; expected a number"),
     ({"optimizer": {"nesterov": "yes"}}, "bad.yaml: optimizer.nesterov: 'yes' is not allowed; expected true or false"),
     ({"schedule": {"name": "poly"}}, "bad.yaml: schedule.name: 'poly' is not allowed; choose one of none, step, multistep"),
     ({"schedule": {"name": "multistep"}}, "bad.yaml: schedule.milestones: [] is not allowed with schedule.name 'multistep'"),
-    ({"schedule": {"milestones": [90, 70]}}, "bad.yaml: schedule.milestones: [90.0, 70.0] is not allowed; expected increasing"),
+    ({"schedule": {"milestones": [90, 70]}}, "bad.yaml: schedule.milestones: [90, 70] is not allowed; expected increasing"),
+    ({"schedule": {"milestones": 70}}, "bad.yaml: schedule.milestones: 70 is not allowed; expected a list"),
     ({"augment": {"policy": "cutout"}}, "bad.yaml: augment.policy: 'cutout' is not allowed; choose one of none, basic, randaugment"),
     ({"augment": {"strength": 1.5}}, "bad.yaml: augment.strength: 1.5 is out of range; allowed >= 0 and <= 1"),
     ({"train": {"epochs": 2.5}}, "bad.yaml: train.epochs: 2.5 is not allowed; expected an integer"),
-    ({"train": {"epochs": None}}, "bad.yaml: train.epochs: null is not allowed; expected int"),
+    ({"train": {"epochs": None}}, "bad.yaml: train.epochs: null is not allowed; expected an integer"),
+    ({"train": {"epochs": True}}, "bad.yaml: train.epochs: true is not allowed; expected an integer"),
+    ({"train": {"device": 0}}, "bad.yaml: train.device: 0 is not allowed; expected a string"),
     ({"train": {"precision": "fp8"}}, "bad.yaml: train.precision: 'fp8' is not allowed; choose one of auto, fp32, bf16, fp16"),
     ({"train": {"device": "tpu"}}, "bad.yaml: train.device: 'tpu' is not allowed; choose one of auto, cpu, cuda, cuda:N"),
     ({"data": {"dataset": "mnist"}}, "bad.yaml: data.dataset: 'mnist' is not allowed; choose one of cifar10, cifar100"),
     ({"data": {"val_fraction": 1}}, "bad.yaml: data.val_fraction: 1 is out of range; allowed >= 0 and < 1"),
+    ({"data": {"sha256": "abc"}}, "bad.yaml: data.sha256: 'abc' is not allowed; expected 64 lowercase hex digits"),
+    ({"data": {"subset": 5}}, "bad.yaml: data.subset: 5 is out of range; allowed >= 10"),
     ({"data": "cifar10"}, "bad.yaml: data: expected a mapping of keys, got 'cifar10'"),
     ([1, 2], "bad.yaml: expected a mapping with sections model, data"),
 ]
@@ -79,7 +86,7 @@ def test_bad_configs_are_rejected_with_one_line(tmp_path: Path, raw: object, mes
         load_config(path)
     text = str(info.value)
     assert "\n" not in text
-    assert text.startswith(str(tmp_path)) and message in text
+    assert text.startswith(str(tmp_path)) and message in text, text
 
 
 def test_missing_file_and_broken_yaml(tmp_path: Path) -> None:
@@ -88,3 +95,18 @@ def test_missing_file_and_broken_yaml(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("model: {name: [\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML \(line 2\)"):
         load_config(tmp_path / "broken.yaml")
+
+
+def test_one_formatter_for_trainer_and_space_errors(tmp_path: Path) -> None:
+    """The trainer's config and a space file's base report the same mistake the same way."""
+    from search.errors import SpaceError
+    from search.space import load_space
+
+    (tmp_path / "c.yaml").write_text("optimizer: {lr: wide}\n")
+    with pytest.raises(ConfigError) as trainer_error:
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "s.yaml").write_text("study: {name: s}\nbase: c.yaml\n")
+    with pytest.raises(SpaceError) as space_error:
+        load_space(tmp_path / "s.yaml")
+    assert str(trainer_error.value) == f"{tmp_path}/c.yaml: optimizer.lr: 'wide' is not allowed; expected a number"
+    assert str(space_error.value) == f"{tmp_path}/s.yaml: base: {trainer_error.value}"

@@ -61,3 +61,67 @@ def test_the_file_is_read_once_per_process(mini_npz: Path) -> None:
         load_data(config_from_dict({"data": {"subset": 500, "split_seed": seed}}).data)
     info = _npz.cache_info()
     assert info.misses == 1 and info.hits >= 2
+
+
+def cifar100_npz(path: Path, mini_npz: Path) -> Path:
+    """A CIFAR-100-shaped file made of the real mini images, 100 labels (this machine has no CIFAR-100)."""
+    raw = np.load(mini_npz)
+    y = np.arange(5000) % 100
+    np.savez(path, x_train=raw["x_train"], y_train=y, x_test=raw["x_test"], y_test=np.arange(1000) % 100)
+    return path
+
+
+def test_a_file_of_other_classes_is_refused(mini_npz: Path) -> None:
+    """HPS_DATA holds CIFAR-10: a CIFAR-100 config is refused, never trained on 10 classes."""
+    cfg = config_from_dict({"data": {"dataset": "cifar100"}}).data
+    with pytest.raises(DataError) as info:
+        load_data(cfg)
+    assert str(info.value) == (f"HPS_DATA {mini_npz}: holds 10 classes, but data.dataset is 'cifar100' (100 classes); "
+                               "point HPS_DATA at a cifar100 .npz, or at a folder holding cifar100.npz")
+
+
+def test_cifar10_and_cifar100_side_by_side(tmp_path: Path, mini_npz: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    shutil.copy(mini_npz, tmp_path / "cifar10.npz")
+    cifar100_npz(tmp_path / "cifar100.npz", mini_npz)
+    monkeypatch.setenv("HPS_DATA", str(tmp_path))
+    ten = load_data(config_from_dict({"data": {"dataset": "cifar10"}}).data)
+    hundred = load_data(config_from_dict({"data": {"dataset": "cifar100", "val_fraction": 0.2}}).data)
+    assert (ten.source, ten.num_classes) == (str(tmp_path / "cifar10.npz"), 10)
+    assert (hundred.source, hundred.num_classes) == (str(tmp_path / "cifar100.npz"), 100)
+    assert int(hundred.train.y.max()) == 99
+
+
+def test_pinned_config_records_path_and_sha256(mini_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from trainers import data_identity, pin_data
+
+    cfg = pin_data(config_from_dict({"data": {"split_seed": 3}}))
+    sha = hashlib.sha256(mini_npz.read_bytes()).hexdigest()
+    assert cfg.data.path == str(mini_npz) and cfg.data.sha256 == sha
+    assert data_identity(cfg) == {"dataset": "cifar10", "source": "npz", "path": str(mini_npz), "sha256": sha,
+                                  "split_seed": 3, "val_fraction": 0.1, "subset": None}
+    # other data under the same config is refused, naming both hashes
+    other = tmp_path / "other.npz"
+    raw = dict(np.load(mini_npz))
+    raw["x_train"] = raw["x_train"][::-1].copy()
+    np.savez(other, **raw)
+    with pytest.raises(DataError, match=rf"data\.path {other}: sha256 [0-9a-f]{{12}} differs from the config's data\.sha256 {sha[:12]}"):
+        load_data(cfg.replace("data", path=str(other)).data)
+    # the same file kept at another path (another machine) is found through HPS_DATA
+    moved = cfg.replace("data", path=str(tmp_path / "gone.npz"))
+    assert load_data(moved.data, test=False).source == str(mini_npz)
+    monkeypatch.setenv("HPS_DATA", str(other))
+    with pytest.raises(DataError, match=r"gone\.npz: file not found, and HPS_DATA .*other\.npz has sha256 [0-9a-f]{12}, not the recorded"):
+        load_data(moved.data)
+
+
+def test_torchvision_source_is_named_with_its_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainers import data_identity, pin_data
+
+    monkeypatch.delenv("HPS_DATA")
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "download": False}})
+    assert pin_data(cfg).data.path is None
+    assert data_identity(cfg)["version"] == "cifar-10-python.tar.gz md5 c58f30108f718f92721af3b95e74349a"

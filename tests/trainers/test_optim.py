@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -55,3 +56,16 @@ def test_no_weight_decay_on_norm_and_bias() -> None:
         assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     sgd = build_optimizer(model, config_from_dict({}).optimizer)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and math.isclose(sgd.defaults["momentum"], 0.9)
+
+
+@pytest.mark.parametrize("t0", [10, 25, 50])
+def test_sgdr_ends_annealed_at_the_last_epoch(t0: int) -> None:
+    """The shipped SGDR spaces (t0 10/25/50, t_mult 2, 100 epochs) end at eta_min, not mid-cycle."""
+    from trainers.optim import sgdr_periods
+
+    s = sched(name="sgdr", t0=t0, t_mult=2, eta_min=0.001)
+    assert lr_at(100.0 - 1e-9, 100, 0.1, s) == pytest.approx(0.001, abs=1e-6)
+    periods = sgdr_periods(100, t0, 2)
+    assert sum(periods) == pytest.approx(100)
+    assert periods == {10: [10, 20, 70], 25: [25, 75], 50: [100]}[t0]
+    assert all(b >= a for a, b in itertools.pairwise(periods))

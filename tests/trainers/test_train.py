@@ -90,3 +90,34 @@ def test_bad_config_in_cli_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam" in proc.stderr
+
+
+def test_retrain_refuses_other_data_unless_told(tmp_path: Path, mini_npz: Path) -> None:
+    """An export records its data (path, sha256, split); retraining it on other data is refused,
+    saying what differs, unless --allow-data-mismatch says so."""
+    import numpy as np
+
+    from trainers import data_identity, dump_config, pin_data
+
+    cfg = pin_data(config_from_dict(tiny_config(train={"epochs": 1}, data={"subset": 500})))
+    exported = tmp_path / "best.yaml"
+    dump_config(cfg.replace("data", path=str(tmp_path / "elsewhere.npz")), exported,
+                extra={"provenance": {"data": data_identity(cfg)}})
+    other = tmp_path / "other.npz"
+    raw = dict(np.load(mini_npz))
+    raw["y_train"] = raw["y_train"][::-1].copy()
+    np.savez(other, **raw)
+    env = {**__import__("os").environ, "HPS_DATA": str(other)}
+    cmd = [sys.executable, "-m", "search.cli", "retrain", str(exported), "--out", str(tmp_path / "r")]
+    refused = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "elsewhere.npz: file not found, and HPS_DATA" in refused.stderr and "not the recorded" in refused.stderr
+    assert "--allow-data-mismatch" in refused.stderr
+    allowed = subprocess.run([*cmd, "--allow-data-mismatch"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    written = load_config(tmp_path / "r" / "config.yaml")  # the result records the data it really ran on
+    assert written.data.path == str(other) and written.data.sha256 != cfg.data.sha256
+    # the very file it was made on, found through HPS_DATA at another path: no complaint
+    env["HPS_DATA"] = str(mini_npz)
+    same = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert same.returncode == 0, same.stderr
