@@ -249,6 +249,9 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu", test: bool = 
         _, keep = stratified_pick(y, cfg.subset / len(y), cfg.split_seed)
         x, y = x[keep], y[keep]
     train_idx, val_idx = stratified_pick(y, cfg.val_fraction, cfg.split_seed + 1)
+    if cfg.val_fraction > 0 and len(val_idx) == 0:
+        raise DataError(f"data.val_fraction {cfg.val_fraction:g} of {len(y)} training images leaves no validation "
+                        f"image ({n_cls} classes, stratified); raise data.subset or data.val_fraction")
     mean, std = MEAN_STD[cfg.dataset]
     return Data(
         train=_to_split(x[train_idx], y[train_idx], device),

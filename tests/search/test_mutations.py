@@ -34,7 +34,7 @@ from trainers import TrainConfig, train
 SPACES = sorted((REPO / "spaces").glob("*.yaml"))
 BAD_VALUES: list[Any] = ["x", -1, 0, 10**12, 0.5, 1.5, True, None, [], {}, [1, "a"]]
 Path_ = tuple[Any, ...]
-TRIALS_PER_SPACE = 15
+TRIALS_PER_SPACE = 10
 
 
 def _paths(node: Any, path: Path_ = ()) -> Iterator[Path_]:
@@ -119,7 +119,8 @@ LINE = re.compile(r"^\S+\.yaml: [A-Za-z_\[\]0-9.]+")
 
 def _small(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
     """The real trainer on a slice of the data, one epoch: the trial runs end to end, quickly."""
-    small = cfg.replace("data", subset=200, val_fraction=0.2).replace("train", epochs=1, compile=False)
+    classes = 100 if cfg.data.dataset == "cifar100" else 10
+    small = cfg.replace("data", subset=20 * classes, val_fraction=0.2).replace("train", epochs=1, compile=False)
     return train(small, *args, **kwargs)
 
 

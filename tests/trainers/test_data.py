@@ -125,3 +125,11 @@ def test_torchvision_source_is_named_with_its_version(tmp_path: Path, monkeypatc
     cfg = config_from_dict({"data": {"root": str(tmp_path), "download": False}})
     assert pin_data(cfg).data.path is None
     assert data_identity(cfg)["version"] == "cifar-10-python.tar.gz md5 c58f30108f718f92721af3b95e74349a"
+
+
+def test_a_split_without_validation_images_is_refused() -> None:
+    """10 images at val_fraction 0.05 leave no validation image (a tiny subset of 100 classes does too): a clear error,
+    not trials that all fail on a missing val_acc."""
+    cfg = config_from_dict({"data": {"subset": 10, "val_fraction": 0.05}}).data
+    with pytest.raises(DataError, match=r"data\.val_fraction 0\.05 of 10 training images leaves no validation image"):
+        load_data(cfg)
