@@ -38,7 +38,7 @@ test: lint system-deps
 
 bench: install
 	$(BIN)/python bench/trainer.py
-	$(BIN)/python bench/orchestration.py --hps-storage hps+postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/augment.py
 	$(BIN)/python bench/search_quality.py

@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--storage", default="postgresql+psycopg2://postgres@127.0.0.1:5432/test",
                    help="Postgres for Tune's OptunaSearch (RDBStorage) and, by default, for hps")
-    p.add_argument("--hps-storage", default=None, help="hps's storage URL, e.g. hps+postgresql://... [--storage]")
+    p.add_argument("--hps-storage", default=None, help="hps's storage URL [--storage]")
     p.add_argument("--only", choices=["hps", "tune"], default=None)
     args = p.parse_args()
     import ray

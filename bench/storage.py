@@ -7,9 +7,8 @@ measured). Clients start, connect and wait at a barrier; trials/s is counted ove
 ``--seconds`` window for all. Peak connections are read from pg_stat_activity during the window.
 Backends:
 - ``rdb``: Optuna's RDBStorage on PostgreSQL (hps's pool settings: 2 + 1 overflow per client);
-- ``grpc``: Optuna's gRPC storage proxy (run_grpc_proxy_server over RDBStorage) in one server process;
-- ``journal``: hps's ``journal+postgresql://`` (Optuna JournalStorage, one connection per client);
-- ``hps``: hps's ``hps+postgresql://`` (search/pgstorage.py, one connection per client), the cluster default.
+- ``grpc``: Optuna's gRPC storage proxy (run_grpc_proxy_server over RDBStorage) in one server process.
+RDBStorage on ``postgresql://`` is hps's default for clusters (compose uses it).
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 def _url(kind: str, pg: str) -> str:
     """The storage URL a backend (or the gRPC server's backend) uses."""
-    kind = kind.removeprefix("grpc-")
-    return pg if kind in ("rdb", "grpc") else f"{kind}+" + pg.replace("+psycopg2", "")
+    return pg
 
 
 def _storage(kind: str, pg: str, grpc_port: int) -> Any:
@@ -145,7 +143,7 @@ def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[8, 32, 64])
-    p.add_argument("--backends", nargs="+", default=["rdb", "grpc", "journal", "hps"])
+    p.add_argument("--backends", nargs="+", default=["rdb"], choices=["rdb", "grpc"])
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--pg", default=PG)
     args = p.parse_args()

@@ -66,10 +66,24 @@ class Check:
     def feasible(self) -> bool:
         return not self.violations
 
+    @property
+    def excess(self) -> float:
+        """The largest ``(measured - limit) / limit`` over the limits: <= 0 fits the budget."""
+        return max(v / (fig - v) if fig - v else 0.0 for v, fig in
+                   ((self.constraints[k], self.figures[_LIMITS[k][0]]) for k in self.constraints))
+
 
 # budget key -> (figure name, human label)
 _LIMITS = {"max_params": ("params", "params"), "max_model_bytes": ("model_bytes", "model bytes"),
            "max_macs": ("macs", "MACs"), "max_flops": ("flops", "FLOPs"), "max_epochs": ("epochs", "epochs")}
+
+
+FIGURES = ("params", "model_bytes", "macs", "flops", "epochs", "train_memory_mb")
+
+
+def stored_figures(user_attrs: Mapping[str, Any]) -> dict[str, float]:
+    """A trial's budget figures, stored as one scalar user attr each (sortable in the dashboard)."""
+    return {k: user_attrs[k] for k in FIGURES if k in user_attrs}
 
 
 def figures(cfg: TrainConfig, budget: Budget, m: Measurement | None = None) -> dict[str, float]:

@@ -206,7 +206,8 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     import optuna
 
-    from search.budget import human
+    from search.budget import human, stored_figures
+    from search.export import named_constraints
     from search.storage import dispose, get_storage
     from search.study import load_study
 
@@ -234,7 +235,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             print(json.dumps({
                 "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": _stops(st.user_attrs),
                 "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
-                            "constraints": t.constraints, "budget": t.user_attrs.get("budget"),
+                            "constraints": named_constraints(t), "budget": stored_figures(t.user_attrs),
                             **{k: t.user_attrs.get(k) for k in TRIAL_ATTRS}} for t in trials]}, default=str))
             return
         table = Table(title=study)
@@ -242,7 +243,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             table.add_column(col, no_wrap=True)
         table.add_column("note", ratio=1, min_width=24)
         for t in trials:
-            fig = t.user_attrs.get("budget", {})
+            fig = stored_figures(t.user_attrs)
             value = f"{t.values[0]:.4f}" if t.values else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
                                                             if t.intermediate_values else "-")
             best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
@@ -324,8 +325,8 @@ def plot(study: Annotated[str, typer.Argument(help="study name")],
 @_user_errors
 def copy(study: Annotated[str, typer.Argument(help="study name")],
          source: Annotated[str, typer.Option("--from", help="storage URL the study is in")],
-         dest: Annotated[str, typer.Option("--to", help="storage URL to copy it to, e.g. hps+postgresql://...")]) -> None:
-    """Copy a study with all its trials to another storage (e.g. from the journal to hps+postgresql://)."""
+         dest: Annotated[str, typer.Option("--to", help="storage URL to copy it to, e.g. postgresql://...")]) -> None:
+    """Copy a study with all its trials to another storage (SQLite, PostgreSQL, a journal file)."""
     import optuna
 
     from search.errors import StudyError
@@ -352,7 +353,7 @@ def dashboard(storage: StorageOpt = None,
               port: Annotated[int, typer.Option("--port")] = 8080, artifacts: ArtifactsOpt = None) -> None:
     """Start optuna-dashboard on the study storage (localhost unless --host says otherwise).
 
-    Serves every storage hps writes (hps+postgresql:// and the journal included), with the export artifacts.
+    The stock ``optuna-dashboard URL`` works as well; this adds hps's storage URL rules and the export artifacts.
     Imports neither torch nor the trainer (the dashboard image has neither)."""
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore

@@ -11,13 +11,19 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import stored_figures
 from search.errors import StudyError
 from search.storage import redact
 from trainers import config_from_dict, dump_config
 
 
+def named_constraints(t: FrozenTrial) -> dict[str, float]:
+    """The trial's budget constraints by limit name (without the dashboard's list copy)."""
+    return {k: v for k, v in t.constraints.items() if not k.isdigit()}
+
+
 def feasible(t: FrozenTrial) -> bool:
-    return all(v <= 0 for v in t.constraints.values())
+    return all(v <= 0 for v in named_constraints(t).values())
 
 
 def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -56,7 +62,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
     return {
         "study": study.study_name, "trial": trial.number, "values": list(trial.values),
         "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
-        "budget_figures": trial.user_attrs.get("budget", {}), "constraints": trial.constraints,
+        "budget_figures": stored_figures(trial.user_attrs), "constraints": named_constraints(trial),
         "data": trial.user_attrs.get("data"),
         "best_epoch": {"value": trial.user_attrs.get("best_value"), "epoch": trial.user_attrs.get("best_epoch")},
         "device_seconds": trial.user_attrs.get("device_seconds"), "storage": redact(storage),

@@ -2,7 +2,8 @@
 
 Outcomes, each stored on the trial:
 - budget broken before training -> PRUNED, no intermediate values, constraints set,
-  ``prune_reason`` names each broken limit;
+  ``prune_reason`` names each broken limit (each limit is an Optuna constraint, also stored as
+  the ``constraints`` list that optuna-dashboard shows);
 - pruner, max_trial_seconds, GPU memory, CUDA OOM, NaN/inf loss -> PRUNED with its intermediate
   values and ``prune_reason``;
 - any other exception, wherever it happens (sampling, the meter, the data, training) -> FAIL with
@@ -10,7 +11,9 @@ Outcomes, each stored on the trial:
 
 A trial's value is its metric (``objectives[0]``: val_acc or val_loss) at its last epoch, the
 epoch its schedule ends annealed on. User attrs: ``config`` (the full trainer config, data path
-and sha256 included), ``data`` (the data's identity), ``budget`` (measured figures),
+and sha256 included), ``data`` (the data's identity), the measured budget figures as scalars (``params``,
+``model_bytes``, ``macs``, ``flops``, ``epochs``, ``train_memory_mb``: sortable in the dashboard),
+``budget_excess`` (how far over its tightest limit the config is, as a fraction: <= 0 fits),
 ``best_value``/``best_epoch`` (the best epoch's metric), ``device_seconds`` (training wall time;
 the study's compute budget sums it).
 """
@@ -59,9 +62,13 @@ class Objective:
         if self.worker:
             trial.set_user_attr("worker", self.worker)
         screen = check(cfg, budget)
-        trial.set_user_attr("budget", screen.figures)
+        for key, fig in screen.figures.items():  # one scalar each: the dashboard sorts and filters them
+            trial.set_user_attr(key, fig)
         for key, value in screen.constraints.items():
             trial.set_constraint(key, value)
+        if screen.constraints:  # optuna-dashboard 0.21 shows the list form; Optuna reads both
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(screen.constraints.values()))
+            trial.set_user_attr("budget_excess", screen.excess)  # > 0: over budget; a sortable column
         if not screen.feasible:
             return _prune(trial, "over budget: " + "; ".join(screen.violations))
 

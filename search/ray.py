@@ -7,10 +7,9 @@ pruners, so its study states and curves would be wrong.
 Resources: each actor asks ``num_gpus=gpus_per_trial`` (fractions share a GPU; Ray sets
 CUDA_VISIBLE_DEVICES) and ``num_cpus=cpus_per_trial``. A killed actor is restarted by Ray
 (``max_restarts``) and resumes the loop; its trial turns FAIL through heartbeats and its params are
-retried once. Database connections: on ``hps+postgresql://`` (and the journal) each actor holds one,
-shared with its heartbeat thread, so a run holds at most ``workers + 2`` (the driver opens two
-storages, one for the live view); on RDBStorage each holds at most ``POOL_SIZE + 1`` (SQLAlchemy
-pool + overflow), so ``workers * 2 + 4``.
+retried once. Database connections: each actor's RDBStorage holds at most ``POOL_SIZE + 1``
+(SQLAlchemy pool + overflow), so a run holds at most ``workers * 2 + 4`` (the driver opens two
+storages, one for the live view).
 """
 
 from __future__ import annotations
@@ -79,8 +78,8 @@ class RayExecutor:
                 time.sleep(2 * attempt)
 
     def run(self, space: Space, url: str, target: int, objective: Any = None) -> None:
-        if url.startswith("sqlite") and self.address != "local":
-            raise StudyError("SQLite works only on one machine; give --storage postgresql+psycopg2://... for a cluster")
+        if not url.startswith("postgresql") and self.address != "local":
+            raise StudyError("SQLite and journal files work on one machine only; give --storage postgresql://... for a cluster")
         from search.executors import prepare
 
         prepare(space, url)

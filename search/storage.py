@@ -1,14 +1,15 @@
-"""Storage URL -> Optuna storage, one code path for every backend.
+"""Storage URL -> Optuna storage: Optuna's own storages, so every study opens in Optuna's tools.
 
-- ``sqlite:///hps.db`` (the embedded default) and ``postgresql+psycopg2://...``: Optuna's
-  RDBStorage with pre-ping and a small bounded pool.
-- ``hps+postgresql://...``: :mod:`search.pgstorage`, hps's own tables, for clusters (the default
-  there: one statement an operation, no client replays another's work).
-- ``journal+postgresql://...``: :mod:`search.journal`, Optuna's JournalStorage in a table (the
-  earlier cluster default, kept so that studies stored in it stay readable).
+- ``sqlite:///hps.db`` (the embedded default) and ``postgresql://...`` (clusters): Optuna's
+  RDBStorage with pre-ping, a connect timeout and a small bounded pool. A study hps writes is an
+  ordinary Optuna study: ``optuna studies``, ``optuna.load_study`` and the stock
+  ``optuna-dashboard URL`` read it as they read their own.
+- a path without ``://`` (``studies.log``): Optuna's JournalStorage on that file, as the
+  ``optuna`` CLI and optuna-dashboard read it (for ``hps copy``, and one-machine runs).
 
-Heartbeats are on for workers, so a trial whose worker died becomes FAIL and its params are
-retried once as a WAITING trial. This module imports neither torch nor the trainer.
+Heartbeats are on for workers, so a trial whose worker died becomes FAIL (with its reason stored)
+and its params are retried once as a WAITING trial. This module imports neither torch nor the
+trainer.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from optuna.trial import FrozenTrial
 
 from search._env import connect_timeout
 from search.errors import StudyError
-from search.journal import PostgresJournalStorage, is_journal
-from search.pgstorage import PostgresStorage, is_pgstorage
 
 DEFAULT_STORAGE = "sqlite:///hps.db"
 HEARTBEAT_SECONDS = int(os.environ.get("HPS_HEARTBEAT_SECONDS", "30"))
@@ -47,35 +46,34 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def _heartbeat_kw() -> dict[str, Any]:
+    return {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
+            "heartbeat_stale_trial_callback": _LostWorker()}
+
+
 def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool = True) -> BaseStorage:
     """An RDB storage with pre-ping (survives a database restart) and a small, bounded pool:
-    each process holds at most ``pool_size`` connections (+1 overflow) to the database.
-    ``hps+postgresql://`` (the cluster default) and ``journal+postgresql://`` hold one connection."""
+    each process holds at most ``pool_size`` connections (+1 overflow) to the database. A path
+    without ``://`` is a journal file."""
     url = storage_url(url)
-    if is_pgstorage(url) or is_journal(url):
-        hb_kw: dict[str, Any] = {}
-        if heartbeat:
-            hb_kw = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
-                     "heartbeat_stale_trial_callback": _retry_callback()}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and relied on here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            try:
+                return JournalStorage(JournalFileBackend(url))
+            except OSError as e:
+                raise StudyError(f"cannot open journal file {url}: {e}") from None
+        engine: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            engine["connect_args"] = {"application_name": "hps", "connect_timeout": connect_timeout()}
+        if not url.startswith("sqlite"):
+            engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
         try:
-            return (PostgresStorage if is_pgstorage(url) else PostgresJournalStorage)(url, **hb_kw)
+            return RDBStorage(url, engine_kwargs=engine, **(_heartbeat_kw() if heartbeat else {}))
         except Exception as e:
             raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        engine["connect_args"] = {"application_name": "hps", "connect_timeout": connect_timeout()}
-    if not url.startswith("sqlite"):
-        engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
-    hb: dict[str, Any] = {}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and relied on here
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if heartbeat:
-                hb = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
-                      "heartbeat_stale_trial_callback": _retry_callback()}
-            return RDBStorage(url, engine_kwargs=engine, **hb)
-    except Exception as e:
-        raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
 
 
 class _LostWorker:
@@ -96,12 +94,10 @@ class _LostWorker:
 
 def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
     """Write ``fail_reason`` on a trial that already finished as FAIL (Optuna's own setters refuse
-    finished trials). Supported on RDB storages and hps+postgresql://; elsewhere it is skipped."""
+    finished trials). Supported on RDB storages (the journal's workers are on one machine)."""
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
     try:
-        if isinstance(backend, PostgresStorage):
-            backend.record_reason(trial_id, "fail_reason", reason)
-        elif isinstance(backend, RDBStorage):
+        if isinstance(backend, RDBStorage):
             from optuna.storages._rdb import models
 
             table = models.TrialUserAttributeModel.__table__
@@ -112,15 +108,8 @@ def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
         warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
 
 
-def _retry_callback() -> _LostWorker:
-    return _LostWorker()
-
-
 def dispose(storage: BaseStorage) -> None:
     """Release a storage's database connections."""
-    if isinstance(storage, PostgresStorage):
-        storage.close()
-    elif isinstance(storage, PostgresJournalStorage):
-        storage.backend.close()
-    elif isinstance(storage, RDBStorage):
-        storage.engine.dispose()
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, RDBStorage):
+        backend.engine.dispose()

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_search_quality_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "bench/search_quality.py", "--budget", "4", "--seeds", "0", "--no-retrain",

@@ -64,7 +64,7 @@ def test_what_the_validator_cannot_check() -> None:
     assert (vol["source"] if isinstance(vol, dict) else vol.split(":")[0]) == "pgdata"
     assert "healthcheck" in services["postgres"] and "healthcheck" in services["ray-head"]
     assert services["search"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["search"]["environment"]["HPS_STORAGE"].startswith("hps+postgresql://hps:")
+    assert services["search"]["environment"]["HPS_STORAGE"].startswith("postgresql://hps:")
     raw = (REPO / "docker-compose.yml").read_text() + (REPO / ".env.example").read_text()
     assert "change-me" not in (REPO / "docker-compose.yml").read_text() and "POSTGRES_PASSWORD=change-me" in raw
     for dockerfile in ("worker", "dashboard"):
@@ -193,6 +193,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             optuna.delete_study(study_name="native-quickstart", storage=storage)
 
 
+@pytest.mark.slow
 def test_native_topology_runs_the_study(topology: dict[str, Any]) -> None:
     ts = trials(topology["storage"], topology["study"])
     states = [t.state.name for t in ts]
@@ -244,6 +245,7 @@ def _wait_text(b: Any, *needles: str, timeout: float = 30) -> str:
     raise AssertionError(f"{needles} not on the page; it shows: {body[:1500]}")
 
 
+@pytest.mark.slow
 def test_dashboard_in_a_real_browser(topology: dict[str, Any], browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
@@ -267,3 +269,42 @@ def test_dashboard_in_a_real_browser(topology: dict[str, Any], browser: Any) -> 
     body = _wait_text(browser, "prune_reason", "over budget: params 1.97M > max_params 300k")
     assert "Pruned" in body
     browser.save_screenshot(str(SCREENSHOTS / "dashboard-trials.png"))
+
+
+@pytest.mark.slow
+def test_stock_dashboard_shows_budgets_sortable_and_feasibility(topology: dict[str, Any], browser: Any) -> None:
+    """The stock optuna-dashboard (compose's dashboard command) on the postgresql:// study that hps
+    ran through Ray: every trial's constraints in its API, the budget figures as sortable columns,
+    and infeasible (over-budget) trials filtered out by the dashboard's own feasibility switch."""
+    from selenium.webdriver.common.by import By
+
+    summaries = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies", timeout=10))["study_summaries"]
+    sid = next(s["study_id"] for s in summaries if s["study_name"] == topology["study"])
+    data = json.load(urllib.request.urlopen(f"{topology['dashboard']}/api/studies/{sid}", timeout=10))
+    over = next(t for t in data["trials"] if t["number"] == 0)  # the warm start over budget
+    assert over["constraints"] == [1_972_792 - 300_000, 0] and over["state"] == "Pruned"
+    sortable = {a["key"] for a in data["union_user_attrs"] if a["sortable"]}
+    assert {"params", "model_bytes", "macs", "flops", "device_seconds"} <= sortable
+
+    browser.get(f"{topology['dashboard']}/dashboard/studies/{sid}/smartSelection")
+    _wait_text(browser, "Include Infeasible trials", "UserAttribute params")
+    header = next(h for h in browser.find_elements(By.CSS_SELECTOR, "th") if h.text.startswith("UserAttribute params"))
+    column = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "th")].index(header.text)
+    header.find_element(By.CSS_SELECTOR, ".MuiTableSortLabel-root").click()
+    time.sleep(1)
+
+    def params_column() -> list[float]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+        cells = [r.find_elements(By.CSS_SELECTOR, "td") for r in rows]
+        return [float(c[column].text) for c in cells if len(c) > column and c[column].text]
+
+    shown = params_column()
+    assert len(shown) >= 4 and shown == sorted(shown) and max(shown) == 1_972_792
+    browser.execute_script("arguments[0].scrollIntoView()", header)
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard-budget-table.png"))
+    # feasibility is a sortable column too: above 0 exactly for the trials pruned as over budget
+    attrs = {t["number"]: {a["key"]: a["value"] for a in t["user_attrs"]} for t in data["trials"]}
+    excess = {n: float(a["budget_excess"]) for n, a in attrs.items() if "budget_excess" in a}
+    assert excess[0] == pytest.approx((1_972_792 - 300_000) / 300_000)
+    assert {n for n, v in excess.items() if v > 0} == {n for n, a in attrs.items()
+                                                       if a.get("prune_reason", "").startswith("over budget")}

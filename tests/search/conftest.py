@@ -19,8 +19,6 @@ import yaml
 from tests.conftest import REPO
 
 PG_URL = os.environ.get("HPS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-JOURNAL_URL = "journal+" + PG_URL.replace("+psycopg2", "")
-HPS_URL = "hps+" + PG_URL.replace("+psycopg2", "")  # the cluster default
 LIBPQ = PG_URL.replace("postgresql+psycopg2", "postgresql")
 
 # airnet on 1,500 images, 3 epochs: about a second a trial. Trial 0 (warm start) is over budget,
@@ -51,10 +49,10 @@ def write_space(tmp_path: Path, name: str, **changes: Any) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgres", "journal", "hps"])
+@pytest.fixture(params=["sqlite", "postgres", "journal"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL, "journal": JOURNAL_URL,
-           "hps": HPS_URL}[request.param]
+    yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL,
+           "journal": str(tmp_path / "studies.log")}[request.param]
 
 
 @contextlib.contextmanager
@@ -112,6 +110,5 @@ def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def study_name() -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
-    for url in (PG_URL, JOURNAL_URL, HPS_URL):
-        with contextlib.suppress(KeyError), opened(url) as storage:
-            optuna.delete_study(study_name=name, storage=storage)
+    with contextlib.suppress(KeyError), opened(PG_URL) as storage:
+        optuna.delete_study(study_name=name, storage=storage)

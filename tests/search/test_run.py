@@ -59,7 +59,7 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
     # pre-screened configs never reached the trainer; every trained config met the budget
     assert len(spy) == sum(1 for t in ts if t.intermediate_values)
     assert all(c.model.width != 1.0 for c in spy)
-    assert all(t.user_attrs["budget"]["params"] <= 300_000 for t in ts if t.intermediate_values)
+    assert all(t.user_attrs["params"] <= 300_000 for t in ts if t.intermediate_values)
 
     good, weak = ts[1], ts[2]
     assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2, 3]
@@ -81,6 +81,7 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
             assert t.user_attrs["prune_reason"]
 
 
+@pytest.mark.slow
 def test_export_retrain_and_real_clients_agree(tmp_path: Path, study_name: str) -> None:
     url = PG_URL
     space = load_space(write_space(tmp_path, study_name))
@@ -106,6 +107,15 @@ def test_export_retrain_and_real_clients_agree(tmp_path: Path, study_name: str) 
     row = row[0] if isinstance(row, list) else row
     assert row["number"] == best.number and row["value"] == pytest.approx(best.value)
     assert row["params"] == provenance["params"]
+
+    # ... and so do `optuna studies`, optuna.load_study and hps status on the same URL
+    listed = subprocess.run([str(Path(sys.executable).parent / "optuna"), "studies", "--storage", url, "-f", "json"],
+                            capture_output=True, text=True, check=True)
+    assert any(s["name"] == study_name and s["n_trials"] == len(study.trials) for s in json.loads(listed.stdout))
+    status = json.loads(hps("status", study_name, "--storage", url, "--json").stdout)
+    loaded = optuna.load_study(study_name=study_name, storage=url.replace("+psycopg2", ""))  # psycopg 3, as a notebook would
+    assert [(t["number"], t["state"], t["values"]) for t in status["trials"]] == \
+        [(t.number, t.state.name.lower(), t.values) for t in loaded.trials]
 
     # the export is attached to the study as an artifact
     assert [m.filename for m in optuna.artifacts.get_all_artifact_meta(study)] == ["best.yaml"]
@@ -158,7 +168,7 @@ def test_multi_objective_pareto_study(tmp_path: Path, study_name: str) -> None:
     InProcessExecutor().run(load_space(path), url, 3)
     study = optuna.load_study(study_name=study_name, storage=url)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert done and all(len(t.values) == 2 and t.values[1] == t.user_attrs["budget"]["params"] for t in done)
+    assert done and all(len(t.values) == 2 and t.values[1] == t.user_attrs["params"] for t in done)
     best = export(study, tmp_path / "mo.yaml", url)
     assert best in study.best_trials
     assert best.values[0] == max(t.values[0] for t in study.best_trials)
@@ -203,6 +213,7 @@ def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) 
     assert len(optuna.load_study(study_name=study_name, storage=url).trials) == 1
 
 
+@pytest.mark.slow
 def test_cli_run_resume_export_retrain(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {"HPS_STORAGE": url, "HPS_ARTIFACTS": str(tmp_path / "art")}
@@ -319,6 +330,7 @@ def test_failures_stop_the_run_with_its_first_reason(tmp_path: Path, study_name:
     assert "stopped: stopped after 3 failed trials in a row" in table.output
 
 
+@pytest.mark.slow
 def test_cli_basics_version_json_delete(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'v.db'}"
     env = {"HPS_STORAGE": url}
@@ -342,7 +354,7 @@ def test_a_database_that_never_answers_fails_fast(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes the handshake; nobody ever speaks
         port = silent.getsockname()[1]
-        for url in (f"postgresql://u@127.0.0.1:{port}/db", f"hps+postgresql://u@127.0.0.1:{port}/db"):
+        for url in (f"postgresql://u@127.0.0.1:{port}/db",):
             r = hps("status", "--storage", url, env={"HPS_CONNECT_TIMEOUT": "2"}, timeout=60)
             assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
             assert f"cannot open storage {url.split('u@')[0]}u@127.0.0.1:{port}/db" in r.stderr.replace("postgresql+psycopg2", "postgresql")

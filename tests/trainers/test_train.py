@@ -11,6 +11,7 @@ from tests.conftest import REPO, tiny_config
 from trainers import TrainingDiverged, config_from_dict, load_config, train
 
 
+@pytest.mark.slow
 def test_a_short_run_learns() -> None:
     cfg = config_from_dict(tiny_config(train={"epochs": 3}, data={"subset": 5000, "val_fraction": 0.1}))
     seen: list[tuple[int, dict]] = []
@@ -23,6 +24,7 @@ def test_a_short_run_learns() -> None:
     assert result.config.data.path is not None  # the result carries its resolved config
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_on_cpu() -> None:
     cfg = config_from_dict(tiny_config(augment={"strength": 1.0, "mixup_alpha": 0.2}))
     a, b = train(cfg), train(cfg)
@@ -62,6 +64,7 @@ def test_other_optimizers_and_schedules_train(name: str) -> None:
     assert train(cfg).val_acc is not None
 
 
+@pytest.mark.slow
 def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config(train={"epochs": 1})))
@@ -92,6 +95,7 @@ def test_bad_config_in_cli_is_one_line(tmp_path: Path) -> None:
     assert "optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam" in proc.stderr
 
 
+@pytest.mark.slow
 def test_retrain_refuses_other_data_unless_told(tmp_path: Path, mini_npz: Path) -> None:
     """An export records its data (path, sha256, split); retraining it on other data is refused,
     saying what differs, unless --allow-data-mismatch says so."""

@@ -1,0 +1,72 @@
+"""Every storage hps offers is one of Optuna's own and passes Optuna's storage contract
+(``optuna.testing.pytest_storages.StorageTestCase``), opened the way hps's workers open it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import BaseStorage
+from optuna.testing.pytest_storages import StorageTestCase
+from optuna.trial import TrialState
+
+from search.storage import dispose, get_storage
+from tests.search.conftest import PG_URL, ask_report_tell, hps, opened, sql, trials
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow), "journal"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseStorage]:
+    """A fresh, empty storage per test: a new SQLite file, a new Postgres schema, a new journal file."""
+    if request.param == "postgres":
+        schema = f"contract_{uuid.uuid4().hex[:10]}"
+        sql(f"CREATE SCHEMA {schema}")
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    else:
+        url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else str(tmp_path / "c.log")
+    store = get_storage(url)  # as a worker opens it: heartbeats on
+    try:
+        yield store
+    finally:
+        dispose(store)
+        if request.param == "postgres":
+            sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+class TestOptunaStorageContract(StorageTestCase):
+    """Optuna 5.0's own storage tests, every one, against each storage hps offers."""
+
+
+@pytest.mark.slow
+def test_hps_copy_between_sqlite_postgres_and_a_journal_file(tmp_path: Path, study_name: str) -> None:
+    journal = str(tmp_path / "studies.log")
+    with opened(journal) as storage:
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+        study.set_user_attr("hps_space", {"study": {"name": study_name}})
+        for i in range(3):
+            ask_report_tell(study, i / 10)
+        pruned = study.ask()
+        pruned.suggest_float("x", 0, 1)
+        pruned.report(0.01, 0)
+        study.tell(pruned, state=TrialState.PRUNED)
+        study.enqueue_trial({"x": 0.5})
+
+    def key(url: str) -> list[tuple]:
+        return [(t.number, t.state, t.values, t.params, t.intermediate_values, t.user_attrs) for t in trials(url, study_name)]
+
+    sqlite = f"sqlite:///{tmp_path / 'copy.db'}"
+    for src, dst in ((journal, PG_URL), (PG_URL, sqlite)):
+        r = hps("copy", study_name, "--from", src, "--to", dst)
+        assert r.returncode == 0 and f"copied {study_name} (5 trials)" in r.stdout, r.stderr
+        assert key(dst) == key(journal)
+    again = hps("copy", study_name, "--from", journal, "--to", PG_URL)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already holds a study named" in again.stderr
+
+
+def test_a_wrong_url_is_reported_at_once() -> None:
+    from search.errors import StudyError
+
+    with pytest.raises(StudyError, match=r'cannot open storage postgresql\+psycopg2://.*database "no_such_db" does not exist'):
+        get_storage(PG_URL.rsplit("/", 1)[0] + "/no_such_db")
