@@ -9,9 +9,11 @@ parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
 parser.add_argument("config")
 parser.add_argument("--test", action="store_true", help="also score the test split")
 parser.add_argument("--out", default=None, help="output folder [runs/<name>]")
+parser.add_argument("--allow-data-mismatch", action="store_true",
+                    help="train on the data here even if it is not the data the config was made on")
 args = parser.parse_args()
 try:
-    result = retrain(args.config, args.out, test=args.test,
+    result = retrain(args.config, args.out, test=args.test, allow_data_mismatch=args.allow_data_mismatch,
                      report=lambda e, m: print(f"epoch {e}: {m}", flush=True))
 except (ConfigError, DataError, TrainingDiverged) as e:
     sys.exit(f"error: {e}")
