@@ -129,11 +129,11 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
     """Run (or resume) a study until it holds the requested number of finished trials."""
     import optuna
 
-    from search.executors import FAILED_ATTR, Executor, InProcessExecutor
+    from search.executors import Executor, InProcessExecutor
     from search.progress import LiveView
     from search.space import load_space
     from search.storage import dispose, get_storage, redact, storage_url
-    from search.study import finished, open_study
+    from search.study import FAILED_ATTR, finished, open_study
     from trainers import load_data
 
     _quiet_optuna()
@@ -193,11 +193,6 @@ def _summary(study: object, target: int) -> None:
 TRIAL_ATTRS = ("best_value", "best_epoch", "device_seconds", "prune_reason", "fail_reason", "warm_start")
 
 
-def _stops(user_attrs: dict[str, Any]) -> list[str]:
-    """Why the study's last run stopped early (failures, compute budget), if it did."""
-    return [str(user_attrs[k]) for k in ("failed", "stopped") if user_attrs.get(k)]
-
-
 @app.command()
 @_user_errors
 def status(study: Annotated[str | None, typer.Argument(help="study name; omit to list studies")] = None,
@@ -209,7 +204,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     from search.budget import human, stored_figures
     from search.export import named_constraints
     from search.storage import dispose, get_storage
-    from search.study import load_study
+    from search.study import load_study, stop_reasons
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
@@ -219,7 +214,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             for s in optuna.get_all_study_summaries(store):
                 best = s.best_trial.values[0] if s.best_trial and s.best_trial.values else None
                 rows.append({"study": s.study_name, "trials": s.n_trials, "directions": [d.name.lower() for d in s.directions],
-                             "best_value": best, "stopped": _stops(s.user_attrs)})
+                             "best_value": best, "stopped": stop_reasons(s.user_attrs)})
             if as_json:
                 print(json.dumps(rows))
                 return
@@ -233,7 +228,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         trials = st.get_trials(deepcopy=False)
         if as_json:
             print(json.dumps({
-                "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": _stops(st.user_attrs),
+                "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stop_reasons(st.user_attrs),
                 "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
                             "constraints": named_constraints(t), "budget": stored_figures(t.user_attrs),
                             **{k: t.user_attrs.get(k) for k in TRIAL_ATTRS}} for t in trials]}, default=str))
@@ -255,7 +250,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
                           f"{t.user_attrs.get('device_seconds', 0):.1f}", reason)
         console.print(table)
         console.print("value: the metric at the last epoch; * last intermediate value of a pruned trial", style="dim")
-        for line in _stops(st.user_attrs):
+        for line in stop_reasons(st.user_attrs):
             console.print(f"[red]stopped:[/] {line}", highlight=False)
     finally:
         dispose(store)

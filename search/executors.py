@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.objective import Objective
 from search.space import Space
 from search.storage import dispose, get_storage
-from search.study import FINISHED, load_study, make_pruner, make_sampler, open_study
+from search.study import FAILED_ATTR, FINISHED, STOPPED_ATTR, load_study, open_study
 
 MAX_FAILS_IN_A_ROW = 3
 MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
@@ -45,11 +45,8 @@ class StudyBudget:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.spent(study):
-            study.set_user_attr("stopped", f"compute budget spent: {device_seconds(study):.0f} device-seconds")
+            study.set_user_attr(STOPPED_ATTR, f"compute budget spent: {device_seconds(study):.0f} device-seconds")
             study.stop()
-
-
-FAILED_ATTR = "failed"  # study user attr: why the last run stopped on failures (None once a run starts)
 
 
 class FailureGuard:
@@ -81,7 +78,7 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
     try:
         study = load_study(space.name, storage)
         offset = len(study.get_trials(deepcopy=False)) + 7919 * index
-        study.sampler, study.pruner = make_sampler(space, offset), make_pruner(space)
+        study.sampler, study.pruner = space.make_sampler(offset), space.make_pruner()
         budget = StudyBudget(space.budget.max_device_hours)
         if budget.spent(study) or len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
             return

@@ -105,15 +105,11 @@ class Objective:
         try:
             result = train(cfg, report)
         except (optuna.TrialPruned, TrainingDiverged) as e:
-            finish()
             return _prune(trial, str(e))
         except torch.cuda.OutOfMemoryError:
-            finish()
             return _prune(trial, f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
-        except Exception:
+        finally:
             finish()
-            raise
-        finish()
         value = result.history[-1][metric]
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])

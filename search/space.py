@@ -222,6 +222,7 @@ class Space:
         return len(self.spec.objectives) > 1
 
     def make_sampler(self, seed_offset: int = 0) -> Any:
+        """``seed_offset`` keeps workers, and resumed runs, from redrawing the same random points."""
         s = self.spec.study
         return build_sampler(s.sampler.name, s.sampler.args, s.trials, s.seed + seed_offset)
 
@@ -423,12 +424,12 @@ def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, A
     smallest value is the least of the base's and every range's."""
     fixed: dict[str, Any] = {}
     for key in ("model.width", "model.depth", "train.epochs"):
-        dists = [d for k, d in spec.space.items() if k == key]
-        if not dists:
+        dist = spec.space.get(key)
+        if dist is None:
             continue
         section, name = key.split(".")
-        options = [v for d in dists for v in d.values_to_check()]
-        if any(d.when for d in dists):
+        options = dist.values_to_check()
+        if dist.when:
             options.append(getattr(getattr(base, section), name))
         fixed[key] = min(options)
     names = [base.model.name]

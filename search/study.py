@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from optuna.storages import BaseStorage
 
@@ -9,22 +11,21 @@ from search.errors import StudyError
 from search.space import Space
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# study user attrs that say why a run stopped early: trials kept failing (None once a new run
+# starts), or the study's compute budget is spent
+FAILED_ATTR, STOPPED_ATTR = "failed", "stopped"
 
 
-def make_sampler(space: Space, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """``seed_offset`` keeps workers, and resumed runs, from redrawing the same random points."""
-    return space.make_sampler(seed_offset)
-
-
-def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    return space.make_pruner()
+def stop_reasons(user_attrs: dict[str, Any]) -> list[str]:
+    """Why the study's last run stopped early, if it did."""
+    return [str(user_attrs[k]) for k in (FAILED_ATTR, STOPPED_ATTR) if user_attrs.get(k)]
 
 
 def open_study(space: Space, storage: BaseStorage) -> optuna.Study:
     """Create the space's study, or load it to resume; warm-start params are enqueued once."""
     study = optuna.create_study(study_name=space.name, storage=storage, load_if_exists=True,
                                 directions=space.directions,  # type: ignore[arg-type]
-                                sampler=make_sampler(space), pruner=make_pruner(space))
+                                sampler=space.make_sampler(), pruner=space.make_pruner())
     if [d.name.lower() for d in study.directions] != space.directions:
         raise StudyError(f"study {space.name!r} exists with directions "
                          f"{[d.name.lower() for d in study.directions]}, the space asks {space.directions}")

@@ -103,8 +103,8 @@ class Augmenter:
         cy = torch.randint(0, 32, (n, 1, 1), generator=self.gen, device=self.device)
         cx = torch.randint(0, 32, (n, 1, 1), generator=self.gen, device=self.device)
         lo = self.cutout // 2  # the square covers [c - side // 2, c - side // 2 + side): side px when inside
-        rows = ((self._ar.view(1, 32, 1) - cy + lo) >= 0) & ((self._ar.view(1, 32, 1) - cy + lo) < self.cutout)
-        cols = ((self._ar.view(1, 1, 32) - cx + lo) >= 0) & ((self._ar.view(1, 1, 32) - cx + lo) < self.cutout)
+        dy, dx = self._ar.view(1, 32, 1) - cy + lo, self._ar.view(1, 1, 32) - cx + lo
+        rows, cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
         return x.masked_fill((rows & cols).unsqueeze(1), 0.0)
 
 
