@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HPS_DATA ?= $(wildcard $(abspath ../shared/data/cifar10-mini.npz))
 export HPS_DATA
 
-.PHONY: install system-deps demo test lint bench
+.PHONY: install system-deps docker-deps demo test lint bench compose-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,15 +26,26 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Debian packages the tests use: docker-compose (offline validation of the compose file) and
-# Chromium + ChromeDriver (the dashboard in a real browser).
+# Debian packages the tests use: Chromium + ChromeDriver (the dashboard in a real browser) and
+# docker-compose (the compose files, resolved offline). `make compose-test` adds a Docker engine
+# (docker.io) and debootstrap (base images made from Debian packages where Docker Hub is out of reach).
 system-deps:
 	@command -v docker-compose >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium chromium-driver; }
 
+docker-deps: system-deps
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }
+
 test: lint system-deps
-	docker-compose --env-file .env.example config -q
 	$(BIN)/pytest -q
+
+# `docker compose up` for real on a Docker engine this starts (as root; its own dirs under
+# ~/.cache/hps-docker, stopped by pid): builds the images against a local pip mirror, runs a study
+# through the whole stack, kills a worker, down/up, export, dashboard in Chromium. About 10 minutes
+# (first build included), so not part of `make test`; run it before every change to docker/ lands.
+compose-test: install docker-deps
+	HPS_COMPOSE_TEST=1 $(BIN)/pytest -q tests/docker/test_compose_up.py
 
 bench: install
 	$(BIN)/python bench/trainer.py

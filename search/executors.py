@@ -9,17 +9,18 @@ shared storage, so Optuna's heartbeats run and its pruner decides.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import optuna
 import sqlalchemy.exc
-from optuna.study import MaxTrialsCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
 from search.objective import Objective
 from search.space import Space
-from search.storage import dispose, get_storage
+from search.storage import HEARTBEAT_SECONDS, dispose, get_storage
 from search.study import FAILED_ATTR, FINISHED, STOPPED_ATTR, load_study, open_study
 
 MAX_FAILS_IN_A_ROW = 3
@@ -46,6 +47,22 @@ class StudyBudget:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.spent(study):
             study.set_user_attr(STOPPED_ATTR, f"compute budget spent: {device_seconds(study):.0f} device-seconds")
+            study.stop()
+
+
+class Target:
+    """Stops the study at ``target`` finished (COMPLETE or PRUNED) trials once no trial is WAITING:
+    a queued trial (a warm start, or the retry of a trial whose worker died) is owed work."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def reached(self, study: optuna.Study) -> bool:
+        return (len(study.get_trials(deepcopy=False, states=FINISHED)) >= self.target
+                and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.reached(study):
             study.stop()
 
 
@@ -80,12 +97,12 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
         offset = len(study.get_trials(deepcopy=False)) + 7919 * index
         study.sampler, study.pruner = space.make_sampler(offset), space.make_pruner()
         budget = StudyBudget(space.budget.max_device_hours)
-        if budget.spent(study) or len(study.get_trials(deepcopy=False, states=FINISHED)) >= target:
+        if budget.spent(study) or Target(target).reached(study):
             return
         for outage in range(MAX_STORAGE_OUTAGES + 1):
             try:
                 study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
-                               callbacks=[MaxTrialsCallback(target, states=FINISHED), budget, FailureGuard()])
+                               callbacks=[Target(target), budget, FailureGuard()])
                 return
             except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError):
                 # the database went away (a restart): the trial in flight fails through heartbeats;
@@ -93,6 +110,29 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
                 if outage == MAX_STORAGE_OUTAGES:
                     raise
                 time.sleep(5)
+    finally:
+        dispose(storage)
+
+
+def settle(space: Space, url: str) -> list[int]:
+    """Driver side, after the workers returned: a trial still RUNNING whose worker died after the
+    last ``ask`` is failed here once its heartbeat is stale (its reason stored, its params queued
+    for a retry that the next run takes first), never left RUNNING. Returns the failed numbers."""
+    storage = get_storage(url)
+    failed: list[int] = []
+    try:
+        if not is_heartbeat_enabled(storage):
+            return failed
+        study = load_study(space.name, storage)
+        deadline = time.monotonic() + 2 * HEARTBEAT_SECONDS + 5
+        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            failed += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+            time.sleep(1)
+        return failed
     finally:
         dispose(storage)
 

@@ -21,12 +21,14 @@ the study's compute budget sums it).
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import optuna
 import torch
 
 from search.budget import check
+from search.errors import StudyError
 from search.space import Space, suggest
 from trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, train
 
@@ -57,6 +59,7 @@ class Objective:
         except ConfigError as e:
             return _prune(trial, f"invalid config: {e}")
         cfg = pin_data(cfg)
+        _check_gpu(cfg.train.device, self.worker)
         trial.set_user_attr("config", config_to_dict(cfg))
         trial.set_user_attr("data", data_identity(cfg))
         if self.worker:
@@ -64,8 +67,10 @@ class Objective:
         screen = check(cfg, budget)
         for key, fig in screen.figures.items():  # one scalar each: the dashboard sorts and filters them
             trial.set_user_attr(key, fig)
-        for key, value in screen.constraints.items():
-            trial.set_constraint(key, value)
+        with warnings.catch_warnings():  # a retried trial inherits its original's (identical) constraints
+            warnings.filterwarnings("ignore", "The constraint value is ignored")
+            for key, value in screen.constraints.items():
+                trial.set_constraint(key, value)
         if screen.constraints:  # optuna-dashboard 0.21 shows the list form; Optuna reads both
             trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(screen.constraints.values()))
             trial.set_user_attr("budget_excess", screen.excess)  # > 0: over budget; a sortable column
@@ -114,6 +119,15 @@ class Objective:
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
         return value
+
+
+def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:
+    """A trial Ray gave a GPU share must train on CUDA: never on the CPU without a word."""
+    gpus = (worker or {}).get("gpus") or []
+    if gpus and device != "cpu" and not torch.cuda.is_available():
+        raise StudyError(f"Ray gave this trial GPU {', '.join(gpus)} (CUDA_VISIBLE_DEVICES="
+                         f"{(worker or {}).get('cuda_visible')}) but torch sees no CUDA device on {(worker or {}).get('host')}: "
+                         "check the NVIDIA driver and container toolkit there, or run with --gpus-per-trial 0")
 
 
 def _prune(trial: optuna.Trial, reason: str) -> Any:

@@ -84,6 +84,14 @@ class RayExecutor:
 
         prepare(space, url)
         self._connect()
+        from search.executors import settle
+
+        for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
+            self._round(space, url, target, objective)
+            if not settle(space, url):
+                break
+
+    def _round(self, space: Space, url: str, target: int, objective: Any) -> None:
         opts: dict[str, Any] = {"num_cpus": self.cpus}
         if self.gpus > 0:
             opts["num_gpus"] = self.gpus

@@ -42,8 +42,10 @@ def storage_url(url: str | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and provenance."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL without its password, for logs and provenance: all from the user's ``:`` to the last
+    ``@`` goes (a password pasted raw may hold ``@ / : #``). Better still: no password in the URL,
+    and ``PGPASSWORD`` set (libpq reads it; compose does that)."""
+    return re.sub(r"^([\w+.-]+://[^:/@]*):.*@", r"\1:***@", url)
 
 
 def _heartbeat_kw() -> dict[str, Any]:

@@ -17,6 +17,7 @@ when asked for (``hps retrain --test``).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
@@ -212,7 +213,13 @@ def _torchvision(dataset: str, root: str, download: bool, train: bool) -> tuple[
 
     cls = torchvision.datasets.CIFAR100 if dataset == "cifar100" else torchvision.datasets.CIFAR10
     try:
-        ds = cls(root, train=train, download=download)
+        if download:  # workers sharing a folder (compose's /data volume) download it once, one at a time
+            os.makedirs(root, exist_ok=True)
+            with open(os.path.join(root, f".{dataset}.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                ds = cls(root, train=train, download=True)
+        else:
+            ds = cls(root, train=train, download=False)
     except RuntimeError as e:
         raise DataError(f"{dataset} not found under {root} and data.download is false ({e}); set "
                         "data.download: true, or data.path / HPS_DATA to an .npz") from None

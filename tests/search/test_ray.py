@@ -3,6 +3,7 @@ the second node advertises 2 fake GPUs to test placement), PostgreSQL storage, r
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import signal
@@ -20,8 +21,9 @@ from optuna.trial import TrialState
 
 from search.ray import RayExecutor
 from search.space import load_space
+from search.study import FAILED_ATTR
 from tests.conftest import REPO, free_port, kill_all, pids_using
-from tests.search.conftest import PG_URL, trials, write_space
+from tests.search.conftest import PG_URL, SMALL, trials, write_space
 
 pytestmark = pytest.mark.slow  # a real Ray cluster per module
 RAY = str(Path(sys.executable).parent / "ray")
@@ -103,6 +105,21 @@ def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, st
 
     gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
     assert {w["node"] for w in info} == {gpu_node[:12]}  # four half-GPU slots share the 2 fake GPUs there
+
+
+def test_a_gpu_share_without_cuda_fails_with_why(tmp_path: Path, connected: str, study_name: str) -> None:
+    """Ray hands out the fake GPUs of the second node; torch sees no CUDA there: each trial fails
+    with that reason (never trains on the CPU), and the study stops on the failures."""
+    base = copy.deepcopy(SMALL["base"])
+    base["train"]["device"] = "auto"
+    space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[], base=base))
+    RayExecutor(connected, workers=2, gpus_per_trial=0.5, cpus_per_trial=0.5).run(space, PG_URL, 4)
+    ts = _trials(study_name)
+    assert ts and all(t.state == TrialState.FAIL for t in ts)
+    assert all("torch sees no CUDA device" in t.user_attrs["fail_reason"] for t in ts)
+    assert all("device_seconds" not in t.user_attrs for t in ts)  # nothing trained
+    study = optuna.load_study(study_name=study_name, storage=PG_URL)
+    assert "torch sees no CUDA device" in study.user_attrs[FAILED_ATTR]
 
 
 @pytest.mark.parametrize("url", [PG_URL], ids=["postgres"])

@@ -70,3 +70,12 @@ def test_a_wrong_url_is_reported_at_once() -> None:
 
     with pytest.raises(StudyError, match=r'cannot open storage postgresql\+psycopg2://.*database "no_such_db" does not exist'):
         get_storage(PG_URL.rsplit("/", 1)[0] + "/no_such_db")
+
+
+@pytest.mark.parametrize("password", ["secret", "p@ss/w#rd", "a:b@c", "@@@", "x/y?z=1"])
+def test_redact_hides_all_of_a_raw_password(password: str) -> None:
+    from search.storage import redact
+
+    shown = redact(f"postgresql+psycopg2://hps:{password}@db.example:5432/hps")
+    assert shown == "postgresql+psycopg2://hps:***@db.example:5432/hps"
+    assert redact("postgresql://hps@db.example/hps") == "postgresql://hps@db.example/hps"  # nothing to hide

@@ -1,0 +1,42 @@
+# The hps images, one file, two targets:
+# - `ray`: the Ray head. It schedules trials and runs none, so it holds Ray alone (no torch, no CUDA).
+# - `worker`: Ray GPU workers and the study driver. torch 2.14.1 from PyPI bundles its CUDA 13
+#   libraries; the NVIDIA Container Toolkit provides the driver at run time.
+# Build args: PYTHON_IMAGE (the official image by default; any Debian-based Python 3.11 works),
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST (a mirror; pip reads them from the
+# environment; each stage that runs pip declares them; build-time only, they stay in the image history, so no credentials in them),
+# RAY_VERSION (head and workers must run the same Ray).
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --create-home --uid 1000 hps && mkdir -p /data /artifacts && chown hps:hps /data /artifacts \
+    && python -m venv /opt/hps
+ENV PATH=/opt/hps/bin:$PATH PYTHONUNBUFFERED=1
+
+FROM base AS ray
+ARG RAY_VERSION=2.60.0
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=
+ARG PIP_TRUSTED_HOST=
+RUN pip install "ray[default]==${RAY_VERSION}"
+USER hps
+WORKDIR /home/hps
+
+FROM base AS worker
+ARG RAY_VERSION=2.60.0
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=
+ARG PIP_TRUSTED_HOST=
+# dependencies first (a layer that code changes do not rebuild), then hps itself
+COPY pyproject.toml /src/
+RUN python -c "import tomllib; print(*tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > /src/requirements.txt && pip install -r /src/requirements.txt "ray[default,client,tune]==${RAY_VERSION}"
+COPY README.md /src/
+COPY search /src/search
+COPY trainers /src/trainers
+RUN pip install --no-deps /src && rm -rf /src
+COPY spaces /app/spaces
+ENV HPS_ARTIFACTS=/artifacts HPS_DATA=/data
+WORKDIR /app
+USER hps
