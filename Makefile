@@ -52,4 +52,5 @@ bench: install
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/augment.py
+	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/search_quality.py

@@ -297,8 +297,29 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
     t = run_export(load_study(study, store), out, storage_url(storage), number=trial, artifact_dir=_artifacts(artifacts))
-    console.print(f"wrote {out}: trial {t.number}, value {t.values[0]:.4f}; retrain with: hps retrain {out}",
+    weights = out.with_suffix(".pt")
+    also = f" and {weights} (its weights; score them with: hps evaluate {out} --weights {weights})" if (
+        "weights" in t.user_attrs and weights.exists()) else ""
+    console.print(f"wrote {out}{also}: trial {t.number}, value {t.values[0]:.4f}; retrain with: hps retrain {out}",
                   highlight=False)
+
+
+@app.command()
+@_user_errors
+def evaluate(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. from hps export)")],
+             weights: Annotated[Path, typer.Option("--weights", help="weights file (hps export's .pt, retrain's model.pt)")],
+             test: Annotated[bool, typer.Option("--test", help="also score the test split")] = False) -> None:
+    """Score weights on the validation (and test) split without training."""
+    import torch
+
+    from trainers import load_config
+    from trainers.train import score
+
+    cfg = load_config(config)
+    if not weights.is_file():
+        raise typer.BadParameter(f"{weights}: no such file", param_hint="--weights")
+    metrics = score(cfg, torch.load(weights, map_location="cpu", weights_only=True), test=test)
+    console.print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import stored_figures
+from search.checkpoints import WEIGHTS_ATTR, artifact_store
 from search.errors import StudyError
 from search.storage import redact
 from trainers import config_from_dict, dump_config
@@ -63,7 +64,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
         "study": study.study_name, "trial": trial.number, "values": list(trial.values),
         "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
         "budget_figures": stored_figures(trial.user_attrs), "constraints": named_constraints(trial),
-        "data": trial.user_attrs.get("data"),
+        "data": trial.user_attrs.get("data"), "storage_dtype": trial.user_attrs.get("storage_dtype", "fp32"),
         "best_epoch": {"value": trial.user_attrs.get("best_value"), "epoch": trial.user_attrs.get("best_epoch")},
         "device_seconds": trial.user_attrs.get("device_seconds"), "storage": redact(storage),
         "versions": versions, "git_commit": _git_commit(),
@@ -78,7 +79,19 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
     trial = best_trial(study, number)
     cfg = config_from_dict(trial.user_attrs["config"], f"study {study.study_name} trial {trial.number}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out, extra={"provenance": provenance(study, trial, storage)})
+    prov = provenance(study, trial, storage)
+    weights = trial.user_attrs.get(WEIGHTS_ATTR)
+    if weights and artifact_dir is not None:  # the trial's kept weights, beside the YAML
+        from optuna.artifacts import download_artifact
+
+        path = out.with_suffix(".pt")
+        path.unlink(missing_ok=True)
+        try:
+            download_artifact(artifact_store=artifact_store(artifact_dir), file_path=str(path), artifact_id=weights)
+            prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": path.stat().st_size}
+        except Exception as e:  # the YAML alone still retrains
+            prov["weights"] = {"missing": f"{type(e).__name__}: {e}"}
+    dump_config(cfg, out, extra={"provenance": prov})
     if artifact_dir is not None:
         from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 

@@ -28,9 +28,10 @@ import optuna
 import torch
 
 from search.budget import check
+from search.checkpoints import TrialCheckpoint, artifact_store, keep_if_best
 from search.errors import StudyError
 from search.space import Space, suggest
-from trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, train
+from trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, state_dict_at, train
 
 
 class _Stop(optuna.TrialPruned):
@@ -42,6 +43,16 @@ class Objective:
 
     def __init__(self, space: Space, worker: dict[str, Any] | None = None) -> None:
         self.space, self.worker = space, worker
+        self._store: Any = None
+
+    def store(self) -> Any:
+        """The artifact store for checkpoints and weights (``$HPS_ARTIFACTS``), opened once per process."""
+        if self._store is None:
+            self._store = artifact_store()
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles the objective; each worker opens its own store
+        return {**self.__dict__, "_store": None}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -64,6 +75,7 @@ class Objective:
         trial.set_user_attr("data", data_identity(cfg))
         if self.worker:
             trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("storage_dtype", budget.storage_dtype)  # kept weights and exports use it
         screen = check(cfg, budget)
         for key, fig in screen.figures.items():  # one scalar each: the dashboard sorts and filters them
             trial.set_user_attr(key, fig)
@@ -102,20 +114,28 @@ class Objective:
                                          f"({metric} {value:.4f})")
 
         def finish() -> None:
+            for m in ckpt.restored:  # epochs restored from a checkpoint count too
+                if metric in m and (not best or sign * m[metric] > sign * best["value"]):
+                    best.update(value=m[metric], epoch=m["epoch"])
             trial.set_user_attr("device_seconds", time.perf_counter() - start)
             if best:
                 trial.set_user_attr("best_value", best["value"])
                 trial.set_user_attr("best_epoch", int(best["epoch"]))
 
+        store = self.store()
+        ckpt = TrialCheckpoint(trial, store)
         try:
-            result = train(cfg, report)
+            result = train(cfg, report, checkpoint=ckpt)
         except (optuna.TrialPruned, TrainingDiverged) as e:
             return _prune(trial, str(e))
         except torch.cuda.OutOfMemoryError:
             return _prune(trial, f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
         finally:
+            ckpt.finish()
             finish()
         value = result.history[-1][metric]
+        if result.model is not None and not space.multi_objective:
+            keep_if_best(trial, value, sign > 0, state_dict_at(result.model, budget.storage_dtype), store)
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
         return value

@@ -26,7 +26,7 @@ from search.errors import StudyError
 from search.space import Space
 
 POOL_SIZE = 1
-FORWARDED_ENV = ("HPS_DATA", "HPS_HEARTBEAT_SECONDS", "HPS_ARTIFACTS")
+FORWARDED_ENV = ("HPS_DATA", "HPS_HEARTBEAT_SECONDS", "HPS_ARTIFACTS", "HPS_CHECKPOINT_SECONDS", "HPS_KEEP_WEIGHTS")
 
 
 @ray.remote(max_restarts=3, max_task_retries=3)

@@ -85,7 +85,7 @@ class _LostWorker:
     def __init__(self) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = (f"no heartbeat from its worker for {2 * HEARTBEAT_SECONDS} s (killed, out of memory or lost); "

@@ -24,8 +24,9 @@ def mini_npz() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _hps_data(mini_npz: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _hps_data(mini_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setenv("HPS_DATA", str(mini_npz))
+    monkeypatch.setenv("HPS_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))  # checkpoints, weights
 
 
 def tiny_config(**sections: dict) -> dict:

@@ -14,7 +14,9 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,6 +63,26 @@ def state_dict_at(model: nn.Module | dict[str, torch.Tensor], dtype: str = "fp32
             out[f"{k}._scale"] = scale.reshape(())
         else:
             out[k] = v.detach().to(STORAGE_DTYPES[dtype])
+    return out
+
+
+def save_state(state_dict: dict[str, torch.Tensor], path: str | Path) -> int:
+    """Write ``state_dict`` as the meter counts it (torch names a saved file's archive after the file,
+    so this saves to memory first): the file has exactly :func:`saved_bytes` bytes. Returns them."""
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    Path(path).write_bytes(buf.getvalue())
+    return buf.getbuffer().nbytes
+
+
+def state_dict_from(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fp32 state dict back from one stored by :func:`state_dict_at` (int8 scaled back)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in stored.items():
+        if k.endswith("._scale"):
+            continue
+        scale = stored.get(f"{k}._scale")
+        out[k] = v.float() * scale if scale is not None else (v.float() if v.is_floating_point() else v)
     return out
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +26,24 @@ from trainers.augment import Augmenter, mix
 from trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml
 from trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from trainers.device import autocast_dtype, resolve_device
-from trainers.meter import state_dict_at
+from trainers.meter import save_state, state_dict_at, state_dict_from
 from trainers.models import create_model
 from trainers.optim import build_optimizer, lr_at
 
 Metrics = dict[str, float]
 Report = Callable[[int, Metrics], None]
 CHECK_EVERY = 32  # steps between finiteness checks of the running loss (one host sync each)
+
+
+class Checkpoint(Protocol):
+    """Where a run keeps its training state (the caller decides where; the trainer knows no store).
+    ``load()``: a state to resume from, or None. ``after_epoch(epoch, state)``: called after each
+    reported epoch; ``state()`` builds the full state (model, optimizer, scaler, step, epoch,
+    history and every RNG the trainer draws from) when the hook decides to save."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None: ...
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,8 +87,9 @@ def evaluate(model: nn.Module, split: Split, aug: Augmenter, cast: contextlib.Ab
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
-          data: Data | None = None) -> TrainResult:
-    """Train ``cfg`` from scratch; deterministic on the CPU for a given ``train.seed``."""
+          data: Data | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
+    """Train ``cfg`` from scratch, or from ``checkpoint``'s state; deterministic on the CPU for a
+    given ``train.seed`` (a resumed run ends with the metrics of an uninterrupted one)."""
     t_start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -103,8 +115,25 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     n, bs = len(data.train), min(tc.batch_size, len(data.train))
     steps = n // bs  # drop the last partial batch
     history: list[Metrics] = []
-    step = 0
-    for epoch in range(1, tc.epochs + 1):
+    step, first = 0, 1
+    if checkpoint is not None and (saved := checkpoint.load()) is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        gen.set_state(saved["rng"]["augment"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if device.type == "cuda" and saved["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+        rng.setstate(saved["rng"]["python"])
+        history, step, first = saved["history"], saved["step"], saved["epoch"] + 1
+
+    def state() -> dict[str, Any]:
+        return {"epoch": epoch, "step": step, "history": history, "config": config_to_dict(cfg),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "rng": {"augment": gen.get_state(), "torch": torch.get_rng_state(), "python": rng.getstate(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+
+    for epoch in range(first, tc.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, device=device, generator=gen)
@@ -140,11 +169,35 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
         history.append(metrics)
         if report is not None:
             report(epoch, metrics)
+        if checkpoint is not None:
+            checkpoint.after_epoch(epoch, state)
 
     test_acc = None
     if test and data.test is not None:
         test_acc = evaluate(step_model, data.test, aug, cast, tc.channels_last)[1]
     return TrainResult(cfg, history, params, time.perf_counter() - t_start, test_acc, model)
+
+
+def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = False) -> Metrics:
+    """Score stored weights (any storage dtype) on the validation split, and the test split if
+    asked, without training: ``val_loss``, ``val_acc`` (and ``test_loss``, ``test_acc``)."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    data = load_data(pin_data(cfg).data, device, test=test)
+    m = cfg.model
+    model = create_model(m.name, num_classes=data.num_classes, width=m.width, depth=m.depth, dropout=m.dropout)
+    model.load_state_dict(state_dict_from(weights))
+    model = model.to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(tc.precision, device)
+    cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device))
+    out: Metrics = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        if split is not None:
+            out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(model, split, aug, cast, tc.channels_last)
+    return out
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
@@ -171,7 +224,8 @@ def check_identity(cfg: TrainConfig, recorded: dict[str, Any] | None) -> TrainCo
 
 def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test: bool = False,
             report: Report | None = None, allow_data_mismatch: bool = False) -> TrainResult:
-    """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``.
+    """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``
+    (at the export's ``provenance.storage_dtype``, the budget's; fp32 without one).
 
     The data must be the data the config was made on (its ``data.sha256``, and the export's
     ``provenance.data``); ``allow_data_mismatch`` trains on what is here instead, and the written
@@ -193,5 +247,6 @@ def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test:
     dump_config(result.config, out / "config.yaml")
     (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     assert result.model is not None
-    torch.save(state_dict_at(result.model, "fp32"), out / "model.pt")
+    dtype = str(prov.get("storage_dtype") or "fp32") if isinstance(prov, dict) else "fp32"
+    save_state(state_dict_at(result.model, dtype), out / "model.pt")  # at the budget's storage dtype
     return result

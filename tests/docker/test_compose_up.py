@@ -118,7 +118,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         base = E.base_images(engine)
         ports = {"POSTGRES_PORT": str(free_port()), "DASHBOARD_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(free_port())}
         env = {**engine, **base, **ports, "SPACE": "spaces/compose-test.yaml", "WORKERS": "2", "CPUS_PER_TRIAL": "1",
-               "HPS_HEARTBEAT_SECONDS": "5", "COMPOSE_HTTP_TIMEOUT": "300"}
+               "HPS_HEARTBEAT_SECONDS": "5", "HPS_CHECKPOINT_SECONDS": "0", "COMPOSE_HTTP_TIMEOUT": "300"}
         s = Stack(env, tmp)
         with E.pip_mirror(engine) as mirror:
             s.env.update(mirror)
@@ -183,6 +183,8 @@ def test_a_killed_worker_fails_its_trial_and_the_retry_runs(stack: dict[str, Any
     retries = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params
     assert retries[0].state in (*FINISHED, TrialState.FAIL)  # FAIL only if the `down` caught it too
+    if "checkpoint" in killed.user_attrs:  # saved after every epoch here: the retry went on from it
+        assert retries[0].user_attrs["resumed_from"] == {"trial": number, "epoch": killed.user_attrs["checkpoint"]["epoch"]}
 
 
 def test_down_and_up_resume_without_rerunning(stack: dict[str, Any]) -> None:
@@ -201,6 +203,8 @@ def test_export_through_compose_run(stack: dict[str, Any]) -> None:
     best = max((t for t in stack["trials"] if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert exported["provenance"]["study"] == STUDY and exported["provenance"]["trial"] == best.number
     assert PASSWORD not in stack["export"] and "p@ss" not in stack["export"]  # nothing of the password
+    assert exported["provenance"]["weights"]["file"] == "best.pt"  # the weights beside it, in the artifacts volume
+    assert exported["provenance"]["weights"]["bytes"] == best.user_attrs["model_bytes"]
 
 
 def test_ray_refuses_a_process_without_the_token(stack: dict[str, Any]) -> None:
@@ -229,6 +233,11 @@ def test_stock_dashboard_through_its_published_port(stack: dict[str, Any]) -> No
     over = next(t for t in data["trials"] if t["number"] == 0)  # the warm start over budget
     assert over["state"] == "Pruned" and over["constraints"][0] > 0
     assert "params" in {a["key"] for a in data["union_user_attrs"] if a["sortable"]}
+    best = max((t for t in stack["trials"] if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    listed = next(t for t in data["trials"] if t["number"] == best.number)["artifacts"]
+    assert [a["filename"] for a in listed] == ["weights.pt"]  # the best trial's kept weights, from the shared volume
+    body = urllib.request.urlopen(f"{url}/artifacts/{sid}/{best._trial_id}/{listed[0]['artifact_id']}", timeout=10).read()
+    assert len(body) == best.user_attrs["model_bytes"]
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver, "chromium and chromedriver: make system-deps installs them"

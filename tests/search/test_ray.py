@@ -123,23 +123,32 @@ def test_a_gpu_share_without_cuda_fails_with_why(tmp_path: Path, connected: str,
 
 
 @pytest.mark.parametrize("url", [PG_URL], ids=["postgres"])
-def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: str, url: str) -> None:
-    space = load_space(write_space(tmp_path, study_name, study__trials=5, warm_start=[],
+def test_sigkill_a_worker_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, connected: str, study_name: str, url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL a worker at epoch k of a trial: the trial FAILs through heartbeats (with why), and its
+    retry resumes from the last checkpoint at k + 1 with the original's curve up to k; the study
+    finishes, no checkpoint file is left."""
+    artifacts = tmp_path / "artifacts"
+    monkeypatch.setenv("HPS_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("HPS_CHECKPOINT_SECONDS", "0")  # after every epoch
+    epochs = 6
+    space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[],
                                    base={"model": {"name": "airnet", "width": 0.25},
                                          "data": {"subset": 3000, "val_fraction": 0.2},
-                                         "optimizer": {"lr": 0.05}, "train": {"epochs": 4, "batch_size": 100, "device": "cpu"}},
+                                         "optimizer": {"lr": 0.05}, "train": {"epochs": epochs, "batch_size": 100, "device": "cpu"}},
                                    space={"optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}},
                                    study__pruner={"name": "none"}, budget={}))
     import threading
 
     def killer() -> None:
-        for _ in range(600):
+        for _ in range(1200):
             time.sleep(0.1)
             try:
-                running = [t for t in _trials(study_name, url) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+                running = [t for t in _trials(study_name, url) if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+                           and "resumed_from" not in t.user_attrs]
             except KeyError:
                 continue
-            if running and len(running[0].intermediate_values) >= 1:
+            if running and (running[0].user_attrs.get("checkpoint") or {}).get("epoch", 0) >= 2:
                 os.kill(running[0].user_attrs["worker"]["pid"], signal.SIGKILL)
                 killed.append(running[0].number)
                 return
@@ -147,7 +156,7 @@ def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: 
     killed: list[int] = []
     thread = threading.Thread(target=killer)
     thread.start()
-    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, url, 5)
+    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, url, 4)
     thread.join()
     assert len(killed) == 1
     ts = _trials(study_name, url)
@@ -156,9 +165,19 @@ def test_sigkill_a_worker_mid_trial(tmp_path: Path, connected: str, study_name: 
     assert dead.user_attrs["fail_reason"].startswith("no heartbeat from its worker for ")
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
+    retry, k = retries[0], dead.user_attrs["checkpoint"]["epoch"]
+    assert retry.user_attrs["resumed_from"] == {"trial": dead.number, "epoch": k} and k >= 2
+    assert sorted(retry.intermediate_values) == list(range(1, epochs + 1))
+    assert all(retry.intermediate_values[e] == dead.intermediate_values[e] for e in range(1, k + 1))  # the original's curve
+    trained = len(dead.intermediate_values) + (epochs - k)  # epochs trained for this config, kill included
+    assert trained <= epochs + 1
+    assert retry.user_attrs["best_epoch"] in range(1, epochs + 1)
     finished = [t for t in ts if t.state in FINISHED]
-    assert len(finished) >= 5
+    assert len(finished) >= 4
     assert [t.state for t in ts].count(TrialState.FAIL) == 1
+    left = set(os.listdir(artifacts))
+    assert not any(name.startswith("checkpoint-") for name in left)  # the original's and every finished trial's are gone
+    assert left == {t.user_attrs["weights"] for t in ts if "weights" in t.user_attrs}
 
 
 @pytest.mark.parametrize("url, per_worker", [(PG_URL, 2)], ids=["postgres"])

@@ -86,6 +86,21 @@ def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["val_acc"] == metrics["val_acc"]
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_retrain_writes_weights_at_the_exports_storage_dtype(tmp_path: Path, dtype: str) -> None:
+    from trainers import retrain, saved_bytes, state_dict_at
+    from trainers.train import score
+
+    raw = tiny_config(train={"epochs": 1})
+    raw["provenance"] = {"storage_dtype": dtype}  # as hps export writes it (the budget's storage dtype)
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(raw))
+    result = retrain(tmp_path / "best.yaml", tmp_path / "run")
+    stored = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert stored["head.3.weight"].dtype == {"fp16": torch.float16, "int8": torch.int8}[dtype]
+    assert (tmp_path / "run" / "model.pt").stat().st_size == saved_bytes(state_dict_at(result.model, dtype))
+    assert abs(score(result.config, stored)["val_acc"] - result.val_acc) <= 0.02  # rounding moves a few images at most
+
+
 def test_bad_config_in_cli_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("optimizer: {name: lion}\n")
     proc = subprocess.run([sys.executable, "-m", "search.cli", "retrain", str(tmp_path / "c.yaml")],
@@ -125,3 +140,55 @@ def test_retrain_refuses_other_data_unless_told(tmp_path: Path, mini_npz: Path) 
     env["HPS_DATA"] = str(mini_npz)
     same = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert same.returncode == 0, same.stderr
+
+
+class MemoryCheckpoint:
+    """The trainer's checkpoint hook, kept in memory (bytes, as a store would hold them)."""
+
+    def __init__(self, saved: bytes | None = None) -> None:
+        self.saved, self.epochs = saved, []
+
+    def load(self):
+        import io
+
+        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=False)
+
+    def after_epoch(self, epoch, state):
+        import io
+
+        buf = io.BytesIO()
+        torch.save(state(), buf)
+        self.saved = buf.getvalue()
+        self.epochs.append(epoch)
+
+
+def _strip(history):
+    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_s")} for m in history]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_as_an_uninterrupted_one() -> None:
+    """Killed after epoch 2 (the last checkpoint), resumed: epochs 3-4 only, and the same metrics
+    and weights as a run that was never stopped (CPU, fixed seed; dropout, mixup and cutout draw
+    from every RNG the state carries)."""
+    cfg = config_from_dict(tiny_config(train={"epochs": 4}, model={"dropout": 0.2},
+                                       augment={"strength": 1.0, "mixup_alpha": 0.2}))
+    whole = train(cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(epoch: int, metrics: dict) -> None:
+        if epoch == 3:
+            raise Killed
+
+    first = MemoryCheckpoint()
+    with pytest.raises(Killed):
+        train(cfg, kill_at_3, checkpoint=first)
+    assert first.epochs == [1, 2]
+    seen: list[int] = []
+    resumed = train(cfg, lambda e, m: seen.append(e), checkpoint=MemoryCheckpoint(first.saved))
+    assert seen == [3, 4]
+    assert _strip(resumed.history) == _strip(whole.history)
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

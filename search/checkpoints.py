@@ -1,0 +1,180 @@
+"""Trial checkpoints and kept weights in an Optuna artifact store.
+
+- The store: ``$HPS_ARTIFACTS`` (default ``hps-artifacts/``), a folder every worker shares (compose's
+  ``artifacts`` volume) as Optuna's ``FileSystemArtifactStore``, or ``s3://bucket/prefix`` as its
+  ``Boto3ArtifactStore`` (boto3 installed, credentials from the environment).
+- Checkpoints: the trainer's :class:`trainers.Checkpoint` hook for one trial. It saves the full
+  training state at most every ``HPS_CHECKPOINT_SECONDS`` (default 300) after an epoch, keeps only
+  the newest, and records it as the trial's ``checkpoint`` user attr. A trial that Optuna retries
+  after its worker died (``failed_trial``) resumes from its original's last checkpoint. A finished
+  trial's checkpoints are deleted (the original's too, once its retry finishes).
+- Weights: a COMPLETE trial's final weights, at the budget's storage dtype, uploaded with
+  ``optuna.artifacts.upload_artifact`` (so the stock optuna-dashboard lists and serves them) while
+  the trial ranks among the best ``HPS_KEEP_WEIGHTS`` (default 3); weights that drop out of the best
+  are deleted and their entry cleared. Disk: at most one checkpoint per running trial (plus one
+  per killed trial awaiting its retry) and ``HPS_KEEP_WEIGHTS`` weight files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import StudyError
+from trainers.meter import save_state
+
+CHECKPOINT_ATTR, WEIGHTS_ATTR, RESUMED_ATTR = "checkpoint", "weights", "resumed_from"
+ARTIFACT_PREFIX = "artifacts:"  # Optuna's trial system attr for an uploaded artifact's meta
+
+
+def checkpoint_seconds() -> float:
+    return float(os.environ.get("HPS_CHECKPOINT_SECONDS", "300"))
+
+
+def keep_weights() -> int:
+    return int(os.environ.get("HPS_KEEP_WEIGHTS", "3"))
+
+
+def artifact_store(root: str | Path | None = None) -> Any:
+    """``root`` (else ``$HPS_ARTIFACTS``, else ``hps-artifacts``) as an Optuna artifact store."""
+    where = str(root or os.environ.get("HPS_ARTIFACTS") or "hps-artifacts")
+    if where.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise StudyError(f"HPS_ARTIFACTS {where}: an S3 store needs boto3 (pip install boto3)") from None
+        bucket, _, prefix = where.removeprefix("s3://").partition("/")
+        store = Boto3ArtifactStore(bucket)
+        return _Prefixed(store, prefix) if prefix else store
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(where)
+
+
+class _Prefixed:
+    """An artifact store whose ids live under a prefix (an S3 key prefix)."""
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        self.store, self.prefix = store, prefix.rstrip("/") + "/"
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self.store.open_reader(self.prefix + artifact_id)
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self.store.write(self.prefix + artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self.prefix + artifact_id)
+
+
+def _remove(store: Any, artifact_id: str | None) -> None:
+    if artifact_id:
+        with contextlib.suppress(ArtifactNotFound):
+            store.remove(artifact_id)
+
+
+class TrialCheckpoint:
+    """The trainer's checkpoint hook for one running trial."""
+
+    def __init__(self, trial: optuna.Trial, store: Any, every_s: float | None = None) -> None:
+        self.trial, self.store = trial, store
+        self.every_s = checkpoint_seconds() if every_s is None else every_s
+        self.last_saved = time.monotonic()
+        self.current: str | None = None
+        self.original: FrozenTrial | None = None
+        self.save_seconds = 0.0
+        self.restored: list[dict[str, float]] = []  # the history a resumed trial starts with
+
+    def load(self) -> dict[str, Any] | None:
+        number = self.trial.storage.get_trial_system_attrs(self.trial._trial_id).get("failed_trial")
+        if number is None:
+            return None
+        self.original = next((t for t in self.trial.study.get_trials(deepcopy=False) if t.number == number), None)
+        saved = (self.original.user_attrs.get(CHECKPOINT_ATTR) if self.original else None) or None
+        if not saved:
+            return None
+        try:
+            with self.store.open_reader(saved["id"]) as f:
+                state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+        except ArtifactNotFound:
+            return None
+        self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": saved["epoch"]})
+        self.restored = list(state["history"])
+        return state
+
+    def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        if time.monotonic() - self.last_saved < self.every_s:
+            return
+        start = time.perf_counter()
+        buf = io.BytesIO()
+        torch.save(state(), buf)
+        buf.seek(0)
+        new = f"checkpoint-{uuid.uuid4()}"
+        self.store.write(new, buf)
+        self.trial.set_user_attr(CHECKPOINT_ATTR, {"id": new, "epoch": epoch, "bytes": buf.getbuffer().nbytes})
+        _remove(self.store, self.current)
+        self.current = new
+        self.save_seconds += time.perf_counter() - start
+        self.last_saved = time.monotonic()
+
+    def finish(self) -> None:
+        """The trial is over (any state): its checkpoint, and its killed original's, go."""
+        _remove(self.store, self.current)
+        if self.original is not None:
+            _remove(self.store, (self.original.user_attrs.get(CHECKPOINT_ATTR) or {}).get("id"))
+        self.trial.set_user_attr("checkpoint_seconds", self.save_seconds)
+
+
+def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: dict[str, torch.Tensor],
+                 store: Any, k: int | None = None) -> str | None:
+    """Upload ``state_dict`` as the trial's ``weights.pt`` when ``value`` ranks among the best ``k``
+    COMPLETE trials; delete the weights that drop out. Returns the artifact id, or None."""
+    k = keep_weights() if k is None else k
+    if k <= 0:
+        return None
+    study = trial.study
+    kept = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if WEIGHTS_ATTR in t.user_attrs]
+    sign = 1.0 if maximize else -1.0
+    ranked = sorted(kept, key=lambda t: sign * float(t.value or 0.0), reverse=True)
+    if len(ranked) >= k and sign * value <= sign * float(ranked[k - 1].value or 0.0):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "weights.pt")
+        save_state(state_dict, path)  # exactly the meter's model_bytes
+        artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+    trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+    for t in ranked[k - 1:]:
+        drop(trial.storage, t, store)
+    return artifact_id
+
+
+def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
+    """Delete a finished trial's kept weights and clear their entries (written directly: Optuna's
+    setters refuse finished trials; the stock dashboard clears an artifact the same way)."""
+    artifact_id = t.user_attrs.get(WEIGHTS_ATTR)
+    if not artifact_id:
+        return
+    _remove(store, artifact_id)
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb import models
+
+        user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
+        with backend.engine.begin() as conn:
+            conn.execute(user.delete().where(user.c.trial_id == t._trial_id, user.c.key == WEIGHTS_ATTR))
+            conn.execute(system.update().where(system.c.trial_id == t._trial_id, system.c.key == ARTIFACT_PREFIX + artifact_id)
+                         .values(value_json=json.dumps(json.dumps(None))))  # the meta is a JSON string: "null"
