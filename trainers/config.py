@@ -30,6 +30,7 @@ from trainers.validation import (
     Integer,
     Number,
     OptInteger,
+    OptNumber,
     OptText,
     Strict,
     Text,
@@ -40,6 +41,7 @@ from trainers.validation import (
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
+CHANNEL_DIVISORS = (1, 2, 4, 8)  # as trainers.models._registry.CHANNEL_DIVISORS (models import nothing from here)
 SCHEDULES = ("none", "step", "multistep", "cosine", "sgdr", "onecycle")
 POLICIES = ("none", "basic", "randaugment", "trivialaugment", "autoaugment", "augmix")
 DATASETS = ("cifar10", "cifar100")
@@ -63,6 +65,16 @@ class ModelConfig(Strict):
     width: Number = Field(1.0, gt=0.0, le=8.0, description="multiplier of the family's standard channels")
     depth: Number = Field(1.0, gt=0.0, le=4.0, description="multiplier of the family's block repeats")
     dropout: Number = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+    channel_divisor: Integer = Field(8, description="channels * width round to multiples of this: 1, 2, 4 or 8 "
+                                     "(1: exact counts)")
+
+    @field_validator("channel_divisor")
+    @classmethod
+    def _divisor(cls, v: int) -> int:
+        if v not in CHANNEL_DIVISORS:
+            raise PydanticCustomError("hps", "is not allowed; choose one of {allowed}",
+                                      {"allowed": ", ".join(map(str, CHANNEL_DIVISORS))})
+        return v
 
 
 class DataConfig(Strict):
@@ -97,6 +109,8 @@ class ScheduleConfig(Strict):
     name: Annotated[Text, one_of(SCHEDULES)] = "cosine"
     warmup_epochs: Number = Field(0.0, ge=0.0, description="linear warmup, any schedule")
     eta_min: Number = Field(0.0, ge=0.0, description="cosine/sgdr/onecycle floor (absolute lr)")
+    period: OptNumber = Field(None, gt=0.0, description="cosine: T_max in epochs (default: the whole run); "
+                              "past it the lr rises again, as PyTorch's CosineAnnealingLR")
     step_size: Number = Field(30.0, gt=0.0, description="step: epochs between decays")
     gamma: Number = Field(0.1, gt=0.0, le=1.0, description="step/multistep decay factor")
     milestones: list[Number] = Field(default_factory=list, description="multistep: increasing epochs")

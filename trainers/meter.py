@@ -109,7 +109,8 @@ def saved_bytes(state_dict: dict[str, torch.Tensor]) -> int:
 def _meta_model(cfg: TrainConfig, classes: int) -> nn.Module:
     m = cfg.model
     with torch.device("meta"):
-        return create_model(m.name, num_classes=classes, width=m.width, depth=m.depth, dropout=m.dropout)
+        return create_model(m.name, num_classes=classes, width=m.width, depth=m.depth, dropout=m.dropout,
+                            channel_divisor=m.channel_divisor)
 
 
 def count_macs(model: nn.Module, device: str | torch.device = "meta") -> tuple[int, int]:

@@ -60,6 +60,8 @@ def lr_at(epoch: float, epochs: int, lr: float, cfg: ScheduleConfig) -> float:
         f = cfg.gamma ** math.floor(epoch / cfg.step_size)
     elif name == "multistep":
         f = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    elif name == "cosine" and cfg.period is not None:  # CosineAnnealingLR's closed form: periodic past T_max
+        f = lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t_epoch / cfg.period))
     elif name == "cosine":
         f = _cosine(t_epoch / span, lo)
     elif name == "sgdr":

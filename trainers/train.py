@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
 
     m = cfg.model
     model: nn.Module = create_model(m.name, num_classes=data.num_classes, width=m.width, depth=m.depth,
-                                    dropout=m.dropout).to(device)
+                                    dropout=m.dropout, channel_divisor=m.channel_divisor).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -185,7 +185,8 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
     device = resolve_device(tc.device)
     data = load_data(pin_data(cfg).data, device, test=test)
     m = cfg.model
-    model = create_model(m.name, num_classes=data.num_classes, width=m.width, depth=m.depth, dropout=m.dropout)
+    model = create_model(m.name, num_classes=data.num_classes, width=m.width, depth=m.depth, dropout=m.dropout,
+                         channel_divisor=m.channel_divisor)
     model.load_state_dict(state_dict_from(weights))
     model = model.to(device)
     if tc.channels_last:

@@ -56,3 +56,24 @@ def test_unknown_model_and_bad_knobs() -> None:
         create_model("vgg")
     with pytest.raises(ValueError, match="width and depth must be > 0"):
         create_model("resnet18", width=0)
+
+
+def test_channel_divisor_one_builds_exact_counts() -> None:
+    """Report 001's ResNet-18 at 42/84/168/336 (42-channel stem) is width 42/64 at divisor 1; the
+    default divisor 8 cannot express it (width 0.65: 40/80/168/336; 42/64: 40/88/168/336)."""
+    exact = create_model("resnet18", width=42 / 64, channel_divisor=1)
+    assert [exact.stem[0].out_channels] + [s[0].conv1[0].out_channels for s in exact.stages] == [42, 42, 84, 168, 336]
+    assert sum(p.numel() for p in exact.parameters()) == 4_815_940
+    for width, chans in ((42 / 64, [40, 88, 168, 336]), (0.65, [40, 80, 168, 336])):
+        rounded = create_model("resnet18", width=width)
+        assert [s[0].conv1[0].out_channels for s in rounded.stages] == chans
+    assert round_channels(42, 1.0) == 40 and round_channels(42, 1.0, divisor=1) == 42  # explicit divisor wins
+    with pytest.raises(ValueError, match="channel_divisor must be one of"):
+        create_model("resnet18", channel_divisor=3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_family_takes_the_divisor(name: str) -> None:
+    fine = sum(p.numel() for p in create_model(name, width=0.3, channel_divisor=1).parameters())
+    coarse = sum(p.numel() for p in create_model(name, width=0.3).parameters())
+    assert fine != coarse or name == "airnet"  # 0.3 x the standard channels is no multiple of 8

@@ -69,3 +69,18 @@ def test_sgdr_ends_annealed_at_the_last_epoch(t0: int) -> None:
     assert sum(periods) == pytest.approx(100)
     assert periods == {10: [10, 20, 70], 25: [25, 75], 50: [100]}[t0]
     assert all(b >= a for a, b in itertools.pairwise(periods))
+
+
+def test_cosine_period_is_pytorchs_cosine_annealing_past_t_max() -> None:
+    """Report 000: T_max 300 over a 500-epoch run; past 300 the lr rises again, exactly as
+    torch.optim.lr_scheduler.CosineAnnealingLR (its closed form) does."""
+    cfg = ScheduleConfig(name="cosine", period=300, eta_min=1e-4)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=300, eta_min=1e-4)
+    for epoch in range(500):
+        assert lr_at(epoch, 500, 0.1, cfg) == pytest.approx(sched._get_closed_form_lr()[0], rel=1e-9, abs=1e-12), epoch
+        opt.step()
+        sched.step()
+    assert lr_at(300, 500, 0.1, cfg) == pytest.approx(1e-4) and lr_at(450, 500, 0.1, cfg) > lr_at(350, 500, 0.1, cfg)
+    # without a period the run anneals once, to the floor at its last epoch
+    assert lr_at(500, 500, 0.1, ScheduleConfig(name="cosine", eta_min=1e-4)) == pytest.approx(1e-4)
