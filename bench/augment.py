@@ -48,12 +48,18 @@ def main() -> None:
 
     step_ms = per_batch_ms(step, 5)
     rows = {}
-    for policy, strength in [("none", 0.0), ("basic", 0.5), ("basic", 1.0), ("randaugment", 0.5),
-                             ("trivialaugment", 1.0), ("autoaugment", 1.0), ("augmix", 0.5)]:
-        cfg = config_from_dict({"augment": {"policy": policy, "strength": strength}}).augment
+    setups: dict[str, dict] = {f"{p}@{s}": {"policy": p, "strength": s} for p, s in [
+        ("none", 0.0), ("basic", 0.5), ("basic", 1.0), ("randaugment", 0.5), ("trivialaugment", 1.0),
+        ("autoaugment", 1.0), ("augmix", 0.5)]}
+    setups["report000 (pick_one + grayscale)"] = {"strength": 0.0, "pick_one": ["resized_crop", "affine", "flip"],
+                                                  "grayscale": 0.1}
+    setups["report003 (basic@0.5 + rotate, translate, perspective, hue, grayscale)"] = {
+        "strength": 0.5, "rotate": 30, "translate": 0.25, "perspective": 0.3, "hue": 0.1, "grayscale": 0.2}
+    for name, augment in setups.items():
+        cfg = config_from_dict({"augment": augment}).augment
         aug = Augmenter(cfg, data.train.x, data.mean, data.std, torch.Generator(device=device).manual_seed(0))
         ms = per_batch_ms(lambda a=aug: a.batch(idx))
-        rows[f"{policy}@{strength}"] = {"ms_per_batch": round(ms, 2), "fraction_of_step": round(ms / step_ms, 3)}
+        rows[name] = {"ms_per_batch": round(ms, 2), "fraction_of_step": round(ms / step_ms, 3)}
     print(json.dumps({"device": str(device), "batch": args.batch, "resnet18_w0.25_step_ms": round(step_ms, 1),
                       "policies": rows}, indent=2))
 

@@ -44,6 +44,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 CHANNEL_DIVISORS = (1, 2, 4, 8)  # as trainers.models._registry.CHANNEL_DIVISORS (models import nothing from here)
 SCHEDULES = ("none", "step", "multistep", "cosine", "sgdr", "onecycle")
 POLICIES = ("none", "basic", "randaugment", "trivialaugment", "autoaugment", "augmix")
+PICK_ONE_OPS = ("resized_crop", "affine", "flip")
 DATASETS = ("cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Top-level keys that a config file may carry and the trainer ignores (export writes them).
@@ -131,6 +132,15 @@ class AugmentConfig(Strict):
     policy: Annotated[Text, one_of(POLICIES)] = "basic"
     mixup_alpha: Number = Field(0.0, ge=0.0, le=10.0)
     cutmix_alpha: Number = Field(0.0, ge=0.0, le=10.0)
+    augmix_jsd: Flag = Field(False, description="augmix: train on the clean image and two AugMix views with "
+                             "the Jensen-Shannon consistency loss (weight 12), as the AugMix paper")
+    pick_one: list[Annotated[Text, one_of(PICK_ONE_OPS)]] = Field(
+        default_factory=list, description="per image, one op drawn from these: resized_crop, affine, flip")
+    rotate: Number = Field(0.0, ge=0.0, le=180.0, description="random rotation, +- degrees, per image")
+    translate: Number = Field(0.0, ge=0.0, le=0.5, description="random shift, +- this fraction of the side, per image")
+    perspective: Number = Field(0.0, ge=0.0, le=1.0, description="random perspective distortion (p 0.5), per image")
+    hue: Number = Field(0.0, ge=0.0, le=0.5, description="random hue shift, +- this fraction of a turn, per image")
+    grayscale: Number = Field(0.0, ge=0.0, le=1.0, description="probability of grayscale, per image (after the policy)")
 
 
 class TrainSection(Strict):
@@ -163,6 +173,11 @@ class TrainConfig(Strict):
     def _cross_check(self) -> TrainConfig:
         if self.schedule.name == "multistep" and not self.schedule.milestones:
             raise ValueError("schedule.milestones: [] is not allowed with schedule.name 'multistep'; give at least one epoch")
+        a = self.augment
+        if a.augmix_jsd and a.policy != "augmix":
+            raise ValueError(f"augment.augmix_jsd: true needs augment.policy 'augmix', not {a.policy!r}")
+        if a.augmix_jsd and (a.mixup_alpha or a.cutmix_alpha):
+            raise ValueError("augment.augmix_jsd: true does not combine with augment.mixup_alpha / cutmix_alpha; set them to 0")
         return self
 
     def replace(self, section: str, **values: Any) -> TrainConfig:

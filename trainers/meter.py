@@ -146,6 +146,7 @@ def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES)) -
     sizes = {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}
     act_bytes = 4 if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) is None else 2
     weights = params * 4 * (2 + _OPT_STATES[cfg.optimizer.name])
-    memory = weights + act_elems * cfg.train.batch_size * act_bytes
+    views = 3 if cfg.augment.augmix_jsd else 1  # AugMix JSD trains on three views of every image
+    memory = weights + act_elems * cfg.train.batch_size * views * act_bytes
     return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), classes)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.augment import Augmenter, mix
+from trainers.augment import JSD_WEIGHT, Augmenter, jsd_loss, mix
 from trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml
 from trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from trainers.device import autocast_dtype, resolve_device
@@ -111,6 +111,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen)
+    jsd = cfg.augment.augmix_jsd
 
     n, bs = len(data.train), min(tc.batch_size, len(data.train))
     steps = n // bs  # drop the last partial batch
@@ -143,13 +144,21 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = order[i * bs:(i + 1) * bs]
-            x, y = aug.batch(idx), data.train.y[idx]
-            x, y2, lam = mix(x, y, cfg.augment, rng, gen)
+            y = data.train.y[idx]
+            if jsd:  # AugMix: clean + two views in one pass; CE on the clean one + 12 x JSD
+                x, y2, lam = torch.cat(aug.views(idx)), y, 1.0
+            else:
+                x, y2, lam = mix(aug.batch(idx), y, cfg.augment, rng, gen)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with cast:
                 out = step_model(x)
+                if jsd:
+                    clean, aug1, aug2 = out.chunk(3)
+                    out = clean
                 loss = F.cross_entropy(out, y, label_smoothing=tc.label_smoothing)
+                if jsd:
+                    loss = loss + JSD_WEIGHT * jsd_loss(clean, aug1, aug2)
                 if lam < 1.0:
                     loss = lam * loss + (1 - lam) * F.cross_entropy(out, y2, label_smoothing=tc.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -1,5 +1,6 @@
 import random
 
+import pytest
 import torch
 
 from trainers import config_from_dict, load_data
@@ -102,3 +103,85 @@ def test_named_policies_change_the_images_per_group() -> None:
         again, _ = augmenter(1.0, policy, seed=2)
         again.pad, again.flip, again.images = 0, False, x
         assert not torch.equal(again.batch(idx), out), policy
+
+
+def geo(seed: int = 0, **augment: object) -> tuple[Augmenter, torch.Tensor]:
+    """An Augmenter with only the given ops (strength 0: no crop, flip or jitter)."""
+    d = load_data(config_from_dict({"data": {"subset": 500}}).data)
+    cfg = config_from_dict({"augment": {"strength": 0.0, "policy": "basic", **augment}}).augment
+    return Augmenter(cfg, d.train.x, d.mean, d.std, torch.Generator().manual_seed(seed)), d.train.x
+
+
+def _distinct(out: torch.Tensor) -> int:
+    """How many different images a batch holds (all made from one source image)."""
+    return len({tuple(v.flatten()[::97].round(decimals=3).tolist()) for v in out})
+
+
+@pytest.mark.parametrize("op", [{"rotate": 30.0}, {"translate": 0.25}, {"perspective": 0.3}, {"hue": 0.2},
+                                {"pick_one": ["resized_crop", "affine", "flip"]}])
+def test_geometric_and_hue_ops_are_random_per_sample(op: dict) -> None:
+    """Report 003's rotation / translate / perspective / hue and report 000's one-of-N choice: 32
+    copies of one image come out as (nearly) 32 different images, each drawn on its own."""
+    aug, x = geo(**op)
+    idx = torch.full((32,), 7)
+    out = aug.batch(idx)
+    plain = aug.normalize(x[idx])
+    changed = (out - plain).abs().flatten(1).amax(1) > 1e-3
+    floor = {"perspective": 8, "pick_one": 12}.get(next(iter(op)), 28)  # perspective is applied with p 0.5
+    assert _distinct(out) >= floor and changed.sum() >= floor - 1
+
+
+def test_no_op_values_leave_images_alone() -> None:
+    aug, x = geo(rotate=0.0, translate=0.0, perspective=0.0, hue=0.0, grayscale=0.0)
+    idx = torch.arange(16)
+    assert torch.equal(aug.batch(idx), aug.normalize(x[idx]))
+
+
+def test_pick_one_flip_alone_flips_about_half_exactly() -> None:
+    aug, x = geo(pick_one=["flip"])
+    idx = torch.arange(200)
+    out, plain = aug.batch(idx), aug.normalize(x[idx])
+    same = (out - plain).abs().flatten(1).amax(1) < 1e-4
+    mirrored = (out - plain.flip(3)).abs().flatten(1).amax(1) < 1e-4
+    assert bool((same | mirrored).all()) and 60 < int(mirrored.sum()) < 140
+
+
+def test_hue_keeps_luma_and_grays() -> None:
+    aug, x = geo(hue=0.5)
+    img = x[:64].float()
+    out = aug._hue(img.clone(), 64)
+    luma = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
+    inside = (out > 0.5).all(1) & (out < 254.5).all(1)  # pixels the clamp left alone
+    assert torch.allclose(luma(out)[inside], luma(img)[inside], atol=1e-2)
+    gray = img.mean(1, keepdim=True).expand_as(img).clone()
+    assert torch.allclose(aug._hue(gray.clone(), 64), gray, atol=1e-2)  # no chroma, nothing to turn
+
+
+def test_grayscale_probability_one_grays_every_image() -> None:
+    aug, _ = geo(grayscale=1.0)
+    back = aug.batch(torch.arange(16)) / aug.inv_std + aug.mean  # undo the normalisation
+    assert torch.allclose(back[:, 0], back[:, 1], atol=1e-2) and torch.allclose(back[:, 1], back[:, 2], atol=1e-2)
+
+
+def test_augmix_views_are_clean_plus_two_independent_draws() -> None:
+    d = load_data(config_from_dict({"data": {"subset": 500}}).data)
+    cfg = config_from_dict({"augment": {"strength": 0.5, "policy": "augmix", "augmix_jsd": True}}).augment
+    aug = Augmenter(cfg, d.train.x, d.mean, d.std, torch.Generator().manual_seed(0))
+    clean, a1, a2 = aug.views(torch.arange(64))
+    assert clean.shape == a1.shape == a2.shape == (64, 3, 32, 32)
+    assert not torch.equal(a1, a2) and not torch.equal(clean, a1)
+
+
+def test_jsd_loss_is_the_augmix_papers() -> None:
+    """Hendrycks et al. 2020, eq. (the reference code): JS(p_clean; p_aug1; p_aug2) =
+    (KL(p_clean || M) + KL(p_aug1 || M) + KL(p_aug2 || M)) / 3, M the mean of the three."""
+    from trainers.augment import jsd_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(8, 10, generator=g) * 3 for _ in range(3)]
+    p = [torch.softmax(v.double(), 1) for v in logits]
+    m = (p[0] + p[1] + p[2]) / 3
+    expected = sum((q * (q.log() - m.log())).sum(1).mean() for q in p) / 3
+    assert float(jsd_loss(*logits)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(jsd_loss(logits[0], logits[0], logits[0])) == pytest.approx(0.0, abs=1e-6)  # agreeing views cost nothing
+    assert float(jsd_loss(*logits)) > 0

@@ -192,3 +192,21 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one() -> None:
     assert _strip(resumed.history) == _strip(whole.history)
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_augmix_jsd_trains_on_three_views() -> None:
+    """augment.augmix_jsd: each step sees the clean image and two AugMix views; the loss is the
+    clean CE plus 12 x JSD (tests/trainers/test_augment.py checks the term); the meter counts 3x
+    the activations."""
+    from trainers import measure
+
+    base = tiny_config(train={"epochs": 1}, data={"subset": 500, "val_fraction": 0.2},
+                       augment={"policy": "augmix", "strength": 0.5})
+    with_jsd = config_from_dict({**base, "augment": {**base["augment"], "augmix_jsd": True}})
+    result = train(with_jsd)
+    assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
+    from trainers.meter import _OPT_STATES
+
+    plain, jsd = measure(config_from_dict(base)), measure(with_jsd)
+    weights_mb = plain.params * 4 * (2 + _OPT_STATES[with_jsd.optimizer.name]) / 2**20
+    assert jsd.train_memory_mb - weights_mb == pytest.approx(3 * (plain.train_memory_mb - weights_mb), abs=0.3)
