@@ -42,8 +42,8 @@ test: lint system-deps
 
 # `docker compose up` for real on a Docker engine this starts (as root; its own dirs under
 # ~/.cache/hps-docker, stopped by pid): builds the images against a local pip mirror, runs a study
-# through the whole stack, kills a worker, down/up, export, dashboard in Chromium. About 10 minutes
-# (first build included), so not part of `make test`; run it before every change to docker/ lands.
+# through the whole stack, kills a worker, down/up, export, dashboard in Chromium. About 5 minutes
+# with a cold image cache; it needs root, so it is its own target, which .ci/run runs after `make test`.
 compose-test: install docker-deps
 	HPS_COMPOSE_TEST=1 $(BIN)/pytest -q tests/docker/test_compose_up.py
 

@@ -79,6 +79,20 @@ def engine() -> Iterator[dict[str, str]]:
         log.close()
 
 
+def check_disk(env: dict[str, str], images: tuple[str, ...]) -> None:
+    """Fail up front, saying so, when the images to build cannot fit (the worker image is 7 GB)."""
+    need = 3 + (20 if not all(has_image(env, tag) for tag in images) else 0)
+    free = shutil.disk_usage(CACHE).free / 2**30
+    if free < need:
+        raise RuntimeError(f"{free:.1f} GiB free under {CACHE}; the compose test needs about {need} GiB "
+                           "(images, volumes); free some space (e.g. old Docker data roots) and rerun")
+
+
+def prune(env: dict[str, str]) -> None:
+    """Drop images that rebuilds left untagged, so repeated runs do not fill the disk."""
+    run("docker", "image", "prune", "-f", env=env, check=False)
+
+
 def has_image(env: dict[str, str], tag: str) -> bool:
     return run("docker", "image", "inspect", tag, env=env, check=False).returncode == 0
 

@@ -120,6 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         env = {**engine, **base, **ports, "SPACE": "spaces/compose-test.yaml", "WORKERS": "2", "CPUS_PER_TRIAL": "1",
                "HPS_HEARTBEAT_SECONDS": "5", "HPS_CHECKPOINT_SECONDS": "0", "COMPOSE_HTTP_TIMEOUT": "300"}
         s = Stack(env, tmp)
+        E.check_disk(engine, ("hps-worker:0.1.0", "hps-ray:0.1.0", "hps-dashboard:0.1.0"))
         with E.pip_mirror(engine) as mirror:
             s.env.update(mirror)
             s.compose("build", "ray-head", "ray-worker", "dashboard", timeout=1800)
@@ -162,6 +163,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             yield seen
         finally:
             s.compose("down", "-v", "--remove-orphans", check=False)
+            E.prune(engine)
 
 
 def test_the_study_finishes_on_the_stack(stack: dict[str, Any]) -> None:
