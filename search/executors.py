@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.objective import Objective
 from search.space import Space
-from search.storage import HEARTBEAT_SECONDS, dispose, get_storage
+from search.storage import HEARTBEAT_SECONDS, StorageUnavailable, dispose, get_storage
 from search.study import FAILED_ATTR, FINISHED, STOPPED_ATTR, load_study, open_study
 
 MAX_FAILS_IN_A_ROW = 3
@@ -90,28 +90,30 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
              index: int = 0, objective: ObjectiveFn | None = None) -> None:
     """One worker's loop (in this process): shared by the in-process executor and Ray actors.
     ``worker`` (host, pid, GPUs) is stored on each trial it runs; ``index`` tells workers apart.
-    ``objective`` replaces the trainer (benchmarks of the orchestration alone)."""
-    storage = get_storage(url, pool_size=pool_size)
-    try:
-        study = load_study(space.name, storage)
-        offset = len(study.get_trials(deepcopy=False)) + 7919 * index
-        study.sampler, study.pruner = space.make_sampler(offset), space.make_pruner()
-        budget = StudyBudget(space.budget.max_device_hours)
-        if budget.spent(study) or Target(target).reached(study):
-            return
-        for outage in range(MAX_STORAGE_OUTAGES + 1):
-            try:
-                study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
-                               callbacks=[Target(target), budget, FailureGuard()])
+    ``objective`` replaces the trainer (benchmarks of the orchestration alone). A database that goes
+    away (a restart) is waited for, up to ``MAX_STORAGE_OUTAGES`` times 5 s, wherever it happens:
+    opening the study or running it; the trial in flight then fails through heartbeats."""
+    for outage in range(MAX_STORAGE_OUTAGES + 1):
+        storage = None
+        try:
+            storage = get_storage(url, pool_size=pool_size)
+            study = load_study(space.name, storage)
+            offset = len(study.get_trials(deepcopy=False)) + 7919 * index
+            study.sampler, study.pruner = space.make_sampler(offset), space.make_pruner()
+            budget = StudyBudget(space.budget.max_device_hours)
+            if budget.spent(study) or Target(target).reached(study):
                 return
-            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError):
-                # the database went away (a restart): the trial in flight fails through heartbeats;
-                # wait for the database, then carry on with the study
-                if outage == MAX_STORAGE_OUTAGES:
-                    raise
-                time.sleep(5)
-    finally:
-        dispose(storage)
+            study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
+                           callbacks=[Target(target), budget, FailureGuard()])
+            return
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                StorageUnavailable):
+            if outage == MAX_STORAGE_OUTAGES:
+                raise
+            time.sleep(5)
+        finally:
+            if storage is not None:
+                dispose(storage)
 
 
 def settle(space: Space, url: str) -> list[int]:

@@ -84,11 +84,18 @@ class RayExecutor:
 
         prepare(space, url)
         self._connect()
+        import sqlalchemy.exc
+
         from search.executors import settle
+        from search.storage import StorageUnavailable
 
         for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
             self._round(space, url, target, objective)
-            if not settle(space, url):
+            try:
+                if not settle(space, url):
+                    break
+            except (StorageUnavailable, sqlalchemy.exc.OperationalError) as e:  # the next run settles them
+                print(f"could not check for trials left RUNNING: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
                 break
 
     def _round(self, space: Space, url: str, target: int, objective: Any) -> None:
@@ -106,7 +113,8 @@ class RayExecutor:
                     try:
                         ray.get(ref)
                     except ray.exceptions.RayError as e:  # a worker gave up; the others carry on
-                        errors.append(str(e).splitlines()[0])
+                        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                        errors.append(lines[-1].strip() if lines else type(e).__name__)  # the cause, not Ray's header
         finally:
             for a in actors:
                 ray.kill(a)

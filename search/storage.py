@@ -21,6 +21,7 @@ import warnings
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
@@ -74,8 +75,14 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
             engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
         try:
             return RDBStorage(url, engine_kwargs=engine, **(_heartbeat_kw() if heartbeat else {}))
+        except sqlalchemy.exc.OperationalError as e:  # the server did not answer or refused: may come back
+            raise StorageUnavailable(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
         except Exception as e:
             raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+
+
+class StorageUnavailable(StudyError):
+    """The database did not answer (down, restarting, unreachable): a worker may wait for it."""
 
 
 class _LostWorker:
