@@ -32,10 +32,10 @@ import optuna
 import torch
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyError
+from search.storage import rdb_backend
 from trainers.meter import save_state
 
 CHECKPOINT_ATTR, WEIGHTS_ATTR, RESUMED_ATTR = "checkpoint", "weights", "resumed_from"
@@ -169,8 +169,7 @@ def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
     if not artifact_id:
         return
     _remove(store, artifact_id)
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, RDBStorage):
+    if (backend := rdb_backend(storage)) is not None:
         from optuna.storages._rdb import models
 
         user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__

@@ -58,8 +58,8 @@ class Target:
         self.target = target
 
     def reached(self, study: optuna.Study) -> bool:
-        return (len(study.get_trials(deepcopy=False, states=FINISHED)) >= self.target
-                and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING))]
+        return TrialState.WAITING not in states and len(states) >= self.target
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.reached(study):

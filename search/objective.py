@@ -143,11 +143,11 @@ class Objective:
 
 def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:
     """A trial Ray gave a GPU share must train on CUDA: never on the CPU without a word."""
-    gpus = (worker or {}).get("gpus") or []
-    if gpus and device != "cpu" and not torch.cuda.is_available():
-        raise StudyError(f"Ray gave this trial GPU {', '.join(gpus)} (CUDA_VISIBLE_DEVICES="
-                         f"{(worker or {}).get('cuda_visible')}) but torch sees no CUDA device on {(worker or {}).get('host')}: "
-                         "check the NVIDIA driver and container toolkit there, or run with --gpus-per-trial 0")
+    w = worker or {}
+    if w.get("gpus") and device != "cpu" and not torch.cuda.is_available():
+        raise StudyError(f"Ray gave this trial GPU {', '.join(w['gpus'])} (CUDA_VISIBLE_DEVICES={w.get('cuda_visible')}) "
+                         f"but torch sees no CUDA device on {w.get('host')}: check the NVIDIA driver and container "
+                         "toolkit there, or run with --gpus-per-trial 0")
 
 
 def _prune(trial: optuna.Trial, reason: str) -> Any:

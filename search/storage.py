@@ -104,9 +104,9 @@ class _LostWorker:
 def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
     """Write ``fail_reason`` on a trial that already finished as FAIL (Optuna's own setters refuse
     finished trials). Supported on RDB storages (the journal's workers are on one machine)."""
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    backend = rdb_backend(storage)
     try:
-        if isinstance(backend, RDBStorage):
+        if backend is not None:
             from optuna.storages._rdb import models
 
             table = models.TrialUserAttributeModel.__table__
@@ -117,8 +117,14 @@ def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
         warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
 
 
+def rdb_backend(storage: BaseStorage) -> RDBStorage | None:
+    """The RDBStorage behind ``storage`` (Optuna wraps it in a cache), or None for other storages:
+    for the few writes Optuna's API refuses on finished trials, and for closing connections."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
 def dispose(storage: BaseStorage) -> None:
     """Release a storage's database connections."""
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, RDBStorage):
+    if (backend := rdb_backend(storage)) is not None:
         backend.engine.dispose()

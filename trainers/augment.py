@@ -117,7 +117,7 @@ class Augmenter:
         return self.normalize(x), self._finish(x), self._finish(x)
 
     def _finish(self, x: Tensor) -> Tensor:
-        n, dev, g = len(x), self.device, self.gen
+        n = len(x)
         if self.policy is not None:
             x = torch.cat([self.policy(c) for c in x.split(POLICY_GROUP)])
         x = x.float()
@@ -130,8 +130,7 @@ class Augmenter:
         if self.cfg.hue:
             x = self._hue(x, n)
         if self.cfg.grayscale:
-            to_gray = (torch.rand(n, generator=g, device=dev) < self.cfg.grayscale).view(n, 1, 1, 1)
-            x = torch.where(to_gray, _gray(x), x)
+            x = self._maybe_gray(x, n, self.cfg.grayscale)
         x = (x - self.mean) * self.inv_std
         if self.cutout:
             x = self._cutout(x, n)
@@ -151,9 +150,12 @@ class Augmenter:
         x = (x - m) * c + m
         gray = _gray(x)
         x = gray + (x - gray) * sat
-        to_gray = (torch.rand(n, generator=g, device=dev) < self.gray_p).view(n, 1, 1, 1)
-        x = torch.where(to_gray, _gray(x), x)
-        return x.clamp_(0, 255)
+        return self._maybe_gray(x, n, self.gray_p).clamp_(0, 255)
+
+    def _maybe_gray(self, x: Tensor, n: int, p: float) -> Tensor:
+        """Each image grayscale with probability ``p``."""
+        to_gray = (torch.rand(n, generator=self.gen, device=self.device) < p).view(n, 1, 1, 1)
+        return torch.where(to_gray, _gray(x), x)
 
     def _warp(self, x: Tensor, n: int) -> Tensor:
         """``rotate``/``translate`` on every image, or, with ``pick_one``, one op per image drawn from

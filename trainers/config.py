@@ -24,7 +24,9 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from torch import nn
 
+from trainers.models._registry import CHANNEL_DIVISORS
 from trainers.validation import (
     Flag,
     Integer,
@@ -41,7 +43,6 @@ from trainers.validation import (
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
-CHANNEL_DIVISORS = (1, 2, 4, 8)  # as trainers.models._registry.CHANNEL_DIVISORS (models import nothing from here)
 SCHEDULES = ("none", "step", "multistep", "cosine", "sgdr", "onecycle")
 POLICIES = ("none", "basic", "randaugment", "trivialaugment", "autoaugment", "augmix")
 PICK_ONE_OPS = ("resized_crop", "affine", "flip")
@@ -76,6 +77,13 @@ class ModelConfig(Strict):
             raise PydanticCustomError("hps", "is not allowed; choose one of {allowed}",
                                       {"allowed": ", ".join(map(str, CHANNEL_DIVISORS))})
         return v
+
+    def build(self, num_classes: int) -> nn.Module:
+        """The ``torch.nn.Module`` this section describes (every knob passed to ``create_model``)."""
+        from trainers.models import create_model
+
+        return create_model(self.name, num_classes=num_classes, width=self.width, depth=self.depth,
+                            dropout=self.dropout, channel_divisor=self.channel_divisor)
 
 
 class DataConfig(Strict):

@@ -26,7 +26,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainers.config import TrainConfig
 from trainers.data import num_classes
 from trainers.device import autocast_dtype, resolve_device
-from trainers.models import create_model
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 _OPT_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2}
@@ -107,10 +106,8 @@ def saved_bytes(state_dict: dict[str, torch.Tensor]) -> int:
 
 
 def _meta_model(cfg: TrainConfig, classes: int) -> nn.Module:
-    m = cfg.model
     with torch.device("meta"):
-        return create_model(m.name, num_classes=classes, width=m.width, depth=m.depth, dropout=m.dropout,
-                            channel_divisor=m.channel_divisor)
+        return cfg.model.build(classes)
 
 
 def count_macs(model: nn.Module, device: str | torch.device = "meta") -> tuple[int, int]:

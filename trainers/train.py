@@ -27,7 +27,6 @@ from trainers.config import TrainConfig, config_to_dict, dump_config, load_confi
 from trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from trainers.device import autocast_dtype, resolve_device
 from trainers.meter import save_state, state_dict_at, state_dict_from
-from trainers.models import create_model
 from trainers.optim import build_optimizer, lr_at
 
 Metrics = dict[str, float]
@@ -99,16 +98,11 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     rng = random.Random(tc.seed)
 
-    m = cfg.model
-    model: nn.Module = create_model(m.name, num_classes=data.num_classes, width=m.width, depth=m.depth,
-                                    dropout=m.dropout, channel_divisor=m.channel_divisor).to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _on_device(cfg.model.build(data.num_classes), device, tc.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     step_model: nn.Module = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
     opt = build_optimizer(model, cfg.optimizer)
-    dtype = autocast_dtype(tc.precision, device)
-    cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    dtype, cast = _autocast(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen)
     jsd = cfg.augment.augmix_jsd
@@ -193,21 +187,27 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
     tc = cfg.train
     device = resolve_device(tc.device)
     data = load_data(pin_data(cfg).data, device, test=test)
-    m = cfg.model
-    model = create_model(m.name, num_classes=data.num_classes, width=m.width, depth=m.depth, dropout=m.dropout,
-                         channel_divisor=m.channel_divisor)
+    model = cfg.model.build(data.num_classes)
     model.load_state_dict(state_dict_from(weights))
-    model = model.to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    dtype = autocast_dtype(tc.precision, device)
-    cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    model = _on_device(model, device, tc.channels_last)
+    _, cast = _autocast(tc.precision, device)
     aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device))
     out: Metrics = {}
     for name, split in (("val", data.val), ("test", data.test)):
         if split is not None:
             out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(model, split, aug, cast, tc.channels_last)
     return out
+
+
+def _on_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, contextlib.AbstractContextManager[Any]]:
+    """The autocast dtype a config trains at on ``device`` (None: fp32) and its context."""
+    dtype = autocast_dtype(precision, device)
+    return dtype, (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext())
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
