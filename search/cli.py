@@ -91,7 +91,7 @@ def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML")],
     table.add_row("trainable parameters", f"{m.params:,}")
     for dtype, size in m.model_bytes.items():
         table.add_row(f"model file bytes ({dtype})", f"{size:,}  ({size / 1e6:.2f} MB)")
-    table.add_row("MACs per 32x32 image", f"{m.macs:,}")
+    table.add_row(f"MACs per {m.image_size}x{m.image_size} image", f"{m.macs:,}")
     table.add_row("FLOPs per image (2 x MACs)", f"{m.flops:,}")
     table.add_row("training memory estimate", f"{m.train_memory_mb:,.1f} MiB")
     console.print(table)

@@ -77,8 +77,8 @@ class Augmenter:
     """Holds the (padded) training images; ``batch(idx)`` returns normalised float images."""
 
     def __init__(self, cfg: AugmentConfig, images: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                 gen: torch.Generator) -> None:
-        self.cfg, self.gen, self.device = cfg, gen, images.device
+                 gen: torch.Generator, size: int = 32) -> None:
+        self.cfg, self.gen, self.device, self.size = cfg, gen, images.device, size
         s = cfg.strength if cfg.policy != "none" else 0.0
         s_geo = s if cfg.policy in ("none", "basic") else 0.5  # named policies add flip + pad-4 crop
         self.flip = s_geo > 0
@@ -134,11 +134,17 @@ class Augmenter:
         x = (x - self.mean) * self.inv_std
         if self.cutout:
             x = self._cutout(x, n)
-        return x
+        return self._resize(x)
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 images to normalised float, no augmentation (evaluation)."""
-        return (x.float() - self.mean) * self.inv_std
+        return self._resize((x.float() - self.mean) * self.inv_std)
+
+    def _resize(self, x: Tensor) -> Tensor:
+        """To the model's input side (``data.image_size``), bilinear, on the device."""
+        if self.size == x.shape[-1]:
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
 
     def _photometric(self, x: Tensor, n: int) -> Tensor:
         g, dev, j = self.gen, self.device, self.jitter

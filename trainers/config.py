@@ -2,8 +2,8 @@
 
 The YAML keys are a public contract (``hps retrain`` takes exported files unchanged)::
 
-    model:     {name, width, depth, dropout}
-    data:      {dataset, root, path, sha256, val_fraction, subset, split_seed, download}
+    model:     {name, width, depth, dropout, channel_divisor}
+    data:      {dataset, root, path, sha256, val_fraction, subset, split_seed, download, image_size}
     optimizer: {name, lr, momentum, nesterov, weight_decay, beta1, beta2}
     schedule:  {name, warmup_epochs, eta_min, step_size, gamma, milestones, t0, t_mult, pct_start}
     augment:   {strength, policy, mixup_alpha, cutmix_alpha}
@@ -95,6 +95,8 @@ class DataConfig(Strict):
     subset: OptInteger = Field(None, ge=10, description="keep this many training images (stratified)")
     split_seed: Integer = Field(0, ge=0, description="seed of the subset and validation split")
     download: Flag = Field(True, description="download torchvision CIFAR if missing")
+    image_size: Integer = Field(32, ge=32, le=512, description="side the model sees: images are augmented at "
+                                "32 px, then resized on the device (bilinear); report 003 trains at 128")
 
     @field_validator("sha256")
     @classmethod

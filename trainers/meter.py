@@ -5,7 +5,7 @@ Conventions:
   dtype))``, buffers included, counted exactly by saving uninitialised tensors into a byte counter.
 - Storage dtypes: fp32, fp16, bf16 (floating tensors cast), int8 (each floating tensor stored as
   int8 plus one fp32 scale under ``<key>._scale``); integer buffers are kept as they are.
-- ``macs``: multiply-accumulates of one 32x32 image in eval mode, counted by torch's
+- ``macs``: multiply-accumulates of one image at ``data.image_size`` (32 px unless resized) in eval mode, counted by torch's
   FlopCounterMode on meta tensors (conv, linear, matmul); ``flops = 2 * macs``.
 - ``train_memory_mb``: an estimate of peak training memory at the config's batch size: weights,
   gradients, optimizer state, and every layer's output kept for backward (at the autocast dtype).
@@ -39,6 +39,7 @@ class Measurement:
     flops: int
     train_memory_mb: float
     num_classes: int
+    image_size: int  # the side MACs and memory are counted at (``data.image_size``)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,8 +111,8 @@ def _meta_model(cfg: TrainConfig, classes: int) -> nn.Module:
         return cfg.model.build(classes)
 
 
-def count_macs(model: nn.Module, device: str | torch.device = "meta") -> tuple[int, int]:
-    """(MACs of one 32x32 image, bytes of every leaf module's output per image)."""
+def count_macs(model: nn.Module, device: str | torch.device = "meta", size: int = 32) -> tuple[int, int]:
+    """(MACs of one ``size`` x ``size`` image, elements of every leaf module's output per image)."""
     outputs = 0
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -125,7 +126,7 @@ def count_macs(model: nn.Module, device: str | torch.device = "meta") -> tuple[i
     model.eval()
     try:
         with FlopCounterMode(display=False) as fc, torch.no_grad():
-            model(torch.empty(1, 3, 32, 32, device=device))
+            model(torch.empty(1, 3, size, size, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -138,12 +139,12 @@ def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES)) -
     classes = num_classes(cfg.data)
     model = _meta_model(cfg, classes)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    macs, act_elems = count_macs(model)
+    macs, act_elems = count_macs(model, size=cfg.data.image_size)
     sd = model.state_dict()
     sizes = {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}
     act_bytes = 4 if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) is None else 2
     weights = params * 4 * (2 + _OPT_STATES[cfg.optimizer.name])
     views = 3 if cfg.augment.augmix_jsd else 1  # AugMix JSD trains on three views of every image
     memory = weights + act_elems * cfg.train.batch_size * views * act_bytes
-    return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), classes)
+    return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), classes, cfg.data.image_size)
 

@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     opt = build_optimizer(model, cfg.optimizer)
     dtype, cast = _autocast(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen)
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen, cfg.data.image_size)
     jsd = cfg.augment.augmix_jsd
 
     n, bs = len(data.train), min(tc.batch_size, len(data.train))
@@ -191,7 +191,8 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
     model.load_state_dict(state_dict_from(weights))
     model = _on_device(model, device, tc.channels_last)
     _, cast = _autocast(tc.precision, device)
-    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device))
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device),
+                    cfg.data.image_size)
     out: Metrics = {}
     for name, split in (("val", data.val), ("test", data.test)):
         if split is not None:

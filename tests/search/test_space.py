@@ -120,7 +120,7 @@ BAD = [
     ("space/optimizer.name", {"choices": "sgd"}, "s.yaml: space.optimizer.name.choices: 'sgd' is not allowed; expected a list of values"),
     ("space/optimizer.name", {"choices": ["sgd"], "low": 1}, "s.yaml: space.optimizer.name: a categorical takes choices only"),
     ("space/optimizer.name", {"choices": ["sgd", "lion"]}, "s.yaml: space.optimizer.name: 'lion' is not allowed; choose one of sgd, adam, adamw, radam"),
-    ("space/model.name", {"choices": ["resnet18", "vit"]}, "s.yaml: space.model.name: 'vit' is not allowed; choose one of airnet, efficientnet_b0"),
+    ("space/model.name", {"choices": ["resnet18", "vit"]}, "s.yaml: space.model.name: 'vit' is not allowed; choose one of airnet, branchnet, efficientnet_b0"),
     ("space/schedule.name", {"choices": ["cosine", "poly"]}, "s.yaml: space.schedule.name: 'poly' is not allowed; choose one of none, step, multistep, cosine, sgdr, onecycle"),
     ("space/augment.policy", {"choices": ["basic", "cutout"]}, "s.yaml: space.augment.policy: 'cutout' is not allowed; choose one of none, basic, randaugment"),
     ("space/augment.strength", {"low": 0.5, "high": 1.5}, "s.yaml: space.augment.strength: 1.5 is out of range; allowed >= 0 and <= 1"),

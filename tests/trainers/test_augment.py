@@ -185,3 +185,20 @@ def test_jsd_loss_is_the_augmix_papers() -> None:
     assert float(jsd_loss(*logits)) == pytest.approx(float(expected), rel=1e-5)
     assert float(jsd_loss(logits[0], logits[0], logits[0])) == pytest.approx(0.0, abs=1e-6)  # agreeing views cost nothing
     assert float(jsd_loss(*logits)) > 0
+
+
+def test_image_size_resizes_on_the_device_after_augmentation() -> None:
+    """``data.image_size``: training batches, AugMix views and evaluation images are the 32 px
+    result resized (bilinear); the augmentation draws are the same at any size."""
+    import torch.nn.functional as F
+
+    d = load_data(config_from_dict({"data": {"subset": 500}}).data)
+    cfg = config_from_dict({"augment": {"strength": 1.0, "rotate": 20, "hue": 0.1}}).augment
+    small, big = (Augmenter(cfg, d.train.x, d.mean, d.std, torch.Generator().manual_seed(3), size=s) for s in (32, 128))
+    idx = torch.arange(16)
+    up = F.interpolate(small.batch(idx), size=(128, 128), mode="bilinear", align_corners=False)
+    assert torch.allclose(big.batch(idx), up, atol=1e-5)
+    assert big.normalize(d.train.x[idx]).shape == (16, 3, 128, 128)
+    jsd = config_from_dict({"augment": {"policy": "augmix", "augmix_jsd": True}}).augment
+    views = Augmenter(jsd, d.train.x, d.mean, d.std, torch.Generator(), size=64).views(idx)
+    assert [v.shape[-1] for v in views] == [64, 64, 64]

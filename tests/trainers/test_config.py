@@ -46,7 +46,7 @@ def test_overrides() -> None:
 BAD = [
     ({"modle": {}}, "bad.yaml: modle: unknown key; allowed keys: model, data, optimizer, schedule, augment, train"),
     ({"model": {"widht": 1}}, "bad.yaml: model.widht: unknown key; allowed keys: name, width, depth, dropout"),
-    ({"model": {"name": "vgg"}}, "bad.yaml: model.name: 'vgg' is not allowed; choose one of airnet, efficientnet_b0"),
+    ({"model": {"name": "vgg"}}, "bad.yaml: model.name: 'vgg' is not allowed; choose one of airnet, branchnet, efficientnet_b0"),
     ({"model": {"width": 0}}, "bad.yaml: model.width: 0 is out of range; allowed > 0 and <= 8"),
     ({"model": {"width": "wide"}}, "bad.yaml: model.width: 'wide' is not allowed; expected a number"),
     ({"model": {"dropout": 1.0}}, "bad.yaml: model.dropout: 1.0 is out of range; allowed >= 0 and < 1"),
@@ -71,6 +71,8 @@ BAD = [
     ({"data": {"val_fraction": 1}}, "bad.yaml: data.val_fraction: 1 is out of range; allowed >= 0 and < 1"),
     ({"data": {"sha256": "abc"}}, "bad.yaml: data.sha256: 'abc' is not allowed; expected 64 lowercase hex digits"),
     ({"data": {"subset": 5}}, "bad.yaml: data.subset: 5 is out of range; allowed >= 10"),
+    ({"data": {"image_size": 16}}, "bad.yaml: data.image_size: 16 is out of range; allowed >= 32 and <= 512"),
+    ({"data": {"image_size": 128.5}}, "bad.yaml: data.image_size: 128.5 is not allowed; expected an integer"),
     ({"data": "cifar10"}, "bad.yaml: data: expected a mapping of keys, got 'cifar10'"),
     ([1, 2], "bad.yaml: expected a mapping with sections model, data"),
 ]

@@ -49,8 +49,12 @@ def test_report002_mobilenet_v3_under_macs_and_size_caps() -> None:
     assert m.model_bytes["fp32"] < 4_400_000
 
 
-def test_report003_rescnn_under_5m_params() -> None:
-    assert measure(load_config(SEEDS / "report003_rescnn.yaml")).params < 5_000_000
+def test_report003_is_its_network_at_128px_under_5m_params() -> None:
+    cfg = load_config(SEEDS / "report003_branchnet.yaml")
+    m = measure(cfg)
+    assert cfg.model.name == "branchnet" and m.image_size == 128 and m.params == 4_782_410 < 5_000_000
+    mlp = 256 * 256 * 2 + 256 * 10  # the MLP head's MACs; every conv's output area grows 16x at 128 px
+    assert m.macs == 16 * (measure(cfg.replace("data", image_size=32)).macs - mlp) + mlp
 
 
 def test_report004_mobilenet_v1_protocol() -> None:

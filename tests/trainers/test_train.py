@@ -210,3 +210,22 @@ def test_augmix_jsd_trains_on_three_views() -> None:
     plain, jsd = measure(config_from_dict(base)), measure(with_jsd)
     weights_mb = plain.params * 4 * (2 + _OPT_STATES[with_jsd.optimizer.name]) / 2**20
     assert jsd.train_memory_mb - weights_mb == pytest.approx(3 * (plain.train_memory_mb - weights_mb), abs=0.3)
+
+
+def test_the_model_trains_and_evaluates_at_data_image_size() -> None:
+    """``data.image_size: 64``: every image the model sees, in training and in evaluation, is 64 px."""
+    seen: set[tuple[int, ...]] = set()
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+            seen.add(tuple(args[0].shape[1:]))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        result = train(config_from_dict(tiny_config(model={"name": "branchnet", "width": 0.125, "depth": 0.34},
+                                                    data={"subset": 200, "image_size": 64},
+                                                    train={"epochs": 1, "batch_size": 40})))
+    finally:
+        handle.remove()
+    assert seen == {(3, 64, 64)}
+    assert result.config.data.image_size == 64  # the result records the size it trained at

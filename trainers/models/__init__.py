@@ -1,6 +1,6 @@
 """Model families, registered by name: ``create_model(name, num_classes=..., width=..., ...)``."""
 
-from trainers.models import airnet, efficientnet, mobilenet, rescnn, resnet  # noqa: F401  (register)
+from trainers.models import airnet, branchnet, efficientnet, mobilenet, rescnn, resnet  # noqa: F401  (register)
 from trainers.models._registry import (
     create_model,
     list_models,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from trainers.models._registry import round_channels
-
 
 class ConvBNAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
@@ -32,21 +30,20 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2/V3 and EfficientNet's MBConv: expand 1x1, depthwise kxk, optional SE, project."""
+    """MobileNetV2/V3 and EfficientNet's MBConv: expand 1x1, depthwise kxk, optional SE
+    (``squeeze`` > 0: its bottleneck width), project 1x1."""
 
-    def __init__(self, cin: int, cout: int, *, expand: int, k: int = 3, stride: int = 1,
-                 se: float = 0.0, se_base: int | None = None, act: type[nn.Module] = nn.ReLU,
-                 se_gate: type[nn.Module] = nn.Sigmoid) -> None:
+    def __init__(self, cin: int, cout: int, *, expand: int, k: int = 3, stride: int = 1, squeeze: int = 0,
+                 act: type[nn.Module] = nn.ReLU, se_gate: type[nn.Module] = nn.Sigmoid,
+                 se_act: type[nn.Module] | None = None) -> None:
         super().__init__()
         self.residual = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expand != cin:
             layers.append(ConvBNAct(cin, expand, 1, act=act))
         layers.append(ConvBNAct(expand, expand, k, stride, groups=expand, act=act))
-        if se > 0:
-            reduced = round_channels((se_base or expand) * se, divisor=8 if se_gate is nn.Hardsigmoid else 1)
-            layers.append(SqueezeExcite(expand, reduced, gate=se_gate,
-                                        act=nn.ReLU if se_gate is nn.Hardsigmoid else act))
+        if squeeze:
+            layers.append(SqueezeExcite(expand, squeeze, gate=se_gate, act=se_act or act))
         layers.append(ConvBNAct(expand, cout, 1, act=None))
         self.block = nn.Sequential(*layers)
 

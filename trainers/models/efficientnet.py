@@ -21,7 +21,7 @@ class EfficientNet(nn.Module):
             cout = round_channels(c, width)
             for j in range(round_repeats(n, depth)):
                 layers.append(InvertedResidual(cin, cout, expand=cin * t, k=k, stride=s if j == 0 else 1,
-                                               se=0.25, se_base=cin, act=nn.SiLU))
+                                               squeeze=round_channels(cin / 4, divisor=1), act=nn.SiLU))
                 cin = cout
         head = round_channels(1280, max(1.0, width))
         layers.append(ConvBNAct(cin, head, 1, act=nn.SiLU))

@@ -54,23 +54,25 @@ def mobilenet_v2(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, 
     return _Net(nn.Sequential(*layers), head, num_classes, dropout)
 
 
-# Report 002's layout: (kernel, expand, out, SE, hard-swish, stride); 8 blocks, stem 16 at stride 1.
-_V3 = [(3, 16, 16, False, False, 1), (3, 64, 24, False, False, 2), (3, 96, 24, False, False, 1),
-       (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 80, True, True, 2),
-       (3, 480, 112, True, True, 1), (5, 672, 160, True, True, 2)]
+# Report 002's block table: (kernel, expand, out, SE squeeze (0: no SE), hard-swish, stride); stem 16
+# at stride 1. SE gates with a sigmoid (the report's) around a ReLU. Block 4's squeeze, 18, is the
+# report's; blocks 5-8's are not given there and take MobileNetV3's rule (expand / 4 to a multiple of 8).
+_V3 = [(3, 16, 16, 0, False, 1), (3, 64, 24, 0, False, 2), (3, 96, 24, 0, False, 1),
+       (5, 96, 40, 18, True, 2), (5, 240, 40, 64, True, 1), (5, 240, 80, 64, True, 2),
+       (3, 480, 112, 120, True, 1), (5, 672, 160, 168, True, 2)]
 
 
-@register_model("MobileNetV3-small style for 32x32: SE + hard-swish in later blocks, 960 head (report 002)")
+@register_model("MobileNetV3 style for 32x32: report 002's 8 blocks, sigmoid SE + hard-swish later, 960 head")
 def mobilenet_v3(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
     cin = round_channels(16, width)
     layers: list[nn.Module] = [ConvBNAct(3, cin, 3, act=nn.Hardswish)]
-    for k, e, c, se, hs, s in _V3:
+    for k, e, c, sq, hs, s in _V3:
         cout = round_channels(c, width)
-        act = nn.Hardswish if hs else nn.ReLU
         for j in range(round_repeats(1, depth)):
             layers.append(InvertedResidual(cin, cout, expand=round_channels(e, width), k=k,
-                                           stride=s if j == 0 else 1, se=0.25 if se else 0.0, act=act,
-                                           se_gate=nn.Hardsigmoid))
+                                           stride=s if j == 0 else 1, act=nn.Hardswish if hs else nn.ReLU,
+                                           squeeze=round_channels(sq, width, divisor=1) if sq else 0,
+                                           se_act=nn.ReLU))
             cin = cout
     head = round_channels(960, width)
     layers.append(ConvBNAct(cin, head, 1, act=nn.Hardswish))

@@ -1,5 +1,6 @@
-"""A plain residual CNN like report 003: 7x7 stem, residual stages at 64 and 128 channels with
-max-pools, pooled stage outputs concatenated (dense style), SiLU, MLP head 256-256 with dropout."""
+"""A plain residual CNN at 32 px, a small relative of report 003's network (that one is
+``branchnet``): 7x7 stem, residual stages at 64 and 128 channels with max-pools, pooled stage
+outputs concatenated (dense style), SiLU, MLP head 256-256 with dropout."""
 
 from __future__ import annotations
 
@@ -31,6 +32,6 @@ class ResCNN(nn.Module):
         return self.head(torch.cat([s1.mean((2, 3)), s2.mean((2, 3))], 1))
 
 
-@register_model("Residual CNN (7x7 stem, stages 64/128, dense-style concat, MLP head; report 003)")
+@register_model("Residual CNN at 32 px (7x7 stem, stages 64/128, dense-style concat, MLP head)")
 def rescnn(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
     return ResCNN(width, depth, num_classes, dropout)
