@@ -5,8 +5,9 @@ The YAML keys are a public contract (``hps retrain`` takes exported files unchan
     model:     {name, width, depth, dropout, channel_divisor}
     data:      {dataset, root, path, sha256, val_fraction, subset, split_seed, download, image_size}
     optimizer: {name, lr, momentum, nesterov, weight_decay, beta1, beta2}
-    schedule:  {name, warmup_epochs, eta_min, step_size, gamma, milestones, t0, t_mult, pct_start}
-    augment:   {strength, policy, mixup_alpha, cutmix_alpha}
+    schedule:  {name, warmup_epochs, eta_min, period, step_size, gamma, milestones, t0, t_mult, pct_start}
+    augment:   {strength, policy, mixup_alpha, cutmix_alpha, augmix_jsd, pick_one, rotate, translate,
+                perspective, hue, grayscale}
     train:     {epochs, batch_size, label_smoothing, precision, channels_last, compile, seed, device}
 
 Every error is a :class:`ConfigError` whose message is one line naming the file, the dotted key,

@@ -112,3 +112,14 @@ def test_one_formatter_for_trainer_and_space_errors(tmp_path: Path) -> None:
         load_space(tmp_path / "s.yaml")
     assert str(trainer_error.value) == f"{tmp_path}/c.yaml: optimizer.lr: 'wide' is not allowed; expected a number"
     assert str(space_error.value) == f"{tmp_path}/s.yaml: base: {trainer_error.value}"
+
+
+def test_the_documented_contract_lists_every_key() -> None:
+    """The module docstring's key list is the public contract: it names every key, no more."""
+    import re
+
+    import trainers.config
+
+    doc = re.findall(r"^ +(\w+): +\{([^}]*)\}", trainers.config.__doc__ or "", re.M)
+    documented = [f"{s}.{k.strip()}" for s, keys in doc for k in keys.split(",")]
+    assert documented == flat_keys()

@@ -13,7 +13,7 @@ end in a max-pool, so 128 px ends at 4x4, the report's final AvgPool 4.
 
 The report gives this structure but not a full layer table. The block counts, the half-width
 branches and the head widths are inferred: they fit the report's ">= 4.2M in the trunk" and its
-5M budget (4.71M + 0.2M at width 1). ``width`` scales every channel count and ``depth`` every
+5M budget (at width 1: 4.62M in the stem and stages, 4.78M in all). ``width`` scales every channel count and ``depth`` every
 block count.
 """
 
