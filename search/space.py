@@ -29,6 +29,7 @@ METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 SECOND_OBJECTIVES = ("params", "macs", "flops", "model_bytes")
 # Keys that pick the data or the machine: searching them would score trials on different data.
 NOT_SEARCHABLE = ("data.", "train.device")
+SEARCHABLE_DATA = ("data.image_size",)  # the model's input side: the same images, scored alike
 KINDS = ("float", "int", "categorical", "fit")
 Scalar = bool | int | float | str | None
 
@@ -314,7 +315,7 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
         where = f"{source}: space.{key}"
         if key not in keys:
             raise SpaceError(f"{where}: not a trainer key; allowed: {', '.join(keys)}")
-        if key.startswith(NOT_SEARCHABLE):
+        if key.startswith(NOT_SEARCHABLE) and key not in SEARCHABLE_DATA:
             raise SpaceError(f"{where}: not searchable (it decides the data or the machine, so trials would be scored "
                              "on different terms); set it in base or fixed")
         dist = _typed(key, dist, where)
@@ -423,7 +424,7 @@ def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, A
     is searched only under a condition keeps its base value when the condition is off, so its
     smallest value is the least of the base's and every range's."""
     fixed: dict[str, Any] = {}
-    for key in ("model.width", "model.depth", "train.epochs"):
+    for key in ("model.width", "model.depth", "data.image_size", "train.epochs"):
         dist = spec.space.get(key)
         if dist is None:
             continue

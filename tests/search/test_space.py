@@ -233,3 +233,21 @@ def test_warm_start_keeps_a_parameter_whose_condition_is_fixed_in_the_base(tmp_p
 def test_objective_is_the_first_objective(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, patched(objectives=["val_loss"])))
     assert space.metric == "val_loss" and space.directions == ["minimize"]
+
+
+def test_image_size_is_searchable_and_the_smallest_config_takes_the_least(tmp_path: Path) -> None:
+    """``data.image_size`` is the model's input side (the same images, scored alike), so a space
+    may search it, unlike the other data keys; the budget check counts its smallest value."""
+    from trainers import config_from_dict, measure
+
+    base = {"model": {"name": "resnet18", "width": 0.25}, "data": {"image_size": 64}, "train": {"epochs": 2}}
+    macs_32 = measure(config_from_dict({**base, "data": {"image_size": 32}})).macs
+    data = {"study": {"name": "t", "trials": 4}, "base": base, "budget": {"max_macs": macs_32 + 1},
+            "space": {"data.image_size": {"choices": [32, 64]}}}
+    space = load_space(write(tmp_path, data))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sizes = {suggest(space, study.ask()).data.image_size for _ in range(12)}
+    assert sizes == {32, 64}
+    data["space"]["data.image_size"] = {"choices": [64, 96]}
+    with pytest.raises(SpaceError, match=r"smallest config \(resnet18 at width 0\.25, depth 1, 64 px\) has MACs"):
+        load_space(write(tmp_path, data))
