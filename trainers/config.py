@@ -5,9 +5,10 @@ The YAML keys are a public contract (``hps retrain`` takes exported files unchan
     model:     {name, width, depth, dropout, channel_divisor}
     data:      {dataset, root, path, sha256, val_fraction, subset, split_seed, download, image_size}
     optimizer: {name, lr, momentum, nesterov, weight_decay, beta1, beta2}
-    schedule:  {name, warmup_epochs, eta_min, period, step_size, gamma, milestones, t0, t_mult, pct_start}
+    schedule:  {name, warmup_epochs, eta_min, period, step_size, gamma, milestones, t0, t_mult, pct_start,
+                finetune_epochs, finetune_lr, finetune_eta_min}
     augment:   {strength, policy, mixup_alpha, cutmix_alpha, augmix_jsd, pick_one, rotate, translate,
-                perspective, hue, grayscale}
+                perspective, hue, grayscale, finetune_mixup_alpha}
     train:     {epochs, batch_size, label_smoothing, precision, channels_last, compile, seed, device}
 
 Every error is a :class:`ConfigError` whose message is one line naming the file, the dotted key,
@@ -129,6 +130,10 @@ class ScheduleConfig(Strict):
     t0: Number = Field(10.0, gt=0.0, description="sgdr: first period in epochs (cycles are fitted to end at the last epoch)")
     t_mult: Number = Field(2.0, ge=1.0, description="sgdr: period growth")
     pct_start: Number = Field(0.3, gt=0.0, lt=1.0, description="onecycle: rising fraction")
+    finetune_epochs: Integer = Field(0, ge=0, description="the last N of train.epochs are a fine-tuning stage: "
+                                     "cosine from finetune_lr to finetune_eta_min; the schedule above spans the epochs before")
+    finetune_lr: OptNumber = Field(None, gt=0.0, le=10.0, description="the fine-tuning stage's starting lr")
+    finetune_eta_min: Number = Field(0.0, ge=0.0, description="the fine-tuning stage's final lr")
 
     @field_validator("milestones")
     @classmethod
@@ -152,6 +157,8 @@ class AugmentConfig(Strict):
     perspective: Number = Field(0.0, ge=0.0, le=1.0, description="random perspective distortion (p 0.5), per image")
     hue: Number = Field(0.0, ge=0.0, le=0.5, description="random hue shift, +- this fraction of a turn, per image")
     grayscale: Number = Field(0.0, ge=0.0, le=1.0, description="probability of grayscale, per image (after the policy)")
+    finetune_mixup_alpha: OptNumber = Field(None, ge=0.0, le=10.0, description="mixup alpha in the fine-tuning "
+                                            "stage (schedule.finetune_epochs); default: mixup_alpha")
 
 
 class TrainSection(Strict):
@@ -187,9 +194,25 @@ class TrainConfig(Strict):
         a = self.augment
         if a.augmix_jsd and a.policy != "augmix":
             raise ValueError(f"augment.augmix_jsd: true needs augment.policy 'augmix', not {a.policy!r}")
-        if a.augmix_jsd and (a.mixup_alpha or a.cutmix_alpha):
-            raise ValueError("augment.augmix_jsd: true does not combine with augment.mixup_alpha / cutmix_alpha; set them to 0")
+        if a.augmix_jsd and (a.mixup_alpha or a.cutmix_alpha or a.finetune_mixup_alpha):
+            raise ValueError("augment.augmix_jsd: true does not combine with augment.mixup_alpha / cutmix_alpha / "
+                             "finetune_mixup_alpha; set them to 0")
+        s, ft = self.schedule, self.schedule.finetune_epochs
+        if ft and s.finetune_lr is None:
+            raise ValueError(f"schedule.finetune_lr: null is not allowed with schedule.finetune_epochs {ft}; give the "
+                             "fine-tuning stage's starting lr")
+        if ft >= self.train.epochs:
+            raise ValueError(f"schedule.finetune_epochs: {ft} is not allowed with train.epochs {self.train.epochs}; "
+                             "the fine-tuning stage is the last epochs of the run: allowed < train.epochs")
         return self
+
+    def stage_augment(self, epoch: int) -> AugmentConfig:
+        """The augment section in force at ``epoch`` (1-based): the fine-tuning stage's mixup alpha
+        over its epochs."""
+        ft, a = self.schedule.finetune_epochs, self.augment
+        if ft and epoch > self.train.epochs - ft and a.finetune_mixup_alpha is not None:
+            return a.model_copy(update={"mixup_alpha": a.finetune_mixup_alpha})
+        return a
 
     def replace(self, section: str, **values: Any) -> TrainConfig:
         """A copy with some keys of one section changed (not validated: for values already checked)."""

@@ -47,7 +47,15 @@ def sgdr_periods(span: float, t0: float, t_mult: float) -> list[float]:
 
 
 def lr_at(epoch: float, epochs: int, lr: float, cfg: ScheduleConfig) -> float:
-    """The learning rate at a fractional epoch (``step / steps_per_epoch``) of an ``epochs`` run."""
+    """The learning rate at a fractional epoch (``step / steps_per_epoch``) of an ``epochs`` run.
+    With ``finetune_epochs`` F, the schedule spans the first ``epochs - F`` epochs and the last F
+    anneal (cosine) from ``finetune_lr`` to ``finetune_eta_min``."""
+    ft = cfg.finetune_epochs
+    if ft:
+        epochs -= ft
+        if epoch >= epochs:
+            assert cfg.finetune_lr is not None  # the config's cross-check
+            return cfg.finetune_lr * _cosine((epoch - epochs) / ft, min(cfg.finetune_eta_min / cfg.finetune_lr, 1.0))
     w = cfg.warmup_epochs
     warm = min(1.0, (epoch + 1e-12) / w) if w > 0 else 1.0
     lo = min(cfg.eta_min / lr, 1.0)

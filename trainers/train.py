@@ -129,6 +129,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
 
     for epoch in range(first, tc.epochs + 1):
+        augment = cfg.stage_augment(epoch)  # the fine-tuning stage may mix with another alpha
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, device=device, generator=gen)
@@ -142,7 +143,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
             if jsd:  # AugMix: clean + two views in one pass; CE on the clean one + 12 x JSD
                 x, y2, lam = torch.cat(aug.views(idx)), y, 1.0
             else:
-                x, y2, lam = mix(aug.batch(idx), y, cfg.augment, rng, gen)
+                x, y2, lam = mix(aug.batch(idx), y, augment, rng, gen)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with cast:

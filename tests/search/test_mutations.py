@@ -123,7 +123,7 @@ def _small(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
     end to end, quickly."""
     classes = 100 if cfg.data.dataset == "cifar100" else 10
     small = cfg.replace("data", subset=20 * classes, val_fraction=0.2, image_size=32)
-    small = small.replace("train", epochs=1, compile=False)
+    small = small.replace("train", epochs=1, compile=False).replace("schedule", finetune_epochs=0)
     return train(small, *args, **kwargs)
 
 

@@ -71,6 +71,10 @@ BAD = [
     ({"data": {"val_fraction": 1}}, "bad.yaml: data.val_fraction: 1 is out of range; allowed >= 0 and < 1"),
     ({"data": {"sha256": "abc"}}, "bad.yaml: data.sha256: 'abc' is not allowed; expected 64 lowercase hex digits"),
     ({"data": {"subset": 5}}, "bad.yaml: data.subset: 5 is out of range; allowed >= 10"),
+    ({"schedule": {"finetune_epochs": 5}}, "bad.yaml: schedule.finetune_lr: null is not allowed with schedule.finetune_epochs 5"),
+    ({"schedule": {"finetune_epochs": 30, "finetune_lr": 1e-5}}, "bad.yaml: schedule.finetune_epochs: 30 is not allowed with train.epochs 30"),
+    ({"schedule": {"finetune_epochs": 2.5}}, "bad.yaml: schedule.finetune_epochs: 2.5 is not allowed; expected an integer"),
+    ({"augment": {"policy": "augmix", "augmix_jsd": True, "finetune_mixup_alpha": 0.5}}, "bad.yaml: augment.augmix_jsd: true does not combine with"),
     ({"data": {"image_size": 16}}, "bad.yaml: data.image_size: 16 is out of range; allowed >= 32 and <= 512"),
     ({"data": {"image_size": 128.5}}, "bad.yaml: data.image_size: 128.5 is not allowed; expected an integer"),
     ({"data": "cifar10"}, "bad.yaml: data: expected a mapping of keys, got 'cifar10'"),
@@ -123,3 +127,11 @@ def test_the_documented_contract_lists_every_key() -> None:
     doc = re.findall(r"^ +(\w+): +\{([^}]*)\}", trainers.config.__doc__ or "", re.M)
     documented = [f"{s}.{k.strip()}" for s, keys in doc for k in keys.split(",")]
     assert documented == flat_keys()
+
+
+def test_the_finetune_stage_mixes_with_its_own_alpha() -> None:
+    cfg = config_from_dict({"schedule": {"finetune_epochs": 2, "finetune_lr": 5e-6},
+                            "augment": {"mixup_alpha": 0.1, "finetune_mixup_alpha": 0.5}, "train": {"epochs": 10}})
+    assert [cfg.stage_augment(e).mixup_alpha for e in range(1, 11)] == [0.1] * 8 + [0.5] * 2
+    same = config_from_dict({"schedule": {"finetune_epochs": 2, "finetune_lr": 5e-6}, "augment": {"mixup_alpha": 0.1}})
+    assert {same.stage_augment(e).mixup_alpha for e in range(1, 31)} == {0.1}  # default: the main alpha

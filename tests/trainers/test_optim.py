@@ -84,3 +84,13 @@ def test_cosine_period_is_pytorchs_cosine_annealing_past_t_max() -> None:
     assert lr_at(300, 500, 0.1, cfg) == pytest.approx(1e-4) and lr_at(450, 500, 0.1, cfg) > lr_at(350, 500, 0.1, cfg)
     # without a period the run anneals once, to the floor at its last epoch
     assert lr_at(500, 500, 0.1, ScheduleConfig(name="cosine", eta_min=1e-4)) == pytest.approx(1e-4)
+
+
+def test_a_finetune_stage_follows_the_main_schedule() -> None:
+    """Report 003: lr 2e-4 -> 1e-5 (cosine), then fine-tuning 5e-6 -> 1e-6 over the last epochs."""
+    s = sched(name="cosine", eta_min=1e-5, finetune_epochs=2, finetune_lr=5e-6, finetune_eta_min=1e-6)
+    lrs = [lr_at(e, 10, 2e-4, s) for e in (0.0, 4.0, 8.0 - 1e-9, 8.0, 9.0, 10.0 - 1e-9)]
+    assert lrs == pytest.approx([2e-4, 1e-5 + (2e-4 - 1e-5) / 2, 1e-5, 5e-6, 3e-6, 1e-6])
+    # the main schedule spans the 8 epochs before the stage (here: the same cosine as an 8-epoch run)
+    plain = sched(name="cosine", eta_min=1e-5)
+    assert [lr_at(e, 10, 2e-4, s) for e in (1.0, 3.5, 7.0)] == pytest.approx([lr_at(e, 8, 2e-4, plain) for e in (1.0, 3.5, 7.0)])

@@ -53,6 +53,9 @@ def test_report003_is_its_network_at_128px_under_5m_params() -> None:
     cfg = load_config(SEEDS / "report003_branchnet.yaml")
     m = measure(cfg)
     assert cfg.model.name == "branchnet" and m.image_size == 128 and m.params == 4_782_410 < 5_000_000
+    sched = cfg.schedule  # the report's stages: 2e-4 -> 1e-5, then fine-tuning 5e-6 -> 1e-6 at mixup 0.5
+    assert (cfg.optimizer.lr, sched.eta_min, sched.finetune_lr, sched.finetune_eta_min) == (2e-4, 1e-5, 5e-6, 1e-6)
+    assert cfg.stage_augment(1).mixup_alpha == 0.1 and cfg.stage_augment(cfg.train.epochs).mixup_alpha == 0.5
     mlp = 256 * 256 * 2 + 256 * 10  # the MLP head's MACs; every conv's output area grows 16x at 128 px
     assert m.macs == 16 * (measure(cfg.replace("data", image_size=32)).macs - mlp) + mlp
 

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,28 @@ def test_the_model_trains_and_evaluates_at_data_image_size() -> None:
         handle.remove()
     assert seen == {(3, 64, 64)}
     assert result.config.data.image_size == 64  # the result records the size it trained at
+
+
+def test_a_finetune_stage_trains_at_its_lr_and_alpha(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last ``finetune_epochs`` train at the fine-tuning lr and mix with its alpha (the trainer's
+    own mix is recorded as it is called)."""
+    import importlib
+
+    module = importlib.import_module("trainers.train")  # the module; ``trainers.train`` is the function
+    alphas: dict[float, int] = {}
+    real_mix = module.mix
+
+    def recording_mix(x, y, cfg, rng, gen):  # type: ignore[no-untyped-def]
+        alphas[cfg.mixup_alpha] = alphas.get(cfg.mixup_alpha, 0) + 1
+        return real_mix(x, y, cfg, rng, gen)
+
+    monkeypatch.setattr(module, "mix", recording_mix)
+    cfg = config_from_dict(tiny_config(data={"subset": 500, "val_fraction": 0.2}, train={"epochs": 3},
+                                       schedule={"name": "cosine", "finetune_epochs": 1, "finetune_lr": 0.01,
+                                                 "finetune_eta_min": 0.001},
+                                       augment={"mixup_alpha": 0.1, "finetune_mixup_alpha": 0.5}))
+    history = train(cfg).history
+    assert alphas == {0.1: 8, 0.5: 4}  # 400 images in batches of 100: 4 steps an epoch
+    # the lr of each epoch's last step (3 of 4): the main cosine spans epochs 1-2, the stage epoch 3
+    assert history[1]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 1.75 / 2)))
+    assert history[2]["lr"] == pytest.approx(0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * 0.75)))
