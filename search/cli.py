@@ -397,8 +397,9 @@ def models() -> None:
             n = sum(p.numel() for p in create_model(name).parameters())
         table.add_row(name, f"{n:,}", model_entry(name).summary)
     console.print(table)
-    console.print("knobs: model.width (channel multiplier), model.depth (repeat multiplier), "
-                  "model.dropout; classes come from the data (10 or 100)")
+    console.print("knobs: model.width (channel multiplier), model.depth (repeat multiplier), model.dropout, "
+                  "model.channel_divisor (channels round to multiples of 1, 2, 4 or 8), data.image_size (the "
+                  "input side; branchnet is built for 128); classes come from the data (10 or 100)")
 
 
 if __name__ == "__main__":  # pragma: no cover
