@@ -21,7 +21,8 @@ from pathlib import Path
 import optuna
 import yaml
 
-from search.checkpoints import TrialCheckpoint, artifact_store
+from search.checkpoints import TrialCheckpoint
+from search.storage import artifact_store
 from trainers import config_from_dict, train
 
 SEED = Path(__file__).resolve().parents[1] / "spaces" / "seeds" / "quickstart.yaml"

@@ -1,8 +1,7 @@
 """Trial checkpoints and kept weights in an Optuna artifact store.
 
-- The store: ``$HPS_ARTIFACTS`` (default ``hps-artifacts/``), a folder every worker shares (compose's
-  ``artifacts`` volume) as Optuna's ``FileSystemArtifactStore``, or ``s3://bucket/prefix`` as its
-  ``Boto3ArtifactStore`` (boto3 installed, credentials from the environment).
+- The store: :func:`search.storage.artifact_store`, ``$HPS_ARTIFACTS`` (default ``hps-artifacts/``),
+  a folder every worker shares (compose's ``artifacts`` volume), or ``s3://bucket/prefix``.
 - Checkpoints: the trainer's :class:`trainers.Checkpoint` hook for one trial. It saves the full
   training state at most every ``HPS_CHECKPOINT_SECONDS`` (default 300) after an epoch, keeps only
   the newest, and records it as the trial's ``checkpoint`` user attr. A trial that Optuna retries
@@ -25,16 +24,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import StudyError
 from search.storage import rdb_backend
 from trainers.meter import save_state
 
@@ -48,37 +45,6 @@ def checkpoint_seconds() -> float:
 
 def keep_weights() -> int:
     return int(os.environ.get("HPS_KEEP_WEIGHTS", "3"))
-
-
-def artifact_store(root: str | Path | None = None) -> Any:
-    """``root`` (else ``$HPS_ARTIFACTS``, else ``hps-artifacts``) as an Optuna artifact store."""
-    where = str(root or os.environ.get("HPS_ARTIFACTS") or "hps-artifacts")
-    if where.startswith("s3://"):
-        try:
-            import boto3  # noqa: F401
-        except ImportError:
-            raise StudyError(f"HPS_ARTIFACTS {where}: an S3 store needs boto3 (pip install boto3)") from None
-        bucket, _, prefix = where.removeprefix("s3://").partition("/")
-        store = Boto3ArtifactStore(bucket)
-        return _Prefixed(store, prefix) if prefix else store
-    Path(where).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(where)
-
-
-class _Prefixed:
-    """An artifact store whose ids live under a prefix (an S3 key prefix)."""
-
-    def __init__(self, store: Any, prefix: str) -> None:
-        self.store, self.prefix = store, prefix.rstrip("/") + "/"
-
-    def open_reader(self, artifact_id: str) -> Any:
-        return self.store.open_reader(self.prefix + artifact_id)
-
-    def write(self, artifact_id: str, content_body: Any) -> None:
-        self.store.write(self.prefix + artifact_id, content_body)
-
-    def remove(self, artifact_id: str) -> None:
-        self.store.remove(self.prefix + artifact_id)
 
 
 def _remove(store: Any, artifact_id: str | None) -> None:

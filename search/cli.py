@@ -98,13 +98,8 @@ def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML")],
 
 
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="study storage URL [$HPS_STORAGE or sqlite:///hps.db]")]
-ArtifactsOpt = Annotated[Path | None, typer.Option("--artifacts", help="artifact folder [$HPS_ARTIFACTS or hps-artifacts]")]
-
-
-def _artifacts(path: Path | None) -> Path:
-    import os
-
-    return path or Path(os.environ.get("HPS_ARTIFACTS", "hps-artifacts"))
+ArtifactsOpt = Annotated[str | None, typer.Option(
+    "--artifacts", help="artifact folder or s3://bucket/prefix [$HPS_ARTIFACTS or hps-artifacts]")]
 
 
 def _quiet_optuna() -> None:
@@ -291,12 +286,12 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
            storage: StorageOpt = None, artifacts: ArtifactsOpt = None) -> None:
     """Write the best feasible trial as a config that hps retrain takes unchanged."""
     from search.export import export as run_export
-    from search.storage import get_storage, storage_url
+    from search.storage import artifact_root, get_storage, storage_url
     from search.study import load_study
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
-    t = run_export(load_study(study, store), out, storage_url(storage), number=trial, artifact_dir=_artifacts(artifacts))
+    t = run_export(load_study(study, store), out, storage_url(storage), number=trial, artifact_dir=artifact_root(artifacts))
     weights = out.with_suffix(".pt")
     also = f" and {weights} (its weights; score them with: hps evaluate {out} --weights {weights})" if (
         "weights" in t.user_attrs and weights.exists()) else ""
@@ -372,16 +367,14 @@ def dashboard(storage: StorageOpt = None,
     The stock ``optuna-dashboard URL`` works as well; this adds hps's storage URL rules and the export artifacts.
     Imports neither torch nor the trainer (the dashboard image has neither)."""
     import optuna_dashboard
-    from optuna.artifacts import FileSystemArtifactStore
 
-    from search.storage import get_storage, redact, storage_url
+    from search.storage import artifact_root, artifact_store, get_storage, redact, storage_url
 
-    art = _artifacts(artifacts)
-    art.mkdir(parents=True, exist_ok=True)
+    art = artifact_root(artifacts)
     url = storage_url(storage)
     console.print(f"optuna-dashboard on {redact(url)} at http://{host}:{port}/ (artifacts: {art})", highlight=False)
     optuna_dashboard.run_server(get_storage(url, heartbeat=False), host=host, port=port,
-                                artifact_store=FileSystemArtifactStore(str(art)))
+                                artifact_store=artifact_store(art))
 
 
 @app.command()

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import optuna
-import sqlalchemy.exc
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
 from search.objective import Objective
 from search.space import Space
-from search.storage import HEARTBEAT_SECONDS, StorageUnavailable, dispose, get_storage
+from search.storage import HEARTBEAT_SECONDS, OUTAGES, dispose, get_storage
 from search.study import FAILED_ATTR, FINISHED, STOPPED_ATTR, load_study, open_study
 
 MAX_FAILS_IN_A_ROW = 3
@@ -106,8 +105,7 @@ def optimize(space: Space, url: str, target: int, *, pool_size: int = 2, worker:
             study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
                            callbacks=[Target(target), budget, FailureGuard()])
             return
-        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                StorageUnavailable):
+        except OUTAGES:
             if outage == MAX_STORAGE_OUTAGES:
                 raise
             time.sleep(5)

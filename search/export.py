@@ -12,9 +12,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import stored_figures
-from search.checkpoints import WEIGHTS_ATTR, artifact_store
+from search.checkpoints import WEIGHTS_ATTR
 from search.errors import StudyError
-from search.storage import redact
+from search.storage import artifact_store, redact
 from trainers import config_from_dict, dump_config
 
 
@@ -73,31 +73,29 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
 
 
 def export(study: optuna.Study, out: Path, storage: str, *, number: int | None = None,
-           artifact_dir: Path | None = None) -> FrozenTrial:
+           artifact_dir: str | Path | None = None) -> FrozenTrial:
     """Write the trial's full trainer config plus ``provenance`` (which retrain ignores) and attach
-    the file to the study as an optuna-dashboard artifact."""
+    the file to the study as an optuna-dashboard artifact in ``artifact_dir`` (a folder or
+    ``s3://``); the trial's kept weights, if any, are written beside it as ``<out>.pt``."""
+    from optuna.artifacts import download_artifact, upload_artifact
+
     trial = best_trial(study, number)
     cfg = config_from_dict(trial.user_attrs["config"], f"study {study.study_name} trial {trial.number}")
     out.parent.mkdir(parents=True, exist_ok=True)
     prov = provenance(study, trial, storage)
+    store = artifact_store(artifact_dir) if artifact_dir is not None else None
     weights = trial.user_attrs.get(WEIGHTS_ATTR)
-    if weights and artifact_dir is not None:  # the trial's kept weights, beside the YAML
-        from optuna.artifacts import download_artifact
-
+    if weights and store is not None:  # the trial's kept weights, beside the YAML
         path = out.with_suffix(".pt")
         path.unlink(missing_ok=True)
         try:
-            download_artifact(artifact_store=artifact_store(artifact_dir), file_path=str(path), artifact_id=weights)
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=weights)
             prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": path.stat().st_size}
         except Exception as e:  # the YAML alone still retrains
             prov["weights"] = {"missing": f"{type(e).__name__}: {e}"}
     dump_config(cfg, out, extra={"provenance": prov})
-    if artifact_dir is not None:
-        from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(out),
-                        study_or_trial=study, mimetype="application/yaml")
+    if store is not None:
+        upload_artifact(artifact_store=store, file_path=str(out), study_or_trial=study, mimetype="application/yaml")
     return trial
 
 

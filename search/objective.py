@@ -28,9 +28,10 @@ import optuna
 import torch
 
 from search.budget import check
-from search.checkpoints import TrialCheckpoint, artifact_store, keep_if_best
+from search.checkpoints import TrialCheckpoint, keep_if_best
 from search.errors import StudyError
 from search.space import Space, suggest
+from search.storage import artifact_store
 from trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, state_dict_at, train
 
 

@@ -84,17 +84,15 @@ class RayExecutor:
 
         prepare(space, url)
         self._connect()
-        import sqlalchemy.exc
-
         from search.executors import settle
-        from search.storage import StorageUnavailable
+        from search.storage import OUTAGES
 
         for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
             self._round(space, url, target, objective)
             try:
                 if not settle(space, url):
                     break
-            except (StorageUnavailable, sqlalchemy.exc.OperationalError) as e:  # the next run settles them
+            except OUTAGES as e:  # the database is away: the next run settles them
                 print(f"could not check for trials left RUNNING: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
                 break
 

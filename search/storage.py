@@ -18,10 +18,12 @@ import json
 import os
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
@@ -85,6 +87,11 @@ class StorageUnavailable(StudyError):
     """The database did not answer (down, restarting, unreachable): a worker may wait for it."""
 
 
+# What a database that went away (a restart, a lost connection) raises: a worker waits these out.
+OUTAGES: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                                        sqlalchemy.exc.InterfaceError, StorageUnavailable)
+
+
 class _LostWorker:
     """Optuna's stale-trial callback (the trial is FAIL once its worker stops beating): store why
     on the failed trial, then retry its params once as a new WAITING trial."""
@@ -128,3 +135,42 @@ def dispose(storage: BaseStorage) -> None:
     """Release a storage's database connections."""
     if (backend := rdb_backend(storage)) is not None:
         backend.engine.dispose()
+
+
+def artifact_root(root: str | Path | None = None) -> str:
+    """Where checkpoints, kept weights and exports live: ``root``, else ``$HPS_ARTIFACTS``, else
+    ``hps-artifacts``; a folder every worker shares, or ``s3://bucket/prefix``."""
+    return str(root or os.environ.get("HPS_ARTIFACTS") or "hps-artifacts")
+
+
+def artifact_store(root: str | Path | None = None) -> Any:
+    """:func:`artifact_root` as an Optuna artifact store: ``FileSystemArtifactStore`` for a folder
+    (made if missing), ``Boto3ArtifactStore`` for ``s3://`` (boto3 installed, credentials from the
+    environment)."""
+    where = artifact_root(root)
+    if where.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise StudyError(f"HPS_ARTIFACTS {where}: an S3 store needs boto3 (pip install boto3)") from None
+        bucket, _, prefix = where.removeprefix("s3://").partition("/")
+        store = Boto3ArtifactStore(bucket)
+        return _Prefixed(store, prefix) if prefix else store
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(where)
+
+
+class _Prefixed:
+    """An artifact store whose ids live under a prefix (an S3 key prefix)."""
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        self.store, self.prefix = store, prefix.rstrip("/") + "/"
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self.store.open_reader(self.prefix + artifact_id)
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self.store.write(self.prefix + artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self.prefix + artifact_id)

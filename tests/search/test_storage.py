@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +81,21 @@ def test_redact_hides_all_of_a_raw_password(password: str) -> None:
     shown = redact(f"postgresql+psycopg2://hps:{password}@db.example:5432/hps")
     assert shown == "postgresql+psycopg2://hps:***@db.example:5432/hps"
     assert redact("postgresql://hps@db.example/hps") == "postgresql://hps@db.example/hps"  # nothing to hide
+
+
+def test_one_artifact_location_for_workers_export_and_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--artifacts`` wins over ``$HPS_ARTIFACTS``, then ``hps-artifacts``; an ``s3://`` location
+    stays a URL (a ``Path`` would fold it to ``s3:/``) and, without boto3, is refused in one line."""
+    from search.errors import StudyError
+    from search.storage import artifact_root, artifact_store
+
+    monkeypatch.setenv("HPS_ARTIFACTS", str(tmp_path / "env"))
+    assert artifact_root("s3://bucket/runs") == "s3://bucket/runs"
+    assert artifact_root(None) == str(tmp_path / "env")
+    monkeypatch.delenv("HPS_ARTIFACTS")
+    assert artifact_root(None) == "hps-artifacts"
+    artifact_store(tmp_path / "made").write("x", io.BytesIO(b"1"))  # a folder is made on first use
+    assert (tmp_path / "made" / "x").read_bytes() == b"1"
+    if importlib.util.find_spec("boto3") is None:
+        with pytest.raises(StudyError, match=r"^HPS_ARTIFACTS s3://bucket/runs: an S3 store needs boto3"):
+            artifact_store("s3://bucket/runs")
