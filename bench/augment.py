@@ -15,9 +15,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainers import config_from_dict, create_model, load_data
-from trainers.augment import Augmenter
-from trainers.device import resolve_device
+from hps.trainers import config_from_dict, create_model, load_data
+from hps.trainers.augment import Augmenter
+from hps.trainers.device import resolve_device
 
 
 def per_batch_ms(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]

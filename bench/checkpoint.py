@@ -21,9 +21,10 @@ from pathlib import Path
 import optuna
 import yaml
 
-from search.checkpoints import TrialCheckpoint
-from search.storage import artifact_store
-from trainers import config_from_dict, train
+from hps.search.checkpoints import TrialCheckpoint
+from hps.search.record import CHECKPOINT
+from hps.search.storage import artifact_store
+from hps.trainers import config_from_dict, train
 
 SEED = Path(__file__).resolve().parents[1] / "spaces" / "seeds" / "quickstart.yaml"
 
@@ -55,7 +56,7 @@ def main() -> None:
             train(cfg, checkpoint=ckpt)
             epoch_b.append((time.perf_counter() - t0) / args.epochs)
             save_s.append(ckpt.save_seconds / args.epochs)
-            size = ckpt.trial.user_attrs["checkpoint"]["bytes"]
+            size = ckpt.trial.system_attrs[CHECKPOINT]["bytes"]
             ckpt.finish()
     a, b, s = statistics.median(epoch_a), statistics.median(epoch_b), statistics.median(save_s)
     out = {"epoch_s_without": round(a, 3), "epoch_s_every_epoch": round(b, 3), "ratio_every_epoch": round(b / a, 4),

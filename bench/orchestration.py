@@ -52,7 +52,7 @@ def tune_trainable(config: dict[str, float]) -> None:
 def from_db(url: str, name: str, workers: int) -> dict[str, object]:
     """Trial states, and the steady-state overhead: first trial start to last trial end (worker
     start-up excluded), as ms per trial slot."""
-    from search.storage import get_storage
+    from hps.search.storage import get_storage
 
     trials = optuna.load_study(study_name=name, storage=get_storage(url, heartbeat=False)).get_trials(deepcopy=False)
     span = (max(t.datetime_complete for t in trials if t.datetime_complete)
@@ -62,8 +62,8 @@ def from_db(url: str, name: str, workers: int) -> dict[str, object]:
 
 
 def run_hps(url: str, trials: int, workers: int) -> tuple[float, str]:
-    from search.ray import RayExecutor
-    from search.space import load_space
+    from hps.search.run import run
+    from hps.search.space import load_space
 
     name = f"bench-hps-{uuid.uuid4().hex[:6]}"
     spec = {"study": {"name": name, "trials": trials, "sampler": {"name": "tpe"},
@@ -72,7 +72,8 @@ def run_hps(url: str, trials: int, workers: int) -> tuple[float, str]:
     path = Path(tempfile.mkdtemp()) / "space.yaml"
     path.write_text(yaml.safe_dump(spec))
     t0 = time.perf_counter()
-    RayExecutor("local", workers=workers, cpus_per_trial=0.5).run(load_space(path), url, trials, objective=hps_objective)
+    run(load_space(path), url, trials=trials, ray="local", workers=workers, cpus_per_trial=0.5, progress="none",
+        objective=hps_objective)
     return time.perf_counter() - t0, name
 
 
@@ -112,7 +113,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     out = {}
-    from search.storage import get_storage
+    from hps.search.storage import get_storage
 
     for method, fn in (("hps", run_hps), ("tune", run_tune)):
         if args.only and method != args.only:

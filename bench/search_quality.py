@@ -31,10 +31,11 @@ from typing import Any
 import optuna
 import yaml
 
-from search.budget import check
-from search.executors import InProcessExecutor
-from search.space import Budget, load_space
-from trainers import config_from_dict, train, with_overrides
+from hps.search.budget import check
+from hps.search.record import CONFIG
+from hps.search.run import run
+from hps.search.space import Budget, load_space
+from hps.trainers import config_from_dict, train, with_overrides
 
 BASE = {"model": {"name": "airnet", "width": 0.5}, "data": {"val_fraction": 0.2},
         "optimizer": {"name": "sgd", "lr": 0.05}, "schedule": {"name": "cosine"},
@@ -73,17 +74,17 @@ def _curve(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
 
 def run_study(method: str, seed: int, budget_s: float, url: str, tmp: Path) -> list[dict[str, Any]]:
     name = f"bench-{method}-{seed}-{uuid.uuid4().hex[:4]}"
-    InProcessExecutor().run(load_space(_space_file(tmp, name, seed, budget_s, method)), url, 100_000)
+    run(load_space(_space_file(tmp, name, seed, budget_s, method)), url, trials=100_000, progress="none")
     rows = []
     for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False):
-        if not t.state.is_finished() or "config" not in t.user_attrs:
+        if not t.state.is_finished() or CONFIG not in t.system_attrs:
             continue
-        cfg = config_from_dict(t.user_attrs["config"])
+        cfg = config_from_dict(t.system_attrs[CONFIG])
         rows.append({"seconds": float(t.user_attrs.get("device_seconds", 0.0)),
                      "feasible": check(cfg, Budget(**LIMITS)).feasible,
                      "complete": t.state == optuna.trial.TrialState.COMPLETE,
                      "val_acc": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
-                     "config": t.user_attrs["config"], "state": t.state.name,
+                     "config": t.system_attrs[CONFIG], "state": t.state.name,
                      "intermediate": len(t.intermediate_values)})
     return rows
 
@@ -211,8 +212,8 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"hps": "tab:blue", "random": "tab:orange", "tune": "tab:green"}
     for method, data in results["methods"].items():
-        for i, run in enumerate(data["runs"]):
-            xs, ys = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
+        for i, one in enumerate(data["runs"]):
+            xs, ys = zip(*one["curve"], strict=True) if one["curve"] else ((), ())
             ax.step(xs, ys, where="post", color=colors.get(method), alpha=0.8, label=method if i == 0 else None)
     ax.set_xlabel("cumulative training seconds (all trials)")
     ax.set_ylabel("best feasible val accuracy")

@@ -32,7 +32,7 @@ def _url(kind: str, pg: str) -> str:
 def _storage(kind: str, pg: str, grpc_port: int) -> Any:
     from optuna.storages import GrpcStorageProxy
 
-    from search.storage import get_storage
+    from hps.search.storage import get_storage
 
     if kind.startswith("grpc"):
         return GrpcStorageProxy(host="127.0.0.1", port=grpc_port)
@@ -67,7 +67,7 @@ def _client(kind: str, pg: str, grpc_port: int, name: str, ready: Any, go: Any, 
 def _grpc_server(kind: str, pg: str, port: int) -> None:
     import optuna
 
-    from search.storage import get_storage
+    from hps.search.storage import get_storage
 
     optuna.storages.run_grpc_proxy_server(get_storage(_url(kind, pg), heartbeat=False, pool_size=8),
                                           host="127.0.0.1", port=port)
@@ -88,7 +88,7 @@ def _connections(pg: str) -> int:
 def run(kind: str, clients: int, seconds: float, pg: str) -> dict[str, Any]:
     import optuna
 
-    from search.storage import get_storage
+    from hps.search.storage import get_storage
 
     ctx = mp.get_context("spawn")
     baseline = _connections(pg)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers import config_from_dict, create_model, load_data, train
-from trainers.device import autocast_dtype, resolve_device
-from trainers.optim import build_optimizer
+from hps.trainers import config_from_dict, create_model, load_data, train
+from hps.trainers.device import autocast_dtype, resolve_device
+from hps.trainers.optim import build_optimizer
 
 
 def _step_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Any, device: torch.device,

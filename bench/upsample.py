@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from trainers import config_from_dict, create_model, load_data
-from trainers.augment import Augmenter
-from trainers.device import resolve_device
+from hps.trainers import config_from_dict, create_model, load_data
+from hps.trainers.augment import Augmenter
+from hps.trainers.device import resolve_device
 
 REPORT003_AUGMENT = {"strength": 0.5, "rotate": 30, "translate": 0.25, "perspective": 0.3, "hue": 0.1,
                      "grayscale": 0.2}

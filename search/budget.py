@@ -12,9 +12,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from search.errors import SpaceError
-from trainers import Measurement, TrainConfig, measure, with_overrides
-from trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
+from hps.search.errors import SpaceError
+from hps.search.record import human
+from hps.trainers import Measurement, TrainConfig, measure, with_overrides
+from hps.trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
 
 
 class Budget(Strict):
@@ -36,14 +37,6 @@ class Budget(Strict):
             raise ValueError(f"max_macs {self.max_macs} and max_flops {self.max_flops} disagree "
                              "(FLOPs = 2 x MACs); give one of them")
         return self
-
-
-def human(n: float, digits: int = 3) -> str:
-    """7100000 -> '7.1M', 20000000 -> '20M', 512 -> '512'."""
-    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.{digits}g}{unit}"
-    return f"{n:.{digits}g}"
 
 
 def over(measured: float, limit: float) -> tuple[str, str]:
@@ -76,14 +69,6 @@ class Check:
 # budget key -> (figure name, human label)
 _LIMITS = {"max_params": ("params", "params"), "max_model_bytes": ("model_bytes", "model bytes"),
            "max_macs": ("macs", "MACs"), "max_flops": ("flops", "FLOPs"), "max_epochs": ("epochs", "epochs")}
-
-
-FIGURES = ("params", "model_bytes", "macs", "flops", "epochs", "train_memory_mb")
-
-
-def stored_figures(user_attrs: Mapping[str, Any]) -> dict[str, float]:
-    """A trial's budget figures, stored as one scalar user attr each (sortable in the dashboard)."""
-    return {k: user_attrs[k] for k in FIGURES if k in user_attrs}
 
 
 def figures(cfg: TrainConfig, budget: Budget, m: Measurement | None = None) -> dict[str, float]:

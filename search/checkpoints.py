@@ -32,19 +32,12 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from search.storage import rdb_backend
-from trainers.meter import save_state
+from hps.search.record import ARTIFACT_PREFIX, CHECKPOINT, CHECKPOINT_SECONDS, RESUMED_FROM, WEIGHTS, set_trial_info, trial_info
+from hps.search.settings import settings
+from hps.search.storage import rdb_backend
+from hps.trainers.meter import save_state
 
-CHECKPOINT_ATTR, WEIGHTS_ATTR, RESUMED_ATTR = "checkpoint", "weights", "resumed_from"
-ARTIFACT_PREFIX = "artifacts:"  # Optuna's trial system attr for an uploaded artifact's meta
-
-
-def checkpoint_seconds() -> float:
-    return float(os.environ.get("HPS_CHECKPOINT_SECONDS", "300"))
-
-
-def keep_weights() -> int:
-    return int(os.environ.get("HPS_KEEP_WEIGHTS", "3"))
+WEIGHTS_ATTR = WEIGHTS  # the kept weights' artifact id (a user attr: the dashboard lists the file too)
 
 
 def _remove(store: Any, artifact_id: str | None) -> None:
@@ -58,7 +51,7 @@ class TrialCheckpoint:
 
     def __init__(self, trial: optuna.Trial, store: Any, every_s: float | None = None) -> None:
         self.trial, self.store = trial, store
-        self.every_s = checkpoint_seconds() if every_s is None else every_s
+        self.every_s = settings().checkpoint_seconds if every_s is None else every_s
         self.last_saved = time.monotonic()
         self.current: str | None = None
         self.original: FrozenTrial | None = None
@@ -70,7 +63,7 @@ class TrialCheckpoint:
         if number is None:
             return None
         self.original = next((t for t in self.trial.study.get_trials(deepcopy=False) if t.number == number), None)
-        saved = (self.original.user_attrs.get(CHECKPOINT_ATTR) if self.original else None) or None
+        saved = (trial_info(self.original, CHECKPOINT) if self.original else None) or None
         if not saved:
             return None
         try:
@@ -78,7 +71,7 @@ class TrialCheckpoint:
                 state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
         except ArtifactNotFound:
             return None
-        self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": saved["epoch"]})
+        set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": saved["epoch"]})
         self.restored = list(state["history"])
         return state
 
@@ -91,7 +84,7 @@ class TrialCheckpoint:
         buf.seek(0)
         new = f"checkpoint-{uuid.uuid4()}"
         self.store.write(new, buf)
-        self.trial.set_user_attr(CHECKPOINT_ATTR, {"id": new, "epoch": epoch, "bytes": buf.getbuffer().nbytes})
+        set_trial_info(self.trial, CHECKPOINT, {"id": new, "epoch": epoch, "bytes": buf.getbuffer().nbytes})
         _remove(self.store, self.current)
         self.current = new
         self.save_seconds += time.perf_counter() - start
@@ -101,15 +94,15 @@ class TrialCheckpoint:
         """The trial is over (any state): its checkpoint, and its killed original's, go."""
         _remove(self.store, self.current)
         if self.original is not None:
-            _remove(self.store, (self.original.user_attrs.get(CHECKPOINT_ATTR) or {}).get("id"))
-        self.trial.set_user_attr("checkpoint_seconds", self.save_seconds)
+            _remove(self.store, (trial_info(self.original, CHECKPOINT) or {}).get("id"))
+        self.trial.set_user_attr(CHECKPOINT_SECONDS, self.save_seconds)
 
 
 def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: dict[str, torch.Tensor],
                  store: Any, k: int | None = None) -> str | None:
     """Upload ``state_dict`` as the trial's ``weights.pt`` when ``value`` ranks among the best ``k``
     COMPLETE trials; delete the weights that drop out. Returns the artifact id, or None."""
-    k = keep_weights() if k is None else k
+    k = settings().keep_weights if k is None else k
     if k <= 0:
         return None
     study = trial.study

@@ -35,12 +35,16 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
     """Hyperparameter search for CIFAR classifiers under hard budgets."""
 
 
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="set a dotted key on top of the file, e.g. --set fixed.train.epochs=2 (repeatable)")]
+
+
 def _user_errors(fn: F) -> F:
     """Bad input ends with one line on stderr and exit code 2, never a traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from search.errors import user_error_types
+        from hps.search.errors import user_error_types
 
         try:
             return fn(*args, **kwargs)
@@ -54,21 +58,25 @@ def _user_errors(fn: F) -> F:
 @app.command()
 @_user_errors
 def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. from hps export)")],
+            sets: SetOpt = None,
             test: Annotated[bool, typer.Option("--test", help="also score the test split")] = False,
             out: Annotated[Path | None, typer.Option("--out", help="output folder [runs/<name>]")] = None,
             allow_data_mismatch: Annotated[bool, typer.Option("--allow-data-mismatch",
                                                               help="train on the data here even if it is not the data "
                                                                    "the config was made on")] = False) -> None:
     """Train a config from scratch; write the resolved config, metrics.json and model.pt."""
-    from trainers import retrain as run_retrain
+    from hps.trainers import retrain as run_retrain
 
     def show(epoch: int, m: dict[str, float]) -> None:
         val = f"val_acc {m['val_acc']:.4f}  " if "val_acc" in m else ""
         console.print(f"epoch {epoch:3d}  train_loss {m['train_loss']:.4f}  {val}lr {m['lr']:.4g}  "
                       f"{m['images_per_s']:.0f} img/s", highlight=False)
 
+    from hps.search.space import parse_overrides
+
     out_dir = out or Path("runs") / config.stem
-    result = run_retrain(config, out_dir, test=test, report=show, allow_data_mismatch=allow_data_mismatch)
+    result = run_retrain(config, out_dir, test=test, report=show, allow_data_mismatch=allow_data_mismatch,
+                         overrides=parse_overrides(sets))
     summary = f"val_acc {result.val_acc:.4f}" if result.val_acc is not None else "no validation split"
     if result.test_acc is not None:
         summary += f", test_acc {result.test_acc:.4f}"
@@ -77,13 +85,13 @@ def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. fr
 
 @app.command()
 @_user_errors
-def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML")],
+def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML")], sets: SetOpt = None,
             as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Parameters, file bytes per storage dtype, MACs/FLOPs and memory of a config, without training."""
-    from trainers import load_config
-    from trainers import measure as run_measure
+    from hps.search.api import measure as run_measure
+    from hps.search.space import parse_overrides
 
-    m = run_measure(load_config(config))
+    m = run_measure(config, parse_overrides(sets))
     if as_json:
         print(json.dumps(m.to_dict()))
         return
@@ -114,78 +122,37 @@ def _quiet_optuna() -> None:
 @app.command()
 @_user_errors
 def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spaces/quickstart.yaml")],
+        sets: SetOpt = None,
         storage: StorageOpt = None,
         trials: Annotated[int | None, typer.Option("--trials", min=1, help="finished trials wanted [study.trials]")] = None,
         ray: Annotated[str | None, typer.Option("--ray", help="run on Ray: auto, local or ADDRESS")] = None,
         workers: Annotated[int, typer.Option("--workers", min=1, help="concurrent trials (Ray)")] = 2,
         gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="GPU share per trial (Ray)")] = 0.0,
         cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="CPUs per trial (Ray)")] = 1.0,
-        live: Annotated[bool, typer.Option("--live/--no-live", help="live view")] = True) -> None:
+        live: Annotated[bool, typer.Option("--live/--no-live", help="live view (else a line per trial)")] = True) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
-    import optuna
+    from hps.search.errors import RunFailed
+    from hps.search.run import run as run_study
+    from hps.search.space import load_space, parse_overrides
 
-    from search.executors import Executor, InProcessExecutor
-    from search.progress import LiveView
-    from search.space import load_space
-    from search.storage import dispose, get_storage, redact, storage_url
-    from search.study import FAILED_ATTR, finished, open_study
-    from trainers import load_data
-
-    _quiet_optuna()
-    space = load_space(space_file)
-    target = trials or space.spec.study.trials
-    url = storage_url(storage)
-    load_data(space.base.data)  # data problems surface before any trial
-    store = get_storage(url, heartbeat=False)
-    study = open_study(space, store)
-    before = finished(study)
-    console.print(f"study [bold]{space.name}[/] on {redact(url)}: {before} finished, {max(target - before, 0)} owed",
-                  highlight=False)
-    executor: Executor
-    if ray is not None:
-        from search.ray import RayExecutor
-
-        executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
-    else:
-        executor = InProcessExecutor()
+    space = load_space(space_file, parse_overrides(sets))
     try:
-        if live:
-            with LiveView(space.name, url, target, console):
-                executor.run(space, url, target)
-        else:
-            executor.run(space, url, target)
+        result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
+                           cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines")
     except KeyboardInterrupt:
-        console.print("interrupted; rerun the same command to resume (finished trials are kept)")
+        err.print("interrupted; rerun the same command to resume (finished trials are kept)")
         raise typer.Exit(130) from None
-    _summary(study, target)
-    failed = optuna.load_study(study_name=space.name, storage=store).user_attrs.get(FAILED_ATTR)
-    dispose(store)
-    if failed:
-        err.print(f"[red]error:[/] study {space.name}: {failed}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    except RunFailed as e:
+        if e.result is not None:
+            console.print(str(e.result), highlight=False)
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(str(result), highlight=False)
+    if result.best_trial is not None:
+        console.print(f"export it with: hps export {space.name} -o best.yaml", highlight=False)
 
 
-def _summary(study: object, target: int) -> None:
-    from optuna.trial import TrialState
-
-    from search.export import best_trial
-    from search.study import finished
-
-    trials = study.get_trials(deepcopy=False)  # type: ignore[attr-defined]
-    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
-    console.print(f"{finished(study)}/{target} finished: " + ", ".join(f"{v} {k}" for k, v in states.items()),  # type: ignore[arg-type]
-                  highlight=False)
-    try:
-        best = best_trial(study)  # type: ignore[arg-type]
-    except Exception:
-        console.print("no complete feasible trial yet")
-        return
-    name = study.study_name  # type: ignore[attr-defined]
-    console.print(f"best: trial {best.number} value {best.values[0]:.4f}; "
-                  f"export it with: hps export {name} -o best.yaml", highlight=False)
-
-
-TRIAL_ATTRS = ("best_value", "best_epoch", "device_seconds", "prune_reason", "fail_reason", "warm_start")
+TRIAL_ATTRS = ("best_value", "best_epoch", "device_seconds", "prune_reason", "fail_reason", "warm_start")  # record.py's names
 
 
 @app.command()
@@ -196,10 +163,10 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     import optuna
 
-    from search.budget import human, stored_figures
-    from search.export import named_constraints
-    from search.storage import dispose, get_storage
-    from search.study import load_study, stop_reasons
+    from hps.search.record import FAIL_REASON, PRUNE_REASON, WARM_START, human, named_constraints, stop_reasons, study_attrs
+    from hps.search.record import stored_figures as figures_of
+    from hps.search.storage import dispose, get_storage
+    from hps.search.study import load_study
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
@@ -209,7 +176,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             for s in optuna.get_all_study_summaries(store):
                 best = s.best_trial.values[0] if s.best_trial and s.best_trial.values else None
                 rows.append({"study": s.study_name, "trials": s.n_trials, "directions": [d.name.lower() for d in s.directions],
-                             "best_value": best, "stopped": stop_reasons(s.user_attrs)})
+                             "best_value": best, "stopped": stop_reasons(store.get_study_system_attrs(s._study_id))})
             if as_json:
                 print(json.dumps(rows))
                 return
@@ -223,9 +190,9 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         trials = st.get_trials(deepcopy=False)
         if as_json:
             print(json.dumps({
-                "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stop_reasons(st.user_attrs),
+                "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stop_reasons(study_attrs(st)),
                 "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
-                            "constraints": named_constraints(t), "budget": stored_figures(t.user_attrs),
+                            "constraints": named_constraints(t), "budget": figures_of(t.user_attrs),
                             **{k: t.user_attrs.get(k) for k in TRIAL_ATTRS}} for t in trials]}, default=str))
             return
         table = Table(title=study)
@@ -233,19 +200,24 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             table.add_column(col, no_wrap=True)
         table.add_column("note", ratio=1, min_width=24)
         for t in trials:
-            fig = stored_figures(t.user_attrs)
-            value = f"{t.values[0]:.4f}" if t.values else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
-                                                            if t.intermediate_values else "-")
+            fig = figures_of(t.user_attrs)
+            if t.state == optuna.trial.TrialState.COMPLETE and t.values:
+                value = f"{t.values[0]:.4f}"
+            elif t.intermediate_values:  # pruned, failed or running: its last reported value
+                value = f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
+            else:
+                value = "-"
             best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
-            reason = t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason") or t.user_attrs.get("warm_start", "")
+            reason = t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON) or t.user_attrs.get(WARM_START, "")
             if t.state == optuna.trial.TrialState.FAIL and not reason:
                 reason = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
             table.add_row(str(t.number), t.state.name.lower(), value, best, human(fig["params"]) if fig else "-",
                           human(fig["model_bytes"]) if fig else "-", human(fig["macs"]) if fig else "-",
                           f"{t.user_attrs.get('device_seconds', 0):.1f}", reason)
         console.print(table)
-        console.print("value: the metric at the last epoch; * last intermediate value of a pruned trial", style="dim")
-        for line in stop_reasons(st.user_attrs):
+        console.print("value: the metric at the last epoch; * the last reported value of a trial that did not complete",
+                      style="dim")
+        for line in stop_reasons(study_attrs(st)):
             console.print(f"[red]stopped:[/] {line}", highlight=False)
     finally:
         dispose(store)
@@ -260,9 +232,9 @@ def delete(study: Annotated[str, typer.Argument(help="study name")], storage: St
 
     import optuna
 
-    from search.errors import StudyError
-    from search.storage import dispose, get_storage, redact, storage_url
-    from search.study import load_study
+    from hps.search.errors import StudyError
+    from hps.search.storage import dispose, get_storage, redact, storage_url
+    from hps.search.study import load_study
 
     _quiet_optuna()
     store = get_storage(storage, heartbeat=False)
@@ -285,13 +257,10 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
            trial: Annotated[int | None, typer.Option("--trial", help="a trial number instead of the best")] = None,
            storage: StorageOpt = None, artifacts: ArtifactsOpt = None) -> None:
     """Write the best feasible trial as a config that hps retrain takes unchanged."""
-    from search.export import export as run_export
-    from search.storage import artifact_root, get_storage, storage_url
-    from search.study import load_study
+    from hps.search.api import export as run_export
 
     _quiet_optuna()
-    store = get_storage(storage, heartbeat=False)
-    t = run_export(load_study(study, store), out, storage_url(storage), number=trial, artifact_dir=artifact_root(artifacts))
+    t = run_export(study, out, trial=trial, storage=storage, artifacts=artifacts)
     weights = out.with_suffix(".pt")
     also = f" and {weights} (its weights; score them with: hps evaluate {out} --weights {weights})" if (
         "weights" in t.user_attrs and weights.exists()) else ""
@@ -307,8 +276,8 @@ def evaluate(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. f
     """Score weights on the validation (and test) split without training."""
     import torch
 
-    from trainers import load_config
-    from trainers.train import score
+    from hps.trainers import load_config
+    from hps.trainers.loop import score
 
     cfg = load_config(config)
     if not weights.is_file():
@@ -323,9 +292,9 @@ def plot(study: Annotated[str, typer.Argument(help="study name")],
          out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("plots"),
          storage: StorageOpt = None) -> None:
     """Optimisation history, parameter importance, intermediate values (and Pareto front): HTML and PNG."""
-    from search.export import plot as run_plot
-    from search.storage import get_storage
-    from search.study import load_study
+    from hps.search.export import plot as run_plot
+    from hps.search.storage import get_storage
+    from hps.search.study import load_study
 
     _quiet_optuna()
     files = run_plot(load_study(study, get_storage(storage, heartbeat=False)), out)
@@ -340,9 +309,9 @@ def copy(study: Annotated[str, typer.Argument(help="study name")],
     """Copy a study with all its trials to another storage (SQLite, PostgreSQL, a journal file)."""
     import optuna
 
-    from search.errors import StudyError
-    from search.storage import dispose, get_storage, redact
-    from search.study import load_study
+    from hps.search.errors import StudyError
+    from hps.search.storage import dispose, get_storage, redact
+    from hps.search.study import load_study
 
     _quiet_optuna()
     src, dst = get_storage(source, heartbeat=False), get_storage(dest, heartbeat=False)
@@ -368,7 +337,7 @@ def dashboard(storage: StorageOpt = None,
     Imports neither torch nor the trainer (the dashboard image has neither)."""
     import optuna_dashboard
 
-    from search.storage import artifact_root, artifact_store, get_storage, redact, storage_url
+    from hps.search.storage import artifact_root, artifact_store, get_storage, redact, storage_url
 
     art = artifact_root(artifacts)
     url = storage_url(storage)
@@ -382,7 +351,7 @@ def models() -> None:
     """List the model families and their knobs."""
     import torch
 
-    from trainers.models import create_model, list_models, model_entry
+    from hps.trainers.models import create_model, list_models, model_entry
 
     table = Table("name", "params @ width 1 (10 classes)", "description")
     for name in list_models():

@@ -7,11 +7,24 @@ class SpaceError(ValueError):
     """A bad space file; the message names the file, key, value and what is allowed."""
 
 
+class SettingsError(ValueError):
+    """A bad ``HPS_*`` setting; the message names the variable, its value and what is allowed."""
+
+
 class StudyError(RuntimeError):
     """A study that does not exist, holds no feasible trial, or cannot be reached."""
 
 
-def user_error_types() -> tuple[type[Exception], ...]:
-    from trainers import ConfigError, DataError, TrainingDiverged
+class RunFailed(StudyError):
+    """A run that stopped because trials kept failing (or every Ray worker failed). ``result`` holds
+    the study and the counts; the message names the first failure's reason."""
 
-    return (SpaceError, StudyError, ConfigError, DataError, TrainingDiverged)
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def user_error_types() -> tuple[type[Exception], ...]:
+    from hps.trainers import ConfigError, DataError, TrainingDiverged
+
+    return (SpaceError, SettingsError, StudyError, ConfigError, DataError, TrainingDiverged)

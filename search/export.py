@@ -1,4 +1,7 @@
-"""The best feasible trial as a retrain YAML with a provenance block, and study plots."""
+"""The best feasible trial as a retrain YAML with a provenance block, and study plots.
+
+Imports neither torch nor the trainer: the stored config is written as it was validated when
+the trial ran (``hps export`` and ``hps plot`` start as fast as Optuna does)."""
 
 from __future__ import annotations
 
@@ -9,22 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import stored_figures
-from search.checkpoints import WEIGHTS_ATTR
-from search.errors import StudyError
-from search.storage import artifact_store, redact
-from trainers import config_from_dict, dump_config
-
-
-def named_constraints(t: FrozenTrial) -> dict[str, float]:
-    """The trial's budget constraints by limit name (without the dashboard's list copy)."""
-    return {k: v for k, v in t.constraints.items() if not k.isdigit()}
-
-
-def feasible(t: FrozenTrial) -> bool:
-    return all(v <= 0 for v in named_constraints(t).values())
+from hps.search.errors import StudyError
+from hps.search.record import (
+    BEST_EPOCH,
+    BEST_VALUE,
+    CONFIG,
+    DATA,
+    DEVICE_SECONDS,
+    STORAGE_DTYPE,
+    WEIGHTS,
+    best_feasible,
+    named_constraints,
+    stored_figures,
+    trial_info,
+)
+from hps.search.storage import artifact_store, redact
 
 
 def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -32,16 +37,13 @@ def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     trial with the best first objective)."""
     if number is not None:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-        if not matches or matches[0].state != TrialState.COMPLETE or "config" not in matches[0].user_attrs:
+        if not matches or matches[0].state != TrialState.COMPLETE or trial_info(matches[0], CONFIG) is None:
             raise StudyError(f"study {study.study_name!r}: trial {number} is not a complete hps trial")
         return matches[0]
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t) and "config" in t.user_attrs]
-    if not done:
+    best = best_feasible(study)
+    if best is None:
         raise StudyError(f"study {study.study_name!r} has no complete trial that meets its budget yet")
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    pool = study.best_trials if len(study.directions) > 1 else done
-    return max((t for t in pool if feasible(t)), key=lambda t: (sign * t.values[0], -t.number))
+    return best
 
 
 def _git_commit() -> str | None:
@@ -64,9 +66,9 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
         "study": study.study_name, "trial": trial.number, "values": list(trial.values),
         "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
         "budget_figures": stored_figures(trial.user_attrs), "constraints": named_constraints(trial),
-        "data": trial.user_attrs.get("data"), "storage_dtype": trial.user_attrs.get("storage_dtype", "fp32"),
-        "best_epoch": {"value": trial.user_attrs.get("best_value"), "epoch": trial.user_attrs.get("best_epoch")},
-        "device_seconds": trial.user_attrs.get("device_seconds"), "storage": redact(storage),
+        "data": trial_info(trial, DATA), "storage_dtype": trial.user_attrs.get(STORAGE_DTYPE, "fp32"),
+        "best_epoch": {"value": trial.user_attrs.get(BEST_VALUE), "epoch": trial.user_attrs.get(BEST_EPOCH)},
+        "device_seconds": trial.user_attrs.get(DEVICE_SECONDS), "storage": redact(storage),
         "versions": versions, "git_commit": _git_commit(),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -80,11 +82,10 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
     from optuna.artifacts import download_artifact, upload_artifact
 
     trial = best_trial(study, number)
-    cfg = config_from_dict(trial.user_attrs["config"], f"study {study.study_name} trial {trial.number}")
     out.parent.mkdir(parents=True, exist_ok=True)
     prov = provenance(study, trial, storage)
     store = artifact_store(artifact_dir) if artifact_dir is not None else None
-    weights = trial.user_attrs.get(WEIGHTS_ATTR)
+    weights = trial.user_attrs.get(WEIGHTS)
     if weights and store is not None:  # the trial's kept weights, beside the YAML
         path = out.with_suffix(".pt")
         path.unlink(missing_ok=True)
@@ -93,7 +94,8 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
             prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": path.stat().st_size}
         except Exception as e:  # the YAML alone still retrains
             prov["weights"] = {"missing": f"{type(e).__name__}: {e}"}
-    dump_config(cfg, out, extra={"provenance": prov})
+    config = dict(trial_info(trial, CONFIG))  # validated when the trial ran; retrain validates it again
+    out.write_text(yaml.safe_dump({**config, "provenance": prov}, sort_keys=False, default_flow_style=None, width=100))
     if store is not None:
         upload_artifact(artifact_store=store, file_path=str(out), study_or_trial=study, mimetype="application/yaml")
     return trial

@@ -10,12 +10,15 @@ Outcomes, each stored on the trial:
   ``fail_reason`` (the worker carries on).
 
 A trial's value is its metric (``objectives[0]``: val_acc or val_loss) at its last epoch, the
-epoch its schedule ends annealed on. User attrs: ``config`` (the full trainer config, data path
-and sha256 included), ``data`` (the data's identity), the measured budget figures as scalars (``params``,
-``model_bytes``, ``macs``, ``flops``, ``epochs``, ``train_memory_mb``: sortable in the dashboard),
+epoch its schedule ends annealed on. What is stored (names in :mod:`hps.search.record`): user
+attrs, the dashboard's sortable columns, hold short scalars only: the measured budget figures
+(``params``, ``model_bytes``, ``macs``, ``flops``, ``epochs``, ``train_memory_mb``),
 ``budget_excess`` (how far over its tightest limit the config is, as a fraction: <= 0 fits),
-``best_value``/``best_epoch`` (the best epoch's metric), ``device_seconds`` (training wall time;
-the study's compute budget sums it).
+``best_value``/``best_epoch``, ``epoch``/``images_per_s`` (the last epoch's, for the live view),
+``device_seconds`` (training wall time; the study's compute budget sums it) and the reasons.
+System attrs hold the full trainer config (``hps:config``, data path and sha256 included), the
+data's identity (``hps:data``) and the worker (``hps:worker``). The trial's dashboard note is its
+budget: each limit beside the measured figure.
 """
 
 from __future__ import annotations
@@ -27,12 +30,28 @@ from typing import Any
 import optuna
 import torch
 
-from search.budget import check
-from search.checkpoints import TrialCheckpoint, keep_if_best
-from search.errors import StudyError
-from search.space import Space, suggest
-from search.storage import artifact_store
-from trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, state_dict_at, train
+from hps.search.budget import Check, check, over
+from hps.search.checkpoints import TrialCheckpoint, keep_if_best
+from hps.search.errors import StudyError
+from hps.search.record import (
+    BEST_EPOCH,
+    BEST_VALUE,
+    BUDGET_EXCESS,
+    CONFIG,
+    CONSTRAINTS_LIST,
+    DATA,
+    DEVICE_SECONDS,
+    EPOCH,
+    FAIL_REASON,
+    IMAGES_PER_S,
+    PRUNE_REASON,
+    STORAGE_DTYPE,
+    WORKER,
+    set_trial_info,
+)
+from hps.search.space import Space, suggest
+from hps.search.storage import artifact_store
+from hps.trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, state_dict_at, train
 
 
 class _Stop(optuna.TrialPruned):
@@ -60,8 +79,11 @@ class Objective:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Optuna stores the trial as FAIL and re-raises: say why
+            trial.set_user_attr(FAIL_REASON, "interrupted (Ctrl-C / SIGINT); a rerun runs it again")
+            raise
         except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
             raise
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -72,11 +94,11 @@ class Objective:
             return _prune(trial, f"invalid config: {e}")
         cfg = pin_data(cfg)
         _check_gpu(cfg.train.device, self.worker)
-        trial.set_user_attr("config", config_to_dict(cfg))
-        trial.set_user_attr("data", data_identity(cfg))
+        set_trial_info(trial, CONFIG, config_to_dict(cfg))
+        set_trial_info(trial, DATA, data_identity(cfg))
         if self.worker:
-            trial.set_user_attr("worker", self.worker)
-        trial.set_user_attr("storage_dtype", budget.storage_dtype)  # kept weights and exports use it
+            set_trial_info(trial, WORKER, self.worker)
+        trial.set_user_attr(STORAGE_DTYPE, budget.storage_dtype)  # kept weights and exports use it
         screen = check(cfg, budget)
         for key, fig in screen.figures.items():  # one scalar each: the dashboard sorts and filters them
             trial.set_user_attr(key, fig)
@@ -85,8 +107,9 @@ class Objective:
             for key, value in screen.constraints.items():
                 trial.set_constraint(key, value)
         if screen.constraints:  # optuna-dashboard 0.21 shows the list form; Optuna reads both
-            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(screen.constraints.values()))
-            trial.set_user_attr("budget_excess", screen.excess)  # > 0: over budget; a sortable column
+            set_trial_info(trial, CONSTRAINTS_LIST, list(screen.constraints.values()))
+            trial.set_user_attr(BUDGET_EXCESS, screen.excess)  # > 0: over budget; a sortable column
+        _note(trial, screen, budget)
         if not screen.feasible:
             return _prune(trial, "over budget: " + "; ".join(screen.violations))
 
@@ -99,6 +122,8 @@ class Objective:
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             value = metrics[metric]
+            trial.set_user_attr(EPOCH, epoch)
+            trial.set_user_attr(IMAGES_PER_S, round(metrics["images_per_s"], 1))
             if not best or sign * value > sign * best["value"]:
                 best.update(value=value, epoch=epoch)
             if not space.multi_objective:
@@ -118,10 +143,10 @@ class Objective:
             for m in ckpt.restored:  # epochs restored from a checkpoint count too
                 if metric in m and (not best or sign * m[metric] > sign * best["value"]):
                     best.update(value=m[metric], epoch=m["epoch"])
-            trial.set_user_attr("device_seconds", time.perf_counter() - start)
+            trial.set_user_attr(DEVICE_SECONDS, time.perf_counter() - start)
             if best:
-                trial.set_user_attr("best_value", best["value"])
-                trial.set_user_attr("best_epoch", int(best["epoch"]))
+                trial.set_user_attr(BEST_VALUE, best["value"])
+                trial.set_user_attr(BEST_EPOCH, int(best["epoch"]))
 
         store = self.store()
         ckpt = TrialCheckpoint(trial, store)
@@ -152,8 +177,33 @@ def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:
 
 
 def _prune(trial: optuna.Trial, reason: str) -> Any:
-    trial.set_user_attr("prune_reason", reason)
+    trial.set_user_attr(PRUNE_REASON, reason)
     raise optuna.TrialPruned(reason)
+
+
+_LIMITS = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops",
+           "max_epochs": "epochs"}
+
+
+def _note(trial: optuna.Trial, screen: Check, budget: Any) -> None:
+    """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
+    beside the measured figure. The dashboard's table stays narrow; the figures are its columns."""
+    from optuna_dashboard import save_note
+
+    rows = []
+    for key, fig in _LIMITS.items():
+        limit = getattr(budget, key)
+        if limit is None:
+            continue
+        shown, cap = over(screen.figures[fig], limit)
+        rows.append(f"| {key} | {cap} | {shown} | {'fits' if screen.figures[fig] <= limit else '**over**'} |")
+    for key in ("max_trial_seconds", "max_gpu_memory_mb"):
+        if getattr(budget, key) is not None:
+            rows.append(f"| {key} | {getattr(budget, key):g} | checked every epoch | |")
+    if not rows:
+        return
+    dtype = f" (model bytes at {budget.storage_dtype})" if budget.max_model_bytes is not None else ""
+    save_note(trial, f"**Budget**{dtype}\n\n| limit | value | this trial | |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
 __all__ = ["Objective"]

@@ -22,11 +22,11 @@ from typing import Any
 
 import ray
 
-from search.errors import StudyError
-from search.space import Space
+from hps.search.errors import RunFailed, StudyError
+from hps.search.settings import forwarded
+from hps.search.space import Space
 
 POOL_SIZE = 1
-FORWARDED_ENV = ("HPS_DATA", "HPS_HEARTBEAT_SECONDS", "HPS_ARTIFACTS", "HPS_CHECKPOINT_SECONDS", "HPS_KEEP_WEIGHTS")
 
 
 @ray.remote(max_restarts=3, max_task_retries=3)
@@ -36,13 +36,29 @@ class TrialWorker:
     def run(self, space: Space, url: str, target: int, index: int, objective: Any = None) -> dict[str, Any]:
         import optuna
 
-        from search.executors import optimize
+        from hps.search.executors import MAX_STORAGE_OUTAGES, work
+        from hps.search.storage import OUTAGES, dispose, get_storage
+        from hps.search.study import load_study, open_study
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         ctx = ray.get_runtime_context()
         info = {"host": socket.gethostname(), "node": ctx.get_node_id()[:12], "pid": os.getpid(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        optimize(space, url, target, pool_size=POOL_SIZE, worker=info, index=index, objective=objective)
+        for outage in range(MAX_STORAGE_OUTAGES + 1):  # the database may be restarting: wait for it
+            storage = None
+            try:
+                storage = get_storage(url, pool_size=POOL_SIZE)
+                load_study(space.name, storage)  # the driver created it
+                study = open_study(space, storage, index=index + 1)
+                work(space, study, target, worker=info, objective=objective)
+                return info
+            except OUTAGES:
+                if outage == MAX_STORAGE_OUTAGES:
+                    raise
+                time.sleep(5)
+            finally:
+                if storage is not None:
+                    dispose(storage)
         return info
 
 
@@ -57,12 +73,17 @@ class RayExecutor:
         self.address, self.workers = address, workers
         self.gpus, self.cpus = gpus_per_trial, cpus_per_trial
 
+    def check(self, url: str) -> None:
+        """Refuse, before anything runs, a storage that workers on other machines cannot share."""
+        if not url.startswith("postgresql") and self.address != "local":
+            raise StudyError("SQLite and journal files work on one machine only; give --storage postgresql://... for a cluster")
+
     def _connect(self, attempts: int = 3) -> None:
         """Ray Client's per-driver server sometimes dies while starting (a gRPC race inside Ray,
         seen in a few of the test runs here): a new connection gets a new one, so try again."""
         if ray.is_initialized():
             return
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        env = forwarded()  # every HPS_* setting, as the driver has it
         for attempt in range(1, attempts + 1):
             try:
                 ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
@@ -77,20 +98,16 @@ class RayExecutor:
                       file=sys.stderr, flush=True)
                 time.sleep(2 * attempt)
 
-    def run(self, space: Space, url: str, target: int, objective: Any = None) -> None:
-        if not url.startswith("postgresql") and self.address != "local":
-            raise StudyError("SQLite and journal files work on one machine only; give --storage postgresql://... for a cluster")
-        from search.executors import prepare
-
-        prepare(space, url)
+    def run(self, space: Space, study: Any, url: str, target: int, objective: Any = None) -> None:
+        self.check(url)
         self._connect()
-        from search.executors import settle
-        from search.storage import OUTAGES
+        from hps.search.executors import settle
+        from hps.search.storage import OUTAGES
 
         for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
             self._round(space, url, target, objective)
             try:
-                if not settle(space, url):
+                if not settle(study):
                     break
             except OUTAGES as e:  # the database is away: the next run settles them
                 print(f"could not check for trials left RUNNING: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
@@ -117,7 +134,7 @@ class RayExecutor:
             for a in actors:
                 ray.kill(a)
         if errors and len(errors) == len(actors):
-            raise StudyError(f"every Ray worker failed; first error: {errors[0]}")
+            raise RunFailed(f"every Ray worker failed; first error: {errors[0]}")
 
     @staticmethod
     def shutdown() -> None:

@@ -9,21 +9,33 @@ smallest config against the budget, the sampler and pruner in a rehearsal of a f
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from search.algorithms import PRUNERS, SAMPLERS, build_pruner, build_sampler, check_args, pruner_class, rehearse, sampler_class
-from search.budget import Budget, check_smallest, fit_width
-from search.errors import SpaceError
-from trainers import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config, with_overrides
-from trainers.config import check_value, flat_keys, key_type, read_yaml
-from trainers.validation import Flag, Integer, OptNumber, OptText, Strict, Text, error_line, show
+from hps.search.algorithms import (
+    PRUNERS,
+    SAMPLERS,
+    build_pruner,
+    build_sampler,
+    check_args,
+    pruner_class,
+    rehearse,
+    sampler_class,
+)
+from hps.search.budget import Budget, check_smallest, fit_width
+from hps.search.errors import SpaceError
+from hps.search.record import FITTED_WIDTH
+from hps.trainers import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config, with_overrides
+from hps.trainers.config import check_value, flat_keys, key_type, read_yaml, resolve_paths
+from hps.trainers.validation import Flag, Integer, OptNumber, OptText, Strict, Text, error_line, show
 
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 SECOND_OBJECTIVES = ("params", "macs", "flops", "model_bytes")
@@ -196,10 +208,16 @@ class SpaceFile(Strict):
 
 
 class Space:
-    """A loaded, validated space file; ``base`` has ``fixed`` applied."""
+    """A loaded, validated space; ``base`` has ``fixed`` applied. ``overrides``: the dotted keys set
+    on top of the file or dict (``--set``), recorded with the space on its study."""
 
-    def __init__(self, spec: SpaceFile, base: TrainConfig, source: str, warm: list[tuple[str, dict[str, Any]]]):
+    def __init__(self, spec: SpaceFile, base: TrainConfig, source: str, warm: list[tuple[str, dict[str, Any]]],
+                 overrides: dict[str, Any] | None = None):
         self.spec, self.base, self.source, self.warm_start = spec, base, source, warm
+        self.overrides = overrides or {}
+
+    def __repr__(self) -> str:
+        return f"<Space {self.name!r} from {self.source}: {len(self.spec.space)} searched keys, {self.spec.study.trials} trials>"
 
     @property
     def name(self) -> str:
@@ -234,6 +252,8 @@ class Space:
     def to_dict(self) -> dict[str, Any]:
         data = self.spec.model_dump(mode="json", exclude_none=True)
         data["base"] = config_to_dict(self.base)
+        if self.overrides:
+            data["overrides"] = self.overrides
         return data
 
 
@@ -249,38 +269,119 @@ def decode_choice(value: Any, choices: list[Any]) -> Any:
     return value
 
 
-def load_space(path: str | Path) -> Space:
-    """Read and validate a space file; raises :class:`SpaceError` with one line."""
-    path = Path(path)
-    source = str(path)
-    raw = read_yaml(path, SpaceError)
+Overrides = Mapping[str, Any] | Iterable[str]
+
+
+def parse_overrides(items: Overrides | None, source: str = "--set") -> dict[str, Any]:
+    """``{"study.trials": 8}`` as it is, or ``["study.trials=8", ...]`` (the command line's
+    ``--set``; each value read as YAML: ``8`` is a number, ``[a, b]`` a list, ``null`` none)."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = str(item).partition("=")
+        if not eq or not key.strip():
+            raise SpaceError(f"{source} {item!r}: expected KEY=VALUE, e.g. study.trials=8 or fixed.train.epochs=2")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise SpaceError(f"{source} {key.strip()}: {text!r} is not a YAML value ({getattr(e, 'problem', e)})") from None
+    return out
+
+
+def _set(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Apply one dotted override to the raw space (as read, before validation)."""
+    top, _, rest = key.partition(".")
+    where = f"{source}: --set {key}"
+    if top not in SpaceFile.model_fields:
+        raise SpaceError(f"{where}: {top!r} is not a space section; allowed: {', '.join(SpaceFile.model_fields)}")
+    if top in ("objectives", "warm_start"):
+        if rest:
+            raise SpaceError(f"{where}: {top} is set whole, e.g. {top}=[...]")
+        raw[top] = value
+        return
+    if not rest:
+        raise SpaceError(f"{where}: name a key inside {top}, e.g. {top}.{_EXAMPLES[top]}")
+    section = raw.setdefault(top, {})
+    if top == "base" and isinstance(section, str):
+        raise SpaceError(f"{where}: base is the file {section!r}; set fixed.{rest} instead")
+    if not isinstance(section, dict):
+        raise SpaceError(f"{where}: {top} is {show(section)}, not a mapping")
+    if top in ("fixed", "space"):
+        parts = rest.split(".")
+        trainer_key, field = ".".join(parts[:2]), ".".join(parts[2:])
+        if trainer_key not in flat_keys():
+            raise SpaceError(f"{where}: {trainer_key!r} is not a trainer key; allowed: {', '.join(flat_keys())}")
+        if top == "fixed" or not field:
+            if top == "space" and value is None:
+                section.pop(trainer_key, None)  # --set space.KEY=null: stop searching it
+            else:
+                section[trainer_key] = value
+            return
+        if not isinstance(section.get(trainer_key), dict):
+            raise SpaceError(f"{where}: {trainer_key} is not searched in this space; set space.{trainer_key} whole, "
+                             "e.g. space.optimizer.lr={low: 0.001, high: 0.1, log: true}")
+        section, parts = section[trainer_key], field.split(".")
+    else:
+        parts = rest.split(".")
+    for part in parts[:-1]:
+        nxt = section.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise SpaceError(f"{where}: {part} is {show(nxt)}, not a mapping")
+        section = nxt
+    section[parts[-1]] = value
+
+
+_EXAMPLES = {"study": "trials=8", "base": "optimizer.lr=0.05", "fixed": "train.epochs=2",
+             "space": "optimizer.lr.high=0.1", "budget": "max_params=5000000"}
+
+
+def load_space(space: str | Path | Mapping[str, Any], overrides: Overrides | None = None) -> Space:
+    """Read and validate a space from a YAML file or a plain dict, with dotted ``overrides``
+    (``{"study.trials": 8, "fixed.train.epochs": 2}`` or ``["study.trials=8"]``) applied on top;
+    raises :class:`SpaceError` with one line. Relative paths in a file (``base``, ``warm_start``,
+    ``data.path``) are relative to the file; in a dict, to the working folder."""
+    if isinstance(space, Mapping):
+        source, folder = "<space dict>", Path.cwd()
+        raw: Any = copy.deepcopy(dict(space))
+    else:
+        path = Path(space)
+        source, folder = str(path), path.parent
+        raw = read_yaml(path, SpaceError)
     if not isinstance(raw, Mapping):
         raise SpaceError(f"{source}: expected a mapping with keys {', '.join(SpaceFile.model_fields)}")
+    sets = parse_overrides(overrides)
+    raw = dict(raw)
+    for key, value in sets.items():
+        _set(raw, key, value, source)
     try:
         spec = SpaceFile.model_validate(raw)
     except ValidationError as e:
         raise SpaceError(error_line(source, e, SpaceFile, raw=raw)) from None
-    base = _load_base(spec.base, path)
+    base = _load_base(spec.base, source, folder)
     try:
         base = with_overrides(base, spec.fixed, f"{source}: fixed")
     except ConfigError as e:
         raise SpaceError(str(e)) from None
+    base = resolve_paths(base, folder)
     spec = spec.model_copy(update={"space": _check_space(spec, base, source)})
-    warm = [_warm_params(w, spec, base, path, i) for i, w in enumerate(spec.warm_start)]
-    space = Space(spec, base, source, warm)
+    warm = [_warm_params(w, spec, base, source, folder, i) for i, w in enumerate(spec.warm_start)]
+    space_ = Space(spec, base, source, warm, sets)
     check_smallest(base, spec.budget, _smallest_candidates(spec, base), source)
-    _rehearse(space)
-    return space
+    _rehearse(space_)
+    return space_
 
 
-def _load_base(base: str | Mapping[str, Any], path: Path) -> TrainConfig:
+def _load_base(base: str | Mapping[str, Any], source: str, folder: Path) -> TrainConfig:
     if isinstance(base, str):  # the file's own error, behind the space file and key that named it
         try:
-            return load_config(path.parent / base)
+            return load_config(folder / base)
         except ConfigError as e:
-            raise SpaceError(f"{path}: base: {e}") from None
+            raise SpaceError(f"{source}: base: {e}") from None
     try:
-        return config_from_dict(base, f"{path}: base")
+        return config_from_dict(base, f"{source}: base")
     except ConfigError as e:
         raise SpaceError(str(e)) from None
 
@@ -367,14 +468,14 @@ def _values_of(space: dict[str, Dist], base: TrainConfig, chosen: Mapping[str, A
     return values
 
 
-def _warm_params(entry: str | Mapping[str, Any], spec: SpaceFile, base: TrainConfig, path: Path,
+def _warm_params(entry: str | Mapping[str, Any], spec: SpaceFile, base: TrainConfig, source: str, folder: Path,
                  i: int) -> tuple[str, dict[str, Any]]:
     """Param values for the searched keys, from a retrain YAML or a dotted-key mapping. A condition
     is read as a trial reads it: the warm start's value of a searched key, else the base's."""
-    where = f"{path}: warm_start[{i}]"
+    where = f"{source}: warm_start[{i}]"
     if isinstance(entry, str):
         try:
-            cfg = config_to_dict(load_config(path.parent / entry))
+            cfg = config_to_dict(load_config(folder / entry))
         except ConfigError as e:
             raise SpaceError(f"{where}: {e}") from None
         given = {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in flat_keys() if k in spec.space}
@@ -486,7 +587,7 @@ def suggest(space: Space, trial: Any) -> TrainConfig:
     if fit is not None:
         assert fit.low is not None and fit.high is not None
         width = fit_width(cfg, space.budget, fit.low, fit.high)
-        trial.set_user_attr("fitted_width", width)
+        trial.set_user_attr(FITTED_WIDTH, width)
         # even the narrowest breaks the budget: keep it, the pre-screen prunes it
         cfg = with_overrides(cfg, {"model.width": width if width is not None else fit.low}, space.source)
     return cfg

@@ -27,17 +27,15 @@ from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from search._env import connect_timeout
-from search.errors import StudyError
-
-DEFAULT_STORAGE = "sqlite:///hps.db"
-HEARTBEAT_SECONDS = int(os.environ.get("HPS_HEARTBEAT_SECONDS", "30"))
+from hps.search.errors import StudyError
+from hps.search.record import FAIL_REASON, WORKER, trial_info
+from hps.search.settings import settings
 
 
 def storage_url(url: str | None = None) -> str:
     """``--storage``, else ``$HPS_STORAGE``, else ``sqlite:///hps.db``; a bare ``postgresql://``
     gets the psycopg2 driver named (SQLAlchemy 2.1 would pick psycopg 3)."""
-    url = url or os.environ.get("HPS_STORAGE") or DEFAULT_STORAGE
+    url = url or settings().storage
     url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
     if url.startswith("sqlite:///") and not url.startswith(("sqlite:////", "sqlite:///:memory:")):  # absolute path
         url = "sqlite:///" + os.path.abspath(url.removeprefix("sqlite:///"))
@@ -52,7 +50,8 @@ def redact(url: str) -> str:
 
 
 def _heartbeat_kw() -> dict[str, Any]:
-    return {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": 2 * HEARTBEAT_SECONDS,
+    beat = settings().heartbeat_seconds
+    return {"heartbeat_interval": beat, "grace_period": 2 * beat,
             "heartbeat_stale_trial_callback": _LostWorker()}
 
 
@@ -72,7 +71,7 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
                 raise StudyError(f"cannot open journal file {url}: {e}") from None
         engine: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
-            engine["connect_args"] = {"application_name": "hps", "connect_timeout": connect_timeout()}
+            engine["connect_args"] = {"application_name": "hps", "connect_timeout": settings().connect_timeout}
         if not url.startswith("sqlite"):
             engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
         try:
@@ -102,8 +101,8 @@ class _LostWorker:
             self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = (f"no heartbeat from its worker for {2 * HEARTBEAT_SECONDS} s (killed, out of memory or lost); "
-                  f"worker: {trial.user_attrs.get('worker', 'unknown')}")
+        reason = (f"no heartbeat from its worker for {2 * settings().heartbeat_seconds} s (killed, out of memory or "
+                  f"lost); worker: {trial_info(trial, WORKER, 'unknown')}")
         record_reason(study._storage, trial._trial_id, reason)
         self.retry(study, trial)
 
@@ -118,8 +117,8 @@ def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
 
             table = models.TrialUserAttributeModel.__table__
             with backend.engine.begin() as conn:
-                conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == "fail_reason"))
-                conn.execute(table.insert().values(trial_id=trial_id, key="fail_reason", value_json=json.dumps(reason)))
+                conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == FAIL_REASON))
+                conn.execute(table.insert().values(trial_id=trial_id, key=FAIL_REASON, value_json=json.dumps(reason)))
     except Exception as e:  # the retry matters more than the note
         warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
 
@@ -140,7 +139,7 @@ def dispose(storage: BaseStorage) -> None:
 def artifact_root(root: str | Path | None = None) -> str:
     """Where checkpoints, kept weights and exports live: ``root``, else ``$HPS_ARTIFACTS``, else
     ``hps-artifacts``; a folder every worker shares, or ``s3://bucket/prefix``."""
-    return str(root or os.environ.get("HPS_ARTIFACTS") or "hps-artifacts")
+    return str(root or settings().artifacts)
 
 
 def artifact_store(root: str | Path | None = None) -> Any:

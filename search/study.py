@@ -1,39 +1,43 @@
-"""Studies with the sampler and pruner a space names; warm starts enqueued once."""
+"""A space's study: created or loaded with the space's sampler and pruner (built once), the
+space recorded on it, warm starts enqueued once."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 
-from search.errors import StudyError
-from search.space import Space
-
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-# study user attrs that say why a run stopped early: trials kept failing (None once a new run
-# starts), or the study's compute budget is spent
-FAILED_ATTR, STOPPED_ATTR = "failed", "stopped"
+from hps.search.errors import StudyError
+from hps.search.record import FAILED, SPACE, set_study_attr, study_attrs
+from hps.search.space import Space
 
 
-def stop_reasons(user_attrs: dict[str, Any]) -> list[str]:
-    """Why the study's last run stopped early, if it did."""
-    return [str(user_attrs[k]) for k in (FAILED_ATTR, STOPPED_ATTR) if user_attrs.get(k)]
-
-
-def open_study(space: Space, storage: BaseStorage) -> optuna.Study:
-    """Create the space's study, or load it to resume; warm-start params are enqueued once."""
+def open_study(space: Space, storage: BaseStorage, *, index: int = 0) -> optuna.Study:
+    """Create the space's study, or load it to resume. The sampler's seed moves with the trials
+    already run and with ``index`` (one per worker), so no two workers and no resumed run redraw
+    the same random points. The first opening stores the space (``hps:space``) and enqueues the
+    warm starts."""
+    try:
+        ran = storage.get_n_trials(storage.get_study_id_from_name(space.name))
+    except KeyError:
+        ran = 0
     study = optuna.create_study(study_name=space.name, storage=storage, load_if_exists=True,
                                 directions=space.directions,  # type: ignore[arg-type]
-                                sampler=space.make_sampler(), pruner=space.make_pruner())
+                                sampler=space.make_sampler(ran + 7919 * index), pruner=space.make_pruner())
     if [d.name.lower() for d in study.directions] != space.directions:
         raise StudyError(f"study {space.name!r} exists with directions "
                          f"{[d.name.lower() for d in study.directions]}, the space asks {space.directions}")
-    if "hps_space" not in study.user_attrs:
-        study.set_user_attr("hps_space", space.to_dict())
+    attrs = study_attrs(study)
+    if SPACE not in attrs and "hps_space" not in study.user_attrs:
+        set_study_attr(study, SPACE, space.to_dict())
         for label, params in space.warm_start:
             study.enqueue_trial(params, user_attrs={"warm_start": label}, skip_if_exists=True)
     return study
+
+
+def begin_run(study: optuna.Study) -> None:
+    """A new run: the last run's stop on failures is history."""
+    if study_attrs(study).get(FAILED):
+        set_study_attr(study, FAILED, None)
 
 
 def load_study(name: str, storage: BaseStorage) -> optuna.Study:
@@ -42,7 +46,3 @@ def load_study(name: str, storage: BaseStorage) -> optuna.Study:
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         raise StudyError(f"no study named {name!r} in this storage; studies: {names}") from None
-
-
-def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))

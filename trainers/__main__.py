@@ -1,11 +1,11 @@
-"""``python -m trainers CONFIG.yaml [--test] [--out DIR]``: retrain with the trainer alone."""
+"""``python -m hps.trainers CONFIG.yaml [--test] [--out DIR]``: retrain with the trainer alone."""
 
 import argparse
 import sys
 
-from trainers import ConfigError, DataError, TrainingDiverged, retrain
+from hps.trainers import ConfigError, DataError, TrainingDiverged, retrain
 
-parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__)
+parser = argparse.ArgumentParser(prog="python -m hps.trainers", description=__doc__)
 parser.add_argument("config")
 parser.add_argument("--test", action="store_true", help="also score the test split")
 parser.add_argument("--out", default=None, help="output folder [runs/<name>]")

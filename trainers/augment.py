@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainers.config import AugmentConfig
+from hps.trainers.config import AugmentConfig
 
 POLICY_GROUP = 8
 

@@ -21,15 +21,14 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from torch import nn
 
-from trainers.models._registry import CHANNEL_DIVISORS
-from trainers.validation import (
+from hps.trainers.errors import ConfigError
+from hps.trainers.validation import (
     Flag,
     Integer,
     Number,
@@ -44,22 +43,22 @@ from trainers.validation import (
     show,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 SCHEDULES = ("none", "step", "multistep", "cosine", "sgdr", "onecycle")
 POLICIES = ("none", "basic", "randaugment", "trivialaugment", "autoaugment", "augmix")
 PICK_ONE_OPS = ("resized_crop", "affine", "flip")
 DATASETS = ("cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHANNEL_DIVISORS = (1, 2, 4, 8)
 # Top-level keys that a config file may carry and the trainer ignores (export writes them).
 IGNORED_SECTIONS = ("provenance",)
 
 
-class ConfigError(ValueError):
-    """A bad config value; the message is one line: ``file: key: value ... allowed``."""
-
-
 def _model_names() -> tuple[str, ...]:
-    from trainers.models import list_models  # late import: models import nothing from here
+    from hps.trainers.models import list_models  # late import: models import nothing from here
 
     return tuple(list_models())
 
@@ -82,7 +81,7 @@ class ModelConfig(Strict):
 
     def build(self, num_classes: int) -> nn.Module:
         """The ``torch.nn.Module`` this section describes (every knob passed to ``create_model``)."""
-        from trainers.models import create_model
+        from hps.trainers.models import create_model
 
         return create_model(self.name, num_classes=num_classes, width=self.width, depth=self.depth,
                             dropout=self.dropout, channel_divisor=self.channel_divisor)
@@ -261,8 +260,18 @@ def read_yaml(path: str | Path, error: type[Exception] = ConfigError) -> Any:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a retrain YAML file; a ``provenance`` block, if present, is ignored."""
-    return config_from_dict(read_yaml(path), str(path))
+    """Read a retrain YAML file; a ``provenance`` block, if present, is ignored. A relative
+    ``data.path`` is relative to the file."""
+    return resolve_paths(config_from_dict(read_yaml(path), str(path)), Path(path).parent)
+
+
+def resolve_paths(cfg: TrainConfig, folder: str | Path) -> TrainConfig:
+    """The config with a relative ``data.path`` made absolute against ``folder`` (the folder of the
+    file that names it), so a config means the same wherever it is run from."""
+    if cfg.data.path is None:
+        return cfg
+    path = Path(cfg.data.path).expanduser()
+    return cfg if path.is_absolute() else cfg.replace("data", path=str((Path(folder) / path).resolve()))
 
 
 def dump_config(cfg: TrainConfig, path: str | Path | None = None, extra: Mapping[str, Any] | None = None) -> str:

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainers.config import DataConfig, TrainConfig
+from hps.trainers.config import DataConfig, TrainConfig
+from hps.trainers.errors import DataError, DataMismatch
 
 MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -38,14 +39,6 @@ MEAN_STD = {
 CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-class DataError(RuntimeError):
-    """The data could not be found or read, or is not what the config says; the message says what to set."""
-
-
-class DataMismatch(DataError):
-    """The data found here is not the data a config (or an export) was made on."""
 
 
 @dataclass

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainers.config import TrainConfig
-from trainers.data import num_classes
-from trainers.device import autocast_dtype, resolve_device
+from hps.trainers.config import TrainConfig
+from hps.trainers.data import num_classes
+from hps.trainers.device import autocast_dtype, resolve_device
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 _OPT_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2}

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from trainers.config import OptimizerConfig, ScheduleConfig
+from hps.trainers.config import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

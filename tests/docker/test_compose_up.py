@@ -25,10 +25,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from hps.trainers.data import file_sha256
 from tests.conftest import MINI, REPO, free_port
 from tests.docker import engine as E
 from tests.search.conftest import SMALL
-from trainers.data import file_sha256
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("HPS_COMPOSE_TEST") != "1",
                                                    reason="the real compose run: make compose-test")]

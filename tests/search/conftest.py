@@ -58,7 +58,7 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 @contextlib.contextmanager
 def opened(url: str) -> Iterator[optuna.storages.BaseStorage]:
     """A storage whose connections are closed on exit (tests poll; leaked pools would pile up)."""
-    from search.storage import dispose, get_storage
+    from hps.search.storage import dispose, get_storage
 
     storage = get_storage(url, heartbeat=False)
     try:

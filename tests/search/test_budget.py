@@ -1,8 +1,9 @@
 import pytest
 
-from search.budget import check, fit_width, human
-from search.space import Budget
-from trainers import config_from_dict, measure, with_overrides
+from hps.search.budget import check, fit_width
+from hps.search.record import human
+from hps.search.space import Budget
+from hps.trainers import config_from_dict, measure, with_overrides
 
 
 def test_check_reports_each_broken_limit() -> None:

@@ -17,15 +17,16 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from search.checkpoints import WEIGHTS_ATTR
-from search.executors import InProcessExecutor
-from search.export import export
-from search.space import load_space
+from hps.search.checkpoints import WEIGHTS_ATTR
+from hps.search.export import export
+from hps.search.record import CHECKPOINT
+from hps.search.run import run
+from hps.search.space import load_space
+from hps.trainers import load_config, saved_bytes, state_dict_at
+from hps.trainers.loop import score
+from hps.trainers.meter import state_dict_from
 from tests.conftest import MINI, REPO, free_port
 from tests.search.conftest import write_space
-from trainers import load_config, saved_bytes, state_dict_at
-from trainers.meter import state_dict_from
-from trainers.train import score
 
 BIN = Path(sys.executable).parent
 
@@ -42,7 +43,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         url = f"sqlite:///{tmp / 'hps.db'}"
         space = load_space(write_space(tmp, "ckpt", study__trials=6, study__pruner={"name": "none"},
                                        space={"optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}}, warm_start=[]))
-        InProcessExecutor().run(space, url, 6)
+        run(space, url, trials=6, progress="none")
     finally:
         for k, v in old.items():
             if v is None:
@@ -61,7 +62,7 @@ def test_the_best_k_keep_their_weights_and_no_checkpoint_remains(study: dict) ->
     kept = {t.user_attrs[WEIGHTS_ATTR] for t in done[:2]}
     assert set(os.listdir(study["artifacts"])) == kept  # no checkpoint, no dropped weights left on disk
     for t in done:
-        assert t.user_attrs["checkpoint"]["epoch"] == 3  # one saved after every epoch, the last one deleted
+        assert t.system_attrs[CHECKPOINT]["epoch"] == 3  # one saved after every epoch, the last one deleted
         metas = {k: json.loads(v) if v else None for k, v in t.system_attrs.items() if k.startswith("artifacts:")}
         live = [m for m in metas.values() if m is not None]
         assert [m["filename"] for m in live] == (["weights.pt"] if t in done[:2] else [])
@@ -85,7 +86,7 @@ def test_export_writes_the_weights_at_the_storage_dtype_and_they_score_the_trial
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
 def test_stored_weights_load_back_at_every_storage_dtype(dtype: str) -> None:
-    from trainers import create_model
+    from hps.trainers import create_model
 
     model = create_model("airnet", num_classes=10, width=0.25)
     stored = state_dict_at(model, dtype)

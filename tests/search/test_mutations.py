@@ -23,13 +23,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import search.objective
-from search.algorithms import pruner_class, sampler_class
-from search.errors import SpaceError
-from search.space import load_space
-from search.study import open_study
+import hps.search.objective as objective_module
+from hps.search.algorithms import pruner_class, sampler_class
+from hps.search.errors import SpaceError
+from hps.search.space import load_space
+from hps.search.study import open_study
+from hps.trainers import TrainConfig, train
 from tests.conftest import REPO
-from trainers import TrainConfig, train
 
 SPACES = sorted((REPO / "spaces").glob("*.yaml"))
 BAD_VALUES: list[Any] = ["x", -1, 0, 10**12, 0.5, 1.5, True, None, [], {}, [1, "a"]]
@@ -141,9 +141,9 @@ def _check(tree: Path, space_file: Path, label: str, mutated: dict[str, Any], ru
         return False
     if not run_trial:
         return True
-    monkeypatch.setattr(search.objective, "train", _small)
+    monkeypatch.setattr(objective_module, "train", _small)
     study = open_study(space, optuna.storages.InMemoryStorage())
-    study.optimize(search.objective.Objective(space), n_trials=1, catch=(Exception,))
+    study.optimize(objective_module.Objective(space), n_trials=1, catch=(Exception,))
     trial = study.trials[0]
     assert trial.state != TrialState.FAIL, f"{label}: {trial.user_attrs.get('fail_reason')}"
     assert trial.state == TrialState.COMPLETE or trial.user_attrs.get("prune_reason"), label

@@ -19,9 +19,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.ray import RayExecutor
-from search.space import load_space
-from search.study import FAILED_ATTR
+from hps.search.errors import RunFailed
+from hps.search.record import CHECKPOINT, FAILED, RESUMED_FROM, WORKER, study_attrs
+from hps.search.run import run
+from hps.search.space import load_space
 from tests.conftest import REPO, free_port, kill_all, pids_using
 from tests.search.conftest import PG_URL, SMALL, trials, write_space
 
@@ -85,11 +86,11 @@ def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, stud
                                    space={"model.width": {"low": 0.125, "high": 0.3},
                                           "optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}},
                                    warm_start=[]))
-    RayExecutor(connected, workers=4, cpus_per_trial=1).run(space, PG_URL, 6)  # the cluster default
+    run(space, PG_URL, trials=6, ray=connected, workers=4, cpus_per_trial=1, progress="none")  # the cluster default
     ts = _trials(study_name)
     finished = [t for t in ts if t.state in FINISHED]
     assert 6 <= len(finished) <= 6 + 3  # in-flight trials finish when the target is reached
-    workers = {(t.user_attrs["worker"]["node"], t.user_attrs["worker"]["pid"]) for t in finished}
+    workers = {(t.system_attrs[WORKER]["node"], t.system_attrs[WORKER]["pid"]) for t in finished}
     assert len({node for node, _ in workers}) == 2 and len(workers) == 4  # both nodes, four slots
     spans = sorted((t.datetime_start, t.datetime_complete) for t in finished)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))  # trials overlapped in time
@@ -98,8 +99,8 @@ def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, stud
 
 def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, study_name: str) -> None:
     space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[]))
-    RayExecutor(connected, workers=4, gpus_per_trial=0.5, cpus_per_trial=0.5).run(space, PG_URL, 4)
-    info = [t.user_attrs["worker"] for t in _trials(study_name, PG_URL) if "worker" in t.user_attrs]
+    run(space, PG_URL, trials=4, ray=connected, workers=4, gpus_per_trial=0.5, cpus_per_trial=0.5, progress="none")
+    info = [t.system_attrs[WORKER] for t in _trials(study_name, PG_URL) if WORKER in t.system_attrs]
     assert info and all(w["gpus"] and w["cuda_visible"] in ("0", "1") for w in info)
     import ray
 
@@ -113,13 +114,15 @@ def test_a_gpu_share_without_cuda_fails_with_why(tmp_path: Path, connected: str,
     base = copy.deepcopy(SMALL["base"])
     base["train"]["device"] = "auto"
     space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[], base=base))
-    RayExecutor(connected, workers=2, gpus_per_trial=0.5, cpus_per_trial=0.5).run(space, PG_URL, 4)
+    with pytest.raises(RunFailed, match="torch sees no CUDA device") as failed:
+        run(space, PG_URL, trials=4, ray=connected, workers=2, gpus_per_trial=0.5, cpus_per_trial=0.5, progress="none")
+    assert failed.value.result is None or failed.value.result.counts.get("fail", 0) >= 3
     ts = _trials(study_name)
     assert ts and all(t.state == TrialState.FAIL for t in ts)
     assert all("torch sees no CUDA device" in t.user_attrs["fail_reason"] for t in ts)
     assert all("device_seconds" not in t.user_attrs for t in ts)  # nothing trained
     study = optuna.load_study(study_name=study_name, storage=PG_URL)
-    assert "torch sees no CUDA device" in study.user_attrs[FAILED_ATTR]
+    assert "torch sees no CUDA device" in study_attrs(study)[FAILED]
 
 
 @pytest.mark.parametrize("url", [PG_URL], ids=["postgres"])
@@ -144,19 +147,19 @@ def test_sigkill_a_worker_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, 
         for _ in range(1200):
             time.sleep(0.1)
             try:
-                running = [t for t in _trials(study_name, url) if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+                running = [t for t in _trials(study_name, url) if t.state == TrialState.RUNNING and WORKER in t.system_attrs
                            and "resumed_from" not in t.user_attrs]
             except KeyError:
                 continue
-            if running and (running[0].user_attrs.get("checkpoint") or {}).get("epoch", 0) >= 2:
-                os.kill(running[0].user_attrs["worker"]["pid"], signal.SIGKILL)
+            if running and (running[0].system_attrs.get(CHECKPOINT) or {}).get("epoch", 0) >= 2:
+                os.kill(running[0].system_attrs[WORKER]["pid"], signal.SIGKILL)
                 killed.append(running[0].number)
                 return
 
     killed: list[int] = []
     thread = threading.Thread(target=killer)
     thread.start()
-    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, url, 4)
+    run(space, url, trials=4, ray=connected, workers=2, cpus_per_trial=1, progress="none")
     thread.join()
     assert len(killed) == 1
     ts = _trials(study_name, url)
@@ -165,8 +168,8 @@ def test_sigkill_a_worker_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, 
     assert dead.user_attrs["fail_reason"].startswith("no heartbeat from its worker for ")
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
-    retry, k = retries[0], dead.user_attrs["checkpoint"]["epoch"]
-    assert retry.user_attrs["resumed_from"] == {"trial": dead.number, "epoch": k} and k >= 2
+    retry, k = retries[0], dead.system_attrs[CHECKPOINT]["epoch"]
+    assert retry.system_attrs[RESUMED_FROM] == {"trial": dead.number, "epoch": k} and k >= 2
     assert sorted(retry.intermediate_values) == list(range(1, epochs + 1))
     assert all(retry.intermediate_values[e] == dead.intermediate_values[e] for e in range(1, k + 1))  # the original's curve
     trained = len(dead.intermediate_values) + (epochs - k)  # epochs trained for this config, kill included
@@ -203,7 +206,7 @@ def test_bounded_postgres_connections(tmp_path: Path, connected: str, study_name
 
     thread = threading.Thread(target=watch)
     thread.start()
-    RayExecutor(connected, workers=8, cpus_per_trial=0.5).run(space, url, 12)
+    run(space, url, trials=12, ray=connected, workers=8, cpus_per_trial=0.5, progress="none")
     stop.set()
     thread.join()
     assert 8 <= peak[0] <= 8 * per_worker + 2 * per_worker  # every worker connected; the driver holds two storages
@@ -250,7 +253,7 @@ def test_postgres_restart_mid_study(tmp_path: Path, connected: str, study_name: 
     restarted: list[bool] = []
     thread = threading.Thread(target=restart)
     thread.start()
-    RayExecutor(connected, workers=2, cpus_per_trial=1).run(space, url, 8)
+    run(space, url, trials=8, ray=connected, workers=2, cpus_per_trial=1, progress="none")
     thread.join()
     assert restarted
     ts = _trials(study_name, url)

@@ -20,15 +20,16 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import search.objective
-from search.executors import InProcessExecutor
-from search.export import export, plot
-from search.space import load_space
-from search.storage import get_storage
-from search.study import open_study
+import hps.search.objective as objective_module
+from hps.search.export import export, plot
+from hps.search.record import CONFIG, DATA, STOPPED, study_attrs
+from hps.search.run import run
+from hps.search.space import load_space
+from hps.search.storage import get_storage
+from hps.search.study import open_study
+from hps.trainers import TrainConfig, load_config, train
 from tests.conftest import REPO
 from tests.search.conftest import PG_URL, hps, trials, write_space
-from trainers import TrainConfig, load_config, train
 
 
 @pytest.fixture
@@ -40,13 +41,13 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
         seen.append(cfg)
         return train(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "train", recording_train)
+    monkeypatch.setattr(objective_module, "train", recording_train)
     return seen
 
 
 def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, spy: list[TrainConfig]) -> None:
     space = load_space(write_space(tmp_path, study_name))
-    InProcessExecutor().run(space, storage_url, 5)
+    run(space, storage_url, trials=5, progress="none")
     ts = trials(storage_url, study_name)
     finished = [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 5 and len(ts) == 5
@@ -69,14 +70,14 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
     assert good.user_attrs["best_epoch"] == best_epoch
     assert good.user_attrs["best_value"] == good.intermediate_values[best_epoch]
     # every trained trial's config names the data it ran on: the resolved file and its sha256
-    data = good.user_attrs["config"]["data"]
+    data = good.system_attrs[CONFIG]["data"]
     assert data["path"] == os.environ["HPS_DATA"] and len(data["sha256"]) == 64
-    assert good.user_attrs["data"] == {"dataset": "cifar10", "source": "npz", "path": data["path"], "sha256": data["sha256"],
+    assert good.system_attrs[DATA] == {"dataset": "cifar10", "source": "npz", "path": data["path"], "sha256": data["sha256"],
                                        "split_seed": 0, "val_fraction": 0.2, "subset": 1500}
     assert weak.state == TrialState.PRUNED and list(weak.intermediate_values) == [1]
     assert weak.user_attrs["prune_reason"].startswith("pruned by median at epoch 1 (val_acc ")
     for t in ts:
-        assert t.user_attrs["config"]["model"]["name"] == "airnet"
+        assert t.system_attrs[CONFIG]["model"]["name"] == "airnet"
         if t.state == TrialState.PRUNED:
             assert t.user_attrs["prune_reason"]
 
@@ -85,7 +86,7 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
 def test_export_retrain_and_real_clients_agree(tmp_path: Path, study_name: str) -> None:
     url = PG_URL
     space = load_space(write_space(tmp_path, study_name))
-    InProcessExecutor().run(space, url, 5)
+    run(space, url, trials=5, progress="none")
     study = optuna.load_study(study_name=study_name, storage=url)
     out = tmp_path / "best.yaml"
     best = export(study, out, url, artifact_dir=tmp_path / "artifacts")
@@ -165,7 +166,7 @@ def test_multi_objective_pareto_study(tmp_path: Path, study_name: str) -> None:
     path = write_space(tmp_path, study_name, objectives=["val_acc", "params"],
                        study__sampler={"name": "nsga2"}, study__pruner={"name": "none"},
                        warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}, {"model.width": 0.125, "optimizer.lr": 0.05}])
-    InProcessExecutor().run(load_space(path), url, 3)
+    run(load_space(path), url, trials=3, progress="none")
     study = optuna.load_study(study_name=study_name, storage=url)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert done and all(len(t.values) == 2 and t.values[1] == t.user_attrs["params"] for t in done)
@@ -180,7 +181,7 @@ def test_budget_limits_during_training(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'b.db'}"
     path = write_space(tmp_path, study_name, budget={"max_params": 300_000, "max_trial_seconds": 0.01},
                        warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
-    InProcessExecutor().run(load_space(path), url, 2)
+    run(load_space(path), url, trials=2, progress="none")
     t = trials(url, study_name)[0]
     assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]
     assert t.user_attrs["prune_reason"].startswith("ran ") and "> max_trial_seconds 0.01 at epoch 1" in t.user_attrs["prune_reason"]
@@ -194,7 +195,7 @@ def test_divergence_and_invalid_configs_are_pruned_with_reasons(tmp_path: Path, 
                        space={"optimizer.lr": {"low": 5.0, "high": 10.0}, "schedule.name": {"choices": ["cosine", "multistep"]}},
                        budget={}, warm_start=[{"optimizer.lr": 10.0, "schedule.name": "cosine"},
                                               {"optimizer.lr": 10.0, "schedule.name": "multistep"}])
-    InProcessExecutor().run(load_space(path), url, 2)
+    run(load_space(path), url, trials=2, progress="none")
     nan, invalid = trials(url, study_name)[:2]
     assert nan.state == TrialState.PRUNED and nan.user_attrs["prune_reason"].startswith("training loss became nan in epoch 1")
     assert invalid.state == TrialState.PRUNED
@@ -205,11 +206,11 @@ def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) 
     url = f"sqlite:///{tmp_path / 'c.db'}"
     path = write_space(tmp_path, study_name, budget={"max_params": 300_000, "max_device_hours": 0.0001},
                        warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
-    InProcessExecutor().run(load_space(path), url, 5)
+    run(load_space(path), url, trials=5, progress="none")
     study = optuna.load_study(study_name=study_name, storage=url)
     assert len(study.trials) == 1  # 0.36 s of budget: the first trial spends it
-    assert study.user_attrs["stopped"].startswith("compute budget spent")
-    InProcessExecutor().run(load_space(path), url, 5)  # a rerun does not start new trials either
+    assert study_attrs(study)[STOPPED].startswith("compute budget spent")
+    run(load_space(path), url, trials=5, progress="none")  # a rerun does not start new trials either
     assert len(optuna.load_study(study_name=study_name, storage=url).trials) == 1
 
 
@@ -293,7 +294,7 @@ def test_val_loss_objective_minimizes_val_loss(tmp_path: Path, study_name: str) 
     url = f"sqlite:///{tmp_path / 'l.db'}"
     path = write_space(tmp_path, study_name, objectives=["val_loss"], study__pruner={"name": "none"},
                        warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
-    InProcessExecutor().run(load_space(path), url, 1)
+    run(load_space(path), url, trials=1, progress="none")
     study = optuna.load_study(study_name=study_name, storage=url)
     t = study.trials[0]
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
@@ -306,7 +307,7 @@ def test_failures_stop_the_run_with_its_first_reason(tmp_path: Path, study_name:
     run, and hps run exits 1 with the first reason (it exited 0)."""
     from typer.testing import CliRunner
 
-    import search.cli
+    import hps.search.cli as cli_module
 
     calls = []
 
@@ -314,19 +315,19 @@ def test_failures_stop_the_run_with_its_first_reason(tmp_path: Path, study_name:
         calls.append(args)
         raise RuntimeError(f"meter broke on call {len(calls)}")
 
-    monkeypatch.setattr(search.objective, "check", broken_meter)
+    monkeypatch.setattr(objective_module, "check", broken_meter)
     url = f"sqlite:///{tmp_path / 'f.db'}"
     path = write_space(tmp_path, study_name, study__trials=6)
     runner = CliRunner()
-    result = runner.invoke(search.cli.app, ["run", str(path), "--storage", url, "--no-live"])
+    result = runner.invoke(cli_module.app, ["run", str(path), "--storage", url, "--no-live"])
     assert result.exit_code == 1, result.output
     assert f"study {study_name}: stopped after 3 failed trials in a row; first: trial 0: RuntimeError: meter broke on call 1" in result.output
     ts = trials(url, study_name)
     assert [t.state for t in ts] == [TrialState.FAIL] * 3
     assert [t.user_attrs["fail_reason"] for t in ts] == [f"RuntimeError: meter broke on call {i}" for i in (1, 2, 3)]
-    status = runner.invoke(search.cli.app, ["status", study_name, "--storage", url, "--json"])
+    status = runner.invoke(cli_module.app, ["status", study_name, "--storage", url, "--json"])
     assert json.loads(status.output)["stopped"] == ["stopped after 3 failed trials in a row; first: trial 0: RuntimeError: meter broke on call 1"]
-    table = runner.invoke(search.cli.app, ["status", study_name, "--storage", url], env={"COLUMNS": "300"})
+    table = runner.invoke(cli_module.app, ["status", study_name, "--storage", url], env={"COLUMNS": "300"})
     assert "stopped: stopped after 3 failed trials in a row" in table.output
 
 

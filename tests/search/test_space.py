@@ -8,8 +8,8 @@ import optuna
 import pytest
 import yaml
 
-from search.errors import SpaceError
-from search.space import load_space, suggest
+from hps.search.errors import SpaceError
+from hps.search.space import load_space, suggest
 from tests.conftest import REPO
 
 VALID: dict[str, Any] = {
@@ -238,7 +238,7 @@ def test_objective_is_the_first_objective(tmp_path: Path) -> None:
 def test_image_size_is_searchable_and_the_smallest_config_takes_the_least(tmp_path: Path) -> None:
     """``data.image_size`` is the model's input side (the same images, scored alike), so a space
     may search it, unlike the other data keys; the budget check counts its smallest value."""
-    from trainers import config_from_dict, measure
+    from hps.trainers import config_from_dict, measure
 
     base = {"model": {"name": "resnet18", "width": 0.25}, "data": {"image_size": 64}, "train": {"epochs": 2}}
     macs_32 = measure(config_from_dict({**base, "data": {"image_size": 32}})).macs

@@ -15,7 +15,7 @@ from optuna.storages import BaseStorage
 from optuna.testing.pytest_storages import StorageTestCase
 from optuna.trial import TrialState
 
-from search.storage import dispose, get_storage
+from hps.search.storage import dispose, get_storage
 from tests.search.conftest import PG_URL, ask_report_tell, hps, opened, sql, trials
 
 
@@ -68,7 +68,7 @@ def test_hps_copy_between_sqlite_postgres_and_a_journal_file(tmp_path: Path, stu
 
 
 def test_a_wrong_url_is_reported_at_once() -> None:
-    from search.errors import StudyError
+    from hps.search.errors import StudyError
 
     with pytest.raises(StudyError, match=r'cannot open storage postgresql\+psycopg2://.*database "no_such_db" does not exist'):
         get_storage(PG_URL.rsplit("/", 1)[0] + "/no_such_db")
@@ -76,7 +76,7 @@ def test_a_wrong_url_is_reported_at_once() -> None:
 
 @pytest.mark.parametrize("password", ["secret", "p@ss/w#rd", "a:b@c", "@@@", "x/y?z=1"])
 def test_redact_hides_all_of_a_raw_password(password: str) -> None:
-    from search.storage import redact
+    from hps.search.storage import redact
 
     shown = redact(f"postgresql+psycopg2://hps:{password}@db.example:5432/hps")
     assert shown == "postgresql+psycopg2://hps:***@db.example:5432/hps"
@@ -86,8 +86,8 @@ def test_redact_hides_all_of_a_raw_password(password: str) -> None:
 def test_one_artifact_location_for_workers_export_and_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--artifacts`` wins over ``$HPS_ARTIFACTS``, then ``hps-artifacts``; an ``s3://`` location
     stays a URL (a ``Path`` would fold it to ``s3:/``) and, without boto3, is refused in one line."""
-    from search.errors import StudyError
-    from search.storage import artifact_root, artifact_store
+    from hps.search.errors import StudyError
+    from hps.search.storage import artifact_root, artifact_store
 
     monkeypatch.setenv("HPS_ARTIFACTS", str(tmp_path / "env"))
     assert artifact_root("s3://bucket/runs") == "s3://bucket/runs"

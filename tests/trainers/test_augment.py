@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
-from trainers import config_from_dict, load_data
-from trainers.augment import Augmenter, mix
+from hps.trainers import config_from_dict, load_data
+from hps.trainers.augment import Augmenter, mix
 
 
 def augmenter(strength: float, policy: str = "basic", seed: int = 0) -> tuple[Augmenter, torch.Tensor]:
@@ -88,7 +88,7 @@ def test_cutout_square_has_the_documented_side() -> None:
 def test_named_policies_change_the_images_per_group() -> None:
     """Each named policy transforms images beyond flip + crop, with its own draw per group of
     POLICY_GROUP images (an identity transform, or one draw per batch, fails this)."""
-    from trainers.augment import POLICY_GROUP
+    from hps.trainers.augment import POLICY_GROUP
 
     for policy in ("randaugment", "trivialaugment", "autoaugment", "augmix"):
         aug, x = augmenter(1.0, policy, seed=1)
@@ -175,7 +175,7 @@ def test_augmix_views_are_clean_plus_two_independent_draws() -> None:
 def test_jsd_loss_is_the_augmix_papers() -> None:
     """Hendrycks et al. 2020, eq. (the reference code): JS(p_clean; p_aug1; p_aug2) =
     (KL(p_clean || M) + KL(p_aug1 || M) + KL(p_aug2 || M)) / 3, M the mean of the three."""
-    from trainers.augment import jsd_loss
+    from hps.trainers.augment import jsd_loss
 
     g = torch.Generator().manual_seed(0)
     logits = [torch.randn(8, 10, generator=g) * 3 for _ in range(3)]

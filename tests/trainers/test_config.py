@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from trainers import ConfigError, TrainConfig, config_from_dict, dump_config, load_config, with_overrides
-from trainers.config import flat_keys
+from hps.trainers import ConfigError, TrainConfig, config_from_dict, dump_config, load_config, with_overrides
+from hps.trainers.config import flat_keys
 
 CONTRACT = {
     "model": {"name", "width", "dropout"},
@@ -105,8 +105,8 @@ def test_missing_file_and_broken_yaml(tmp_path: Path) -> None:
 
 def test_one_formatter_for_trainer_and_space_errors(tmp_path: Path) -> None:
     """The trainer's config and a space file's base report the same mistake the same way."""
-    from search.errors import SpaceError
-    from search.space import load_space
+    from hps.search.errors import SpaceError
+    from hps.search.space import load_space
 
     (tmp_path / "c.yaml").write_text("optimizer: {lr: wide}\n")
     with pytest.raises(ConfigError) as trainer_error:
@@ -122,9 +122,9 @@ def test_the_documented_contract_lists_every_key() -> None:
     """The module docstring's key list is the public contract: it names every key, no more."""
     import re
 
-    import trainers.config
+    import hps.trainers.config
 
-    doc = re.findall(r"^ +(\w+): +\{([^}]*)\}", trainers.config.__doc__ or "", re.M)
+    doc = re.findall(r"^ +(\w+): +\{([^}]*)\}", hps.trainers.config.__doc__ or "", re.M)
     documented = [f"{s}.{k.strip()}" for s, keys in doc for k in keys.split(",")]
     assert documented == flat_keys()
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import DataError, config_from_dict, load_data
+from hps.trainers import DataError, config_from_dict, load_data
 
 
 def test_npz_split_is_stratified_seeded_and_disjoint(mini_npz: Path) -> None:
@@ -54,7 +54,7 @@ def test_missing_torchvision_data_without_download(tmp_path: Path, monkeypatch: 
 
 
 def test_the_file_is_read_once_per_process(mini_npz: Path) -> None:
-    from trainers.data import _npz
+    from hps.trainers.data import _npz
 
     _npz.cache_clear()
     for seed in range(3):  # three trials in one worker
@@ -96,7 +96,7 @@ def test_cifar10_and_cifar100_side_by_side(tmp_path: Path, mini_npz: Path, monke
 def test_pinned_config_records_path_and_sha256(mini_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
-    from trainers import data_identity, pin_data
+    from hps.trainers import data_identity, pin_data
 
     cfg = pin_data(config_from_dict({"data": {"split_seed": 3}}))
     sha = hashlib.sha256(mini_npz.read_bytes()).hexdigest()
@@ -119,7 +119,7 @@ def test_pinned_config_records_path_and_sha256(mini_npz: Path, tmp_path: Path, m
 
 
 def test_torchvision_source_is_named_with_its_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainers import data_identity, pin_data
+    from hps.trainers import data_identity, pin_data
 
     monkeypatch.delenv("HPS_DATA")
     cfg = config_from_dict({"data": {"root": str(tmp_path), "download": False}})

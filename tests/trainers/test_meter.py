@@ -3,8 +3,8 @@ import io
 import pytest
 import torch
 
-from trainers import config_from_dict, create_model, measure, state_dict_at
-from trainers.meter import count_macs
+from hps.trainers import config_from_dict, create_model, measure, state_dict_at
+from hps.trainers.meter import count_macs
 
 from .test_models import FAMILIES
 

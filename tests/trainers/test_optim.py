@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from trainers import config_from_dict, create_model
-from trainers.config import ScheduleConfig
-from trainers.optim import build_optimizer, lr_at
+from hps.trainers import config_from_dict, create_model
+from hps.trainers.config import ScheduleConfig
+from hps.trainers.optim import build_optimizer, lr_at
 
 
 def sched(**kw: object) -> ScheduleConfig:
@@ -61,7 +61,7 @@ def test_no_weight_decay_on_norm_and_bias() -> None:
 @pytest.mark.parametrize("t0", [10, 25, 50])
 def test_sgdr_ends_annealed_at_the_last_epoch(t0: int) -> None:
     """The shipped SGDR spaces (t0 10/25/50, t_mult 2, 100 epochs) end at eta_min, not mid-cycle."""
-    from trainers.optim import sgdr_periods
+    from hps.trainers.optim import sgdr_periods
 
     s = sched(name="sgdr", t0=t0, t_mult=2, eta_min=0.001)
     assert lr_at(100.0 - 1e-9, 100, 0.1, s) == pytest.approx(0.001, abs=1e-6)

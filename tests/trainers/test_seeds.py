@@ -2,8 +2,8 @@
 
 import pytest
 
+from hps.trainers import load_config, measure
 from tests.conftest import REPO
-from trainers import load_config, measure
 
 SEEDS = REPO / "spaces" / "seeds"
 
@@ -25,7 +25,7 @@ def test_report001_resnet18_under_5m_params() -> None:
 
 
 def test_report000_cosine_period_is_the_reports_and_its_space_anneals_within_its_run() -> None:
-    from search.space import load_space
+    from hps.search.space import load_space
 
     seed = load_config(SEEDS / "report000_efficientnet_b0.yaml")
     assert seed.schedule.period == 300 and seed.train.epochs == 500

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
+from hps.trainers import TrainingDiverged, config_from_dict, load_config, train
 from tests.conftest import REPO, tiny_config
-from trainers import TrainingDiverged, config_from_dict, load_config, train
 
 
 @pytest.mark.slow
@@ -70,7 +70,7 @@ def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config(train={"epochs": 1})))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "search.cli", "retrain", str(cfg_path), "--test", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "hps", "retrain", str(cfg_path), "--test", "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "test_acc" in proc.stdout
@@ -81,7 +81,7 @@ def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
     state = torch.load(out / "model.pt")
     assert state["head.3.weight"].shape == (10, 128)  # 512 * width 0.25
     # the resolved config retrains to the same numbers with the trainer alone
-    again = subprocess.run([sys.executable, "-m", "trainers", str(out / "config.yaml"), "--out", str(tmp_path / "r2")],
+    again = subprocess.run([sys.executable, "-m", "hps.trainers", str(out / "config.yaml"), "--out", str(tmp_path / "r2")],
                            capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["val_acc"] == metrics["val_acc"]
@@ -89,8 +89,8 @@ def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
 def test_retrain_writes_weights_at_the_exports_storage_dtype(tmp_path: Path, dtype: str) -> None:
-    from trainers import retrain, saved_bytes, state_dict_at
-    from trainers.train import score
+    from hps.trainers import retrain, saved_bytes, state_dict_at
+    from hps.trainers.loop import score
 
     raw = tiny_config(train={"epochs": 1})
     raw["provenance"] = {"storage_dtype": dtype}  # as hps export writes it (the budget's storage dtype)
@@ -104,7 +104,7 @@ def test_retrain_writes_weights_at_the_exports_storage_dtype(tmp_path: Path, dty
 
 def test_bad_config_in_cli_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("optimizer: {name: lion}\n")
-    proc = subprocess.run([sys.executable, "-m", "search.cli", "retrain", str(tmp_path / "c.yaml")],
+    proc = subprocess.run([sys.executable, "-m", "hps", "retrain", str(tmp_path / "c.yaml")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
@@ -117,7 +117,7 @@ def test_retrain_refuses_other_data_unless_told(tmp_path: Path, mini_npz: Path) 
     saying what differs, unless --allow-data-mismatch says so."""
     import numpy as np
 
-    from trainers import data_identity, dump_config, pin_data
+    from hps.trainers import data_identity, dump_config, pin_data
 
     cfg = pin_data(config_from_dict(tiny_config(train={"epochs": 1}, data={"subset": 500})))
     exported = tmp_path / "best.yaml"
@@ -128,7 +128,7 @@ def test_retrain_refuses_other_data_unless_told(tmp_path: Path, mini_npz: Path) 
     raw["y_train"] = raw["y_train"][::-1].copy()
     np.savez(other, **raw)
     env = {**__import__("os").environ, "HPS_DATA": str(other)}
-    cmd = [sys.executable, "-m", "search.cli", "retrain", str(exported), "--out", str(tmp_path / "r")]
+    cmd = [sys.executable, "-m", "hps", "retrain", str(exported), "--out", str(tmp_path / "r")]
     refused = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
     assert "elsewhere.npz: file not found, and HPS_DATA" in refused.stderr and "not the recorded" in refused.stderr
@@ -199,14 +199,14 @@ def test_augmix_jsd_trains_on_three_views() -> None:
     """augment.augmix_jsd: each step sees the clean image and two AugMix views; the loss is the
     clean CE plus 12 x JSD (tests/trainers/test_augment.py checks the term); the meter counts 3x
     the activations."""
-    from trainers import measure
+    from hps.trainers import measure
 
     base = tiny_config(train={"epochs": 1}, data={"subset": 500, "val_fraction": 0.2},
                        augment={"policy": "augmix", "strength": 0.5})
     with_jsd = config_from_dict({**base, "augment": {**base["augment"], "augmix_jsd": True}})
     result = train(with_jsd)
     assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
-    from trainers.meter import _OPT_STATES
+    from hps.trainers.meter import _OPT_STATES
 
     plain, jsd = measure(config_from_dict(base)), measure(with_jsd)
     weights_mb = plain.params * 4 * (2 + _OPT_STATES[with_jsd.optimizer.name]) / 2**20
@@ -237,7 +237,7 @@ def test_a_finetune_stage_trains_at_its_lr_and_alpha(monkeypatch: pytest.MonkeyP
     own mix is recorded as it is called)."""
     import importlib
 
-    module = importlib.import_module("trainers.train")  # the module; ``trainers.train`` is the function
+    module = importlib.import_module("hps.trainers.loop")  # the module; ``trainers.train`` is the function
     alphas: dict[float, int] = {}
     real_mix = module.mix
 

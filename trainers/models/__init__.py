@@ -1,7 +1,7 @@
 """Model families, registered by name: ``create_model(name, num_classes=..., width=..., ...)``."""
 
-from trainers.models import airnet, branchnet, efficientnet, mobilenet, rescnn, resnet  # noqa: F401  (register)
-from trainers.models._registry import (
+from hps.trainers.models import airnet, branchnet, efficientnet, mobilenet, rescnn, resnet  # noqa: F401  (register)
+from hps.trainers.models._registry import (
     create_model,
     list_models,
     model_entry,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from hps.trainers.config import CHANNEL_DIVISORS
+
 ModelFn = Callable[..., nn.Module]
 
 
@@ -44,7 +46,6 @@ def model_entry(name: str) -> ModelEntry:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}") from None
 
 
-CHANNEL_DIVISORS = (1, 2, 4, 8)
 _DIVISOR: ContextVar[int] = ContextVar("channel_divisor", default=8)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from trainers.models._registry import register_model, round_channels, round_repeats
+from hps.trainers.models._registry import register_model, round_channels, round_repeats
 
 
 class _ConvBN(nn.Sequential):

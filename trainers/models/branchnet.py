@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from trainers.models._layers import ConvBNAct, init_weights
-from trainers.models._registry import register_model, round_channels, round_repeats
+from hps.trainers.models._layers import ConvBNAct, init_weights
+from hps.trainers.models._registry import register_model, round_channels, round_repeats
 
 # (channels, blocks) per stage.
 _STAGES = [(64, 3), (64, 3), (128, 5), (128, 5), (128, 5)]

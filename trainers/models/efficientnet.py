@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from trainers.models._layers import Classifier, ConvBNAct, InvertedResidual, init_weights
-from trainers.models._registry import register_model, round_channels, round_repeats
+from hps.trainers.models._layers import Classifier, ConvBNAct, InvertedResidual, init_weights
+from hps.trainers.models._registry import register_model, round_channels, round_repeats
 
 # (expand ratio, kernel, out channels, repeats, stride); the B0 table with the stem at stride 1.
 _B0 = [(1, 3, 16, 1, 1), (6, 3, 24, 2, 2), (6, 5, 40, 2, 2), (6, 3, 80, 3, 2), (6, 5, 112, 3, 1),

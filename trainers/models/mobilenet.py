@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from trainers.models._layers import Classifier, ConvBNAct, InvertedResidual, init_weights
-from trainers.models._registry import register_model, round_channels, round_repeats
+from hps.trainers.models._layers import Classifier, ConvBNAct, InvertedResidual, init_weights
+from hps.trainers.models._registry import register_model, round_channels, round_repeats
 
 
 class _Net(nn.Module):

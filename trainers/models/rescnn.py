@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from trainers.models._layers import ConvBNAct, init_weights
-from trainers.models._registry import register_model, round_channels, round_repeats
-from trainers.models.resnet import BasicBlock
+from hps.trainers.models._layers import ConvBNAct, init_weights
+from hps.trainers.models._registry import register_model, round_channels, round_repeats
+from hps.trainers.models.resnet import BasicBlock
 
 
 class ResCNN(nn.Module):

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.augment import JSD_WEIGHT, Augmenter, jsd_loss, mix
-from trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml
-from trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
-from trainers.device import autocast_dtype, resolve_device
-from trainers.meter import save_state, state_dict_at, state_dict_from
-from trainers.optim import build_optimizer, lr_at
+from hps.trainers.augment import JSD_WEIGHT, Augmenter, jsd_loss, mix
+from hps.trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml, with_overrides
+from hps.trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
+from hps.trainers.device import autocast_dtype, resolve_device
+from hps.trainers.errors import TrainingDiverged
+from hps.trainers.meter import save_state, state_dict_at, state_dict_from
+from hps.trainers.optim import build_optimizer, lr_at
 
 Metrics = dict[str, float]
 Report = Callable[[int, Metrics], None]
@@ -43,10 +44,6 @@ class Checkpoint(Protocol):
     def load(self) -> dict[str, Any] | None: ...
 
     def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None: ...
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -235,14 +232,17 @@ def check_identity(cfg: TrainConfig, recorded: dict[str, Any] | None) -> TrainCo
 
 
 def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test: bool = False,
-            report: Report | None = None, allow_data_mismatch: bool = False) -> TrainResult:
+            report: Report | None = None, allow_data_mismatch: bool = False,
+            overrides: dict[str, Any] | None = None) -> TrainResult:
     """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``
     (at the export's ``provenance.storage_dtype``, the budget's; fp32 without one).
 
     The data must be the data the config was made on (its ``data.sha256``, and the export's
     ``provenance.data``); ``allow_data_mismatch`` trains on what is here instead, and the written
-    config records that."""
+    config records that. ``overrides``: dotted keys set on top of the file (``--set``)."""
     cfg = load_config(config_path)
+    if overrides:
+        cfg = with_overrides(cfg, overrides, f"{config_path}: --set")
     raw = read_yaml(config_path)
     prov = raw.get("provenance") if isinstance(raw, dict) else None
     recorded = prov.get("data") if isinstance(prov, dict) else None
