@@ -37,8 +37,6 @@ from hps.search.settings import settings
 from hps.search.storage import rdb_backend
 from hps.trainers.meter import save_state
 
-WEIGHTS_ATTR = WEIGHTS  # the kept weights' artifact id (a user attr: the dashboard lists the file too)
-
 
 def _remove(store: Any, artifact_id: str | None) -> None:
     if artifact_id:
@@ -95,7 +93,7 @@ class TrialCheckpoint:
         _remove(self.store, self.current)
         if self.original is not None:
             _remove(self.store, (trial_info(self.original, CHECKPOINT) or {}).get("id"))
-        self.trial.set_user_attr(CHECKPOINT_SECONDS, self.save_seconds)
+        set_trial_info(self.trial, CHECKPOINT_SECONDS, round(self.save_seconds, 3))
 
 
 def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: dict[str, torch.Tensor],
@@ -106,7 +104,7 @@ def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: 
     if k <= 0:
         return None
     study = trial.study
-    kept = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if WEIGHTS_ATTR in t.user_attrs]
+    kept = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trial_info(t, WEIGHTS)]
     sign = 1.0 if maximize else -1.0
     ranked = sorted(kept, key=lambda t: sign * float(t.value or 0.0), reverse=True)
     if len(ranked) >= k and sign * value <= sign * float(ranked[k - 1].value or 0.0):
@@ -115,7 +113,7 @@ def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: 
         path = os.path.join(d, "weights.pt")
         save_state(state_dict, path)  # exactly the meter's model_bytes
         artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
-    trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+    set_trial_info(trial, WEIGHTS, artifact_id)
     for t in ranked[k - 1:]:
         drop(trial.storage, t, store)
     return artifact_id
@@ -124,7 +122,7 @@ def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: 
 def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
     """Delete a finished trial's kept weights and clear their entries (written directly: Optuna's
     setters refuse finished trials; the stock dashboard clears an artifact the same way)."""
-    artifact_id = t.user_attrs.get(WEIGHTS_ATTR)
+    artifact_id = trial_info(t, WEIGHTS)
     if not artifact_id:
         return
     _remove(store, artifact_id)
@@ -133,6 +131,7 @@ def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
 
         user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
         with backend.engine.begin() as conn:
-            conn.execute(user.delete().where(user.c.trial_id == t._trial_id, user.c.key == WEIGHTS_ATTR))
+            conn.execute(system.delete().where(system.c.trial_id == t._trial_id, system.c.key == WEIGHTS))
+            conn.execute(user.delete().where(user.c.trial_id == t._trial_id, user.c.key == "weights"))  # older studies
             conn.execute(system.update().where(system.c.trial_id == t._trial_id, system.c.key == ARTIFACT_PREFIX + artifact_id)
                          .values(value_json=json.dumps(json.dumps(None))))  # the meta is a JSON string: "null"

@@ -152,7 +152,6 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         console.print(f"export it with: hps export {space.name} -o best.yaml", highlight=False)
 
 
-TRIAL_ATTRS = ("best_value", "best_epoch", "device_seconds", "prune_reason", "fail_reason", "warm_start")  # record.py's names
 
 
 @app.command()
@@ -163,7 +162,20 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     import optuna
 
-    from hps.search.record import FAIL_REASON, PRUNE_REASON, WARM_START, human, named_constraints, stop_reasons, study_attrs
+    from hps.search.record import (
+        BEST_EPOCH,
+        BEST_VALUE,
+        DEVICE_SECONDS,
+        FAIL_REASON,
+        PRUNE_REASON,
+        WARM_START,
+        human,
+        named_constraints,
+        reason,
+        stop_reasons,
+        study_attrs,
+        trial_info,
+    )
     from hps.search.record import stored_figures as figures_of
     from hps.search.storage import dispose, get_storage
     from hps.search.study import load_study
@@ -192,15 +204,18 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             print(json.dumps({
                 "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stop_reasons(study_attrs(st)),
                 "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
-                            "constraints": named_constraints(t), "budget": figures_of(t.user_attrs),
-                            **{k: t.user_attrs.get(k) for k in TRIAL_ATTRS}} for t in trials]}, default=str))
+                            "constraints": named_constraints(t), "budget": figures_of(t),
+                            **{k: t.user_attrs.get(k) for k in (BEST_VALUE, BEST_EPOCH, DEVICE_SECONDS)},
+                            "warm_start": trial_info(t, WARM_START),
+                            "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t)}
+                           for t in trials]}, default=str))
             return
         table = Table(title=study)
         for col in ("#", "state", "value", "best@epoch", "params", "bytes", "MACs", "secs"):
             table.add_column(col, no_wrap=True)
         table.add_column("note", ratio=1, min_width=24)
         for t in trials:
-            fig = figures_of(t.user_attrs)
+            fig = figures_of(t)
             if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 value = f"{t.values[0]:.4f}"
             elif t.intermediate_values:  # pruned, failed or running: its last reported value
@@ -208,12 +223,13 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             else:
                 value = "-"
             best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
-            reason = t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON) or t.user_attrs.get(WARM_START, "")
-            if t.state == optuna.trial.TrialState.FAIL and not reason:
-                reason = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
-            table.add_row(str(t.number), t.state.name.lower(), value, best, human(fig["params"]) if fig else "-",
-                          human(fig["model_bytes"]) if fig else "-", human(fig["macs"]) if fig else "-",
-                          f"{t.user_attrs.get('device_seconds', 0):.1f}", reason)
+            why = reason(t) or trial_info(t, WARM_START, "")
+            if t.state == optuna.trial.TrialState.FAIL and not why:
+                why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
+            table.add_row(str(t.number), t.state.name.lower(), value, best, human(fig["params"]) if "params" in fig else "-",
+                          human(fig["model_bytes"]) if "model_bytes" in fig else "-",
+                          human(fig["macs"]) if "macs" in fig else "-",
+                          f"{t.user_attrs.get('device_seconds', 0):.1f}", why)
         console.print(table)
         console.print("value: the metric at the last epoch; * the last reported value of a trial that did not complete",
                       style="dim")
@@ -258,12 +274,13 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
            storage: StorageOpt = None, artifacts: ArtifactsOpt = None) -> None:
     """Write the best feasible trial as a config that hps retrain takes unchanged."""
     from hps.search.api import export as run_export
+    from hps.search.record import WEIGHTS, trial_info
 
     _quiet_optuna()
     t = run_export(study, out, trial=trial, storage=storage, artifacts=artifacts)
     weights = out.with_suffix(".pt")
     also = f" and {weights} (its weights; score them with: hps evaluate {out} --weights {weights})" if (
-        "weights" in t.user_attrs and weights.exists()) else ""
+        trial_info(t, WEIGHTS) and weights.exists()) else ""
     console.print(f"wrote {out}{also}: trial {t.number}, value {t.values[0]:.4f}; retrain with: hps retrain {out}",
                   highlight=False)
 

@@ -19,7 +19,7 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import DEVICE_SECONDS, FAIL_REASON, FAILED, FINISHED, STOPPED, set_study_attr
+from hps.search.record import DEVICE_SECONDS, FAILED, FINISHED, STOPPED, reason, set_study_attr
 from hps.search.settings import settings
 from hps.search.space import Space
 from hps.search.storage import OUTAGES
@@ -79,7 +79,7 @@ class FailureGuard:
         self.streak = [*self.streak, trial] if trial.state == TrialState.FAIL else []
         if len(self.streak) >= MAX_FAILS_IN_A_ROW:
             first = self.streak[0]
-            why = first.user_attrs.get(FAIL_REASON, "no reason stored")
+            why = reason(first) or "no reason stored"
             set_study_attr(study, FAILED, f"stopped after {len(self.streak)} failed trials in a row; "
                                           f"first: trial {first.number}: {why}")
             study.stop()

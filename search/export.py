@@ -65,8 +65,8 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
     return {
         "study": study.study_name, "trial": trial.number, "values": list(trial.values),
         "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
-        "budget_figures": stored_figures(trial.user_attrs), "constraints": named_constraints(trial),
-        "data": trial_info(trial, DATA), "storage_dtype": trial.user_attrs.get(STORAGE_DTYPE, "fp32"),
+        "budget_figures": stored_figures(trial), "constraints": named_constraints(trial),
+        "data": trial_info(trial, DATA), "storage_dtype": trial_info(trial, STORAGE_DTYPE, "fp32"),
         "best_epoch": {"value": trial.user_attrs.get(BEST_VALUE), "epoch": trial.user_attrs.get(BEST_EPOCH)},
         "device_seconds": trial.user_attrs.get(DEVICE_SECONDS), "storage": redact(storage),
         "versions": versions, "git_commit": _git_commit(),
@@ -85,7 +85,7 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     prov = provenance(study, trial, storage)
     store = artifact_store(artifact_dir) if artifact_dir is not None else None
-    weights = trial.user_attrs.get(WEIGHTS)
+    weights = trial_info(trial, WEIGHTS)
     if weights and store is not None:  # the trial's kept weights, beside the YAML
         path = out.with_suffix(".pt")
         path.unlink(missing_ok=True)

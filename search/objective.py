@@ -11,14 +11,14 @@ Outcomes, each stored on the trial:
 
 A trial's value is its metric (``objectives[0]``: val_acc or val_loss) at its last epoch, the
 epoch its schedule ends annealed on. What is stored (names in :mod:`hps.search.record`): user
-attrs, the dashboard's sortable columns, hold short scalars only: the measured budget figures
-(``params``, ``model_bytes``, ``macs``, ``flops``, ``epochs``, ``train_memory_mb``),
-``budget_excess`` (how far over its tightest limit the config is, as a fraction: <= 0 fits),
-``best_value``/``best_epoch``, ``epoch``/``images_per_s`` (the last epoch's, for the live view),
-``device_seconds`` (training wall time; the study's compute budget sums it) and the reasons.
-System attrs hold the full trainer config (``hps:config``, data path and sha256 included), the
-data's identity (``hps:data``) and the worker (``hps:worker``). The trial's dashboard note is its
-budget: each limit beside the measured figure.
+attrs, the dashboard's sortable columns, hold short scalars only: ``params``, ``model_bytes``,
+``macs``, ``epochs`` (the budget figures), ``best_value``/``best_epoch``, ``device_seconds``
+(training wall time; the study's compute budget sums it) and the reasons. System attrs hold the
+full trainer config (``hps:config``, data path and sha256 included), the data's identity
+(``hps:data``), every measured figure (``hps:budget``), how far over its tightest limit the config
+is (``hps:budget_excess``, a fraction: <= 0 fits), the last epoch's figures for the live view
+(``hps:live``) and the worker (``hps:worker``). The trial's dashboard note is its budget: each
+limit beside the measured figure.
 """
 
 from __future__ import annotations
@@ -36,17 +36,19 @@ from hps.search.errors import StudyError
 from hps.search.record import (
     BEST_EPOCH,
     BEST_VALUE,
+    BUDGET,
     BUDGET_EXCESS,
     CONFIG,
     CONSTRAINTS_LIST,
     DATA,
     DEVICE_SECONDS,
-    EPOCH,
     FAIL_REASON,
-    IMAGES_PER_S,
+    LIVE,
     PRUNE_REASON,
     STORAGE_DTYPE,
     WORKER,
+    columns,
+    set_reason,
     set_trial_info,
 )
 from hps.search.space import Space, suggest
@@ -55,7 +57,11 @@ from hps.trainers import ConfigError, TrainingDiverged, config_to_dict, data_ide
 
 
 class _Stop(optuna.TrialPruned):
-    """A budget limit reached during training."""
+    """A budget limit reached during training; ``cause`` names it (``over:max_trial_seconds``)."""
+
+    def __init__(self, cause: str, text: str) -> None:
+        super().__init__(text)
+        self.cause = cause
 
 
 class Objective:
@@ -80,10 +86,10 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:  # Optuna stores the trial as FAIL and re-raises: say why
-            trial.set_user_attr(FAIL_REASON, "interrupted (Ctrl-C / SIGINT); a rerun runs it again")
+            set_reason(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
             raise
         except Exception as e:
-            trial.set_user_attr(FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
+            set_reason(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
             raise
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -91,27 +97,29 @@ class Objective:
         try:
             cfg = suggest(space, trial)
         except ConfigError as e:
-            return _prune(trial, f"invalid config: {e}")
+            return _prune(trial, "invalid_config", f"invalid config: {e}")
         cfg = pin_data(cfg)
         _check_gpu(cfg.train.device, self.worker)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
         set_trial_info(trial, DATA, data_identity(cfg))
         if self.worker:
             set_trial_info(trial, WORKER, self.worker)
-        trial.set_user_attr(STORAGE_DTYPE, budget.storage_dtype)  # kept weights and exports use it
+        set_trial_info(trial, STORAGE_DTYPE, budget.storage_dtype)  # kept weights and exports use it
         screen = check(cfg, budget)
-        for key, fig in screen.figures.items():  # one scalar each: the dashboard sorts and filters them
-            trial.set_user_attr(key, fig)
+        set_trial_info(trial, BUDGET, screen.figures)
+        for key in columns(budget):  # one scalar each: the dashboard sorts and filters them
+            trial.set_user_attr(key, screen.figures[key])
         with warnings.catch_warnings():  # a retried trial inherits its original's (identical) constraints
             warnings.filterwarnings("ignore", "The constraint value is ignored")
             for key, value in screen.constraints.items():
                 trial.set_constraint(key, value)
         if screen.constraints:  # optuna-dashboard 0.21 shows the list form; Optuna reads both
             set_trial_info(trial, CONSTRAINTS_LIST, list(screen.constraints.values()))
-            trial.set_user_attr(BUDGET_EXCESS, screen.excess)  # > 0: over budget; a sortable column
+            set_trial_info(trial, BUDGET_EXCESS, screen.excess)  # > 0: over budget
         _note(trial, screen, budget)
         if not screen.feasible:
-            return _prune(trial, "over budget: " + "; ".join(screen.violations))
+            broken = [k for k, v in screen.constraints.items() if v > 0]
+            return _prune(trial, f"over:{broken[0]}", "over budget: " + "; ".join(screen.violations))
 
         metric, sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
         best: dict[str, float] = {}
@@ -122,19 +130,20 @@ class Objective:
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             value = metrics[metric]
-            trial.set_user_attr(EPOCH, epoch)
-            trial.set_user_attr(IMAGES_PER_S, round(metrics["images_per_s"], 1))
+            set_trial_info(trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics["images_per_s"], 1)})
             if not best or sign * value > sign * best["value"]:
                 best.update(value=value, epoch=epoch)
             if not space.multi_objective:
                 trial.report(value, epoch)
             elapsed = time.perf_counter() - start
             if budget.max_trial_seconds is not None and elapsed > budget.max_trial_seconds:
-                raise _Stop(f"ran {elapsed:.0f} s > max_trial_seconds {budget.max_trial_seconds:g} at epoch {epoch}")
+                raise _Stop("over:max_trial_seconds",
+                            f"ran {elapsed:.0f} s > max_trial_seconds {budget.max_trial_seconds:g} at epoch {epoch}")
             if budget.max_gpu_memory_mb is not None and cuda:
                 used = torch.cuda.max_memory_allocated() / 2**20
                 if used > budget.max_gpu_memory_mb:
-                    raise _Stop(f"GPU memory {used:.0f} MiB > max_gpu_memory_mb {budget.max_gpu_memory_mb:g}")
+                    raise _Stop("over:max_gpu_memory_mb",
+                                f"GPU memory {used:.0f} MiB > max_gpu_memory_mb {budget.max_gpu_memory_mb:g}")
             if not space.multi_objective and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {space.spec.study.pruner.name} at epoch {epoch} "
                                          f"({metric} {value:.4f})")
@@ -143,7 +152,7 @@ class Objective:
             for m in ckpt.restored:  # epochs restored from a checkpoint count too
                 if metric in m and (not best or sign * m[metric] > sign * best["value"]):
                     best.update(value=m[metric], epoch=m["epoch"])
-            trial.set_user_attr(DEVICE_SECONDS, time.perf_counter() - start)
+            trial.set_user_attr(DEVICE_SECONDS, round(time.perf_counter() - start, 2))
             if best:
                 trial.set_user_attr(BEST_VALUE, best["value"])
                 trial.set_user_attr(BEST_EPOCH, int(best["epoch"]))
@@ -152,10 +161,14 @@ class Objective:
         ckpt = TrialCheckpoint(trial, store)
         try:
             result = train(cfg, report, checkpoint=ckpt)
-        except (optuna.TrialPruned, TrainingDiverged) as e:
-            return _prune(trial, str(e))
+        except _Stop as e:
+            return _prune(trial, e.cause, str(e))
+        except optuna.TrialPruned as e:
+            return _prune(trial, f"pruner:{space.spec.study.pruner.name}", str(e))
+        except TrainingDiverged as e:
+            return _prune(trial, "diverged", str(e))
         except torch.cuda.OutOfMemoryError:
-            return _prune(trial, f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
+            return _prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
         finally:
             ckpt.finish()
             finish()
@@ -176,9 +189,9 @@ def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:
                          "toolkit there, or run with --gpus-per-trial 0")
 
 
-def _prune(trial: optuna.Trial, reason: str) -> Any:
-    trial.set_user_attr(PRUNE_REASON, reason)
-    raise optuna.TrialPruned(reason)
+def _prune(trial: optuna.Trial, cause: str, text: str) -> Any:
+    set_reason(trial, PRUNE_REASON, cause, text)
+    raise optuna.TrialPruned(text)
 
 
 _LIMITS = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops",
@@ -187,8 +200,10 @@ _LIMITS = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs":
 
 def _note(trial: optuna.Trial, screen: Check, budget: Any) -> None:
     """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
-    beside the measured figure. The dashboard's table stays narrow; the figures are its columns."""
+    beside the measured figure, then the figures no limit names. The table stays narrow."""
     from optuna_dashboard import save_note
+
+    from hps.search.record import human
 
     rows = []
     for key, fig in _LIMITS.items():
@@ -200,10 +215,12 @@ def _note(trial: optuna.Trial, screen: Check, budget: Any) -> None:
     for key in ("max_trial_seconds", "max_gpu_memory_mb"):
         if getattr(budget, key) is not None:
             rows.append(f"| {key} | {getattr(budget, key):g} | checked every epoch | |")
-    if not rows:
-        return
-    dtype = f" (model bytes at {budget.storage_dtype})" if budget.max_model_bytes is not None else ""
-    save_note(trial, f"**Budget**{dtype}\n\n| limit | value | this trial | |\n|---|---|---|---|\n" + "\n".join(rows))
+    limited = {fig for key, fig in _LIMITS.items() if getattr(budget, key) is not None}
+    for fig, value in screen.figures.items():  # the figures no limit names: measured all the same
+        if fig not in limited:
+            rows.append(f"| ({fig}) | - | {human(value)} | |")
+    save_note(trial, f"**Budget** (model bytes at {budget.storage_dtype})\n\n| limit | value | this trial | |\n"
+                     "|---|---|---|---|\n" + "\n".join(rows))
 
 
 __all__ = ["Objective"]

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import EPOCH, FAIL_REASON, FINISHED, IMAGES_PER_S, PRUNE_REASON, sign
+from hps.search.record import FINISHED, LIVE, reason, sign, trial_info
 
 MODES = ("auto", "live", "lines", "none")
 
@@ -33,9 +33,10 @@ def running_rows(trials: list[FrozenTrial]) -> list[tuple[int, int | None, float
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        epoch = max(t.intermediate_values) if t.intermediate_values else t.user_attrs.get(EPOCH)
+        live = trial_info(t, LIVE) or {}
+        epoch = max(t.intermediate_values) if t.intermediate_values else live.get("epoch")
         value = t.intermediate_values.get(epoch) if epoch is not None else None
-        rows.append((t.number, epoch, value, t.user_attrs.get(IMAGES_PER_S)))
+        rows.append((t.number, epoch, value, live.get("images_per_s")))
     return rows
 
 
@@ -66,15 +67,15 @@ def snapshot(study: optuna.Study, target: int, started: float, done_before: int)
                             "-" if ips is None else f"{ips:,.0f}")
         lines.append(running)
     reasons = Table("trial", "last prune reasons", box=None)
-    for t in [t for t in trials if PRUNE_REASON in t.user_attrs][-4:]:
-        reasons.add_row(str(t.number), t.user_attrs[PRUNE_REASON])
+    for t in [t for t in trials if t.state == TrialState.PRUNED and reason(t)][-4:]:
+        reasons.add_row(str(t.number), reason(t) or "")
     return Panel(Group(*lines, reasons), title="hps run", border_style="blue")
 
 
 def finished_line(t: FrozenTrial, done: int, target: int) -> str:
     state = t.state.name.lower()
     value = f" value {t.values[0]:.4f}" if t.values and t.state == TrialState.COMPLETE else ""
-    why = t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON) or ""
+    why = reason(t) or ""
     params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
     return f"[{done}/{target}] trial {t.number} {state}{value}" + (f": {why}" if why else "") + (f" ({params})" if params else "")
 

@@ -18,17 +18,22 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-# trial user attrs: short scalars, one dashboard column each
-PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"
+# trial user attrs: short scalars, one dashboard column each (the table fits a screen)
+PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
 DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
-EPOCH, IMAGES_PER_S = "epoch", "images_per_s"  # updated every epoch: the live view reads them
-WARM_START, FITTED_WIDTH, BUDGET_EXCESS = "warm_start", "fitted_width", "budget_excess"
-STORAGE_DTYPE, WEIGHTS, CHECKPOINT_SECONDS = "storage_dtype", "weights", "checkpoint_seconds"
-FIGURES = ("params", "model_bytes", "macs", "flops", "epochs", "train_memory_mb")  # the budget figures
+# budget limit -> the figure it limits; a study's table shows params and the figures its budget limits
+# (epochs are fixed, or a searched param with a column of its own; every figure is in hps:budget)
+LIMITED = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops"}
 
 # trial system attrs: structured values the table does not show
+WARM_START = "hps:warm_start"  # the warm start a queued trial came from (its label)
+WHY = "hps:why"  # the whole reason a trial was pruned or failed, one line (its dashboard note says it too)
 CONFIG, DATA, WORKER = "hps:config", "hps:data", "hps:worker"
+BUDGET = "hps:budget"  # every figure the meter measured: params, model_bytes, macs, flops, epochs, train_memory_mb
+LIVE = "hps:live"  # {epoch, images_per_s} of the last epoch: the live view reads it
 CHECKPOINT, RESUMED_FROM = "hps:checkpoint", "hps:resumed_from"
+WEIGHTS, STORAGE_DTYPE = "hps:weights", "hps:storage_dtype"  # the kept weights' artifact id; their dtype
+FITTED_WIDTH, BUDGET_EXCESS, CHECKPOINT_SECONDS = "hps:fitted_width", "hps:budget_excess", "hps:checkpoint_seconds"
 CONSTRAINTS_LIST = "constraints"  # the list form optuna-dashboard 0.21 reads (see README: Dashboard)
 ARTIFACT_PREFIX = "artifacts:"  # Optuna's system attr for an uploaded artifact's meta
 
@@ -37,8 +42,9 @@ SPACE = "hps:space"  # the space the study was run with (overrides applied)
 FAILED, STOPPED = "hps:failed", "hps:stopped"  # why the last run stopped early (None once a new run starts)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_OLD_NAMES = {CONFIG: "config", DATA: "data", WORKER: "worker", CHECKPOINT: "checkpoint",
-              RESUMED_FROM: "resumed_from"}  # where studies written before 0.2 kept them (user attrs)
+# where studies written before this layout kept them (user attrs)
+_OLD_NAMES = {CONFIG: "config", DATA: "data", WORKER: "worker", CHECKPOINT: "checkpoint", RESUMED_FROM: "resumed_from",
+              WEIGHTS: "weights", STORAGE_DTYPE: "storage_dtype", WARM_START: "warm_start"}
 
 
 def trial_info(t: FrozenTrial, key: str, default: Any = None) -> Any:
@@ -46,6 +52,18 @@ def trial_info(t: FrozenTrial, key: str, default: Any = None) -> Any:
     if key in t.system_attrs:
         return t.system_attrs[key]
     return t.user_attrs.get(_OLD_NAMES.get(key, key), default)
+
+
+def reason(t: FrozenTrial) -> str | None:
+    """Why a trial was pruned or failed, in full (None if it was not, or stored nothing)."""
+    return t.system_attrs.get(WHY) or t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON)
+
+
+def set_reason(trial: optuna.Trial, key: str, cause: str, text: str) -> None:
+    """Store why a running trial ends: ``key`` (``PRUNE_REASON`` or ``FAIL_REASON``) gets the cause
+    as one token (a table column that never wraps), ``WHY`` the whole line."""
+    trial.set_user_attr(key, cause)
+    set_trial_info(trial, WHY, text)
 
 
 def sign(study: optuna.Study | Any) -> int:
@@ -88,9 +106,18 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     return max(done, key=lambda t: (s * t.values[0], -t.number))
 
 
-def stored_figures(user_attrs: Mapping[str, Any]) -> dict[str, float]:
-    """A trial's budget figures, stored as one scalar user attr each (sortable in the dashboard)."""
-    return {k: user_attrs[k] for k in FIGURES if k in user_attrs}
+def columns(budget: Any) -> list[str]:
+    """The budget figures a study shows as dashboard columns: params, and each figure its budget limits."""
+    return ["params", *(fig for key, fig in LIMITED.items() if getattr(budget, key) is not None and fig != "params")]
+
+
+def stored_figures(t: FrozenTrial) -> dict[str, float]:
+    """Every budget figure the meter measured for a trial (empty if it never got that far)."""
+    figures = trial_info(t, BUDGET)
+    if figures is None:  # studies written before hps:budget: one user attr each
+        figures = {k: t.user_attrs[k] for k in ("params", "model_bytes", "macs", "flops", "epochs", "train_memory_mb")
+                   if k in t.user_attrs}
+    return dict(figures)
 
 
 def study_attrs(study: optuna.Study) -> dict[str, Any]:

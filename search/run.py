@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import RunFailed, StudyError
-from hps.search.record import FAIL_REASON, FAILED, FINISHED, best_feasible, counts, stop_reasons, study_attrs
+from hps.search.record import FAILED, FINISHED, best_feasible, counts, reason, stop_reasons, study_attrs
 from hps.search.settings import settings
 from hps.search.space import Space, load_space
 from hps.search.storage import dispose, get_storage, redact, storage_url
@@ -53,7 +53,7 @@ class RunResult:
 
 def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
     trials = study.get_trials(deepcopy=False)
-    failures = [f"trial {t.number}: {t.user_attrs.get(FAIL_REASON, 'no reason stored')}" for t in trials
+    failures = [f"trial {t.number}: {reason(t) or 'no reason stored'}" for t in trials
                 if t.state == TrialState.FAIL]
     return RunResult(study, redact(url), target, counts(trials), failures, stop_reasons(study_attrs(study)),
                      best_feasible(study))

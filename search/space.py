@@ -587,7 +587,7 @@ def suggest(space: Space, trial: Any) -> TrainConfig:
     if fit is not None:
         assert fit.low is not None and fit.high is not None
         width = fit_width(cfg, space.budget, fit.low, fit.high)
-        trial.set_user_attr(FITTED_WIDTH, width)
+        trial.storage.set_trial_system_attr(trial._trial_id, FITTED_WIDTH, width)
         # even the narrowest breaks the budget: keep it, the pre-screen prunes it
         cfg = with_overrides(cfg, {"model.width": width if width is not None else fit.low}, space.source)
     return cfg

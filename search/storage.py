@@ -28,7 +28,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna.trial import FrozenTrial
 
 from hps.search.errors import StudyError
-from hps.search.record import FAIL_REASON, WORKER, trial_info
+from hps.search.record import FAIL_REASON, WHY, WORKER, trial_info
 from hps.search.settings import settings
 
 
@@ -107,18 +107,21 @@ class _LostWorker:
         self.retry(study, trial)
 
 
-def record_reason(storage: BaseStorage, trial_id: int, reason: str) -> None:
-    """Write ``fail_reason`` on a trial that already finished as FAIL (Optuna's own setters refuse
-    finished trials). Supported on RDB storages (the journal's workers are on one machine)."""
+def record_reason(storage: BaseStorage, trial_id: int, reason: str, cause: str = "lost_worker") -> None:
+    """Write why a trial that already finished as FAIL failed (Optuna's own setters refuse
+    finished trials): ``fail_reason`` (the cause) and ``hps:why`` (the line). Supported on RDB
+    storages (the journal's workers are on one machine)."""
     backend = rdb_backend(storage)
     try:
         if backend is not None:
             from optuna.storages._rdb import models
 
-            table = models.TrialUserAttributeModel.__table__
             with backend.engine.begin() as conn:
-                conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == FAIL_REASON))
-                conn.execute(table.insert().values(trial_id=trial_id, key=FAIL_REASON, value_json=json.dumps(reason)))
+                for model, key, value in ((models.TrialUserAttributeModel, FAIL_REASON, cause),
+                                          (models.TrialSystemAttributeModel, WHY, reason)):
+                    table = model.__table__
+                    conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == key))
+                    conn.execute(table.insert().values(trial_id=trial_id, key=key, value_json=json.dumps(value)))
     except Exception as e:  # the retry matters more than the note
         warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
 

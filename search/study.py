@@ -7,7 +7,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hps.search.errors import StudyError
-from hps.search.record import FAILED, SPACE, set_study_attr, study_attrs
+from hps.search.record import FAILED, SPACE, WARM_START, set_study_attr, study_attrs
 from hps.search.space import Space
 
 
@@ -30,7 +30,11 @@ def open_study(space: Space, storage: BaseStorage, *, index: int = 0) -> optuna.
     if SPACE not in attrs and "hps_space" not in study.user_attrs:
         set_study_attr(study, SPACE, space.to_dict())
         for label, params in space.warm_start:
-            study.enqueue_trial(params, user_attrs={"warm_start": label}, skip_if_exists=True)
+            before = storage.get_n_trials(study._study_id)
+            study.enqueue_trial(params, skip_if_exists=True)
+            queued = study.get_trials(deepcopy=False)[before:]
+            for t in queued:  # a system attr: Optuna's enqueue_trial takes user attrs only, a table column
+                storage.set_trial_system_attr(t._trial_id, WARM_START, label)
     return study
 
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hps.search.record import reason
 from tests.conftest import REPO
 
 
@@ -35,7 +36,7 @@ def test_search_quality_smoke(tmp_path: Path) -> None:
     hps = optuna.load_study(study_name=studies["hps"], storage=url).trials
     pre_screened = [t for t in hps if any(v > 0 for v in t.constraints.values())]
     assert pre_screened, "the space's width range should produce configs over max_params"
-    assert all(t.state == TrialState.PRUNED and not t.intermediate_values and "over budget" in t.user_attrs["prune_reason"]
+    assert all(t.state == TrialState.PRUNED and not t.intermediate_values and "over budget" in reason(t)
                for t in pre_screened)  # pre-screened: infeasible configs never train
     assert results["methods"]["hps"]["runs"][0]["infeasible_seconds"] == 0.0
     random = optuna.load_study(study_name=studies["random"], storage=url).trials

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from hps.search.record import reason, stored_figures
 from hps.trainers.data import file_sha256
 from tests.conftest import MINI, REPO, free_port
 from tests.docker import engine as E
@@ -181,7 +182,7 @@ def test_a_killed_worker_fails_its_trial_and_the_retry_runs(stack: dict[str, Any
     ts = {t.number: t for t in stack["trials"]}
     killed = ts[number]
     assert killed.state == TrialState.FAIL
-    assert "no heartbeat from its worker" in killed.user_attrs["fail_reason"] and host in killed.user_attrs["fail_reason"]
+    assert "no heartbeat from its worker" in reason(killed) and host in reason(killed)
     retries = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params
     assert retries[0].state in (*FINISHED, TrialState.FAIL)  # FAIL only if the `down` caught it too
@@ -207,7 +208,7 @@ def test_export_through_compose_run(stack: dict[str, Any]) -> None:
     assert exported["provenance"]["study"] == STUDY and exported["provenance"]["trial"] == best.number
     assert PASSWORD not in stack["export"] and "p@ss" not in stack["export"]  # nothing of the password
     assert exported["provenance"]["weights"]["file"] == "best.pt"  # the weights beside it, in the artifacts volume
-    assert exported["provenance"]["weights"]["bytes"] == best.user_attrs["model_bytes"]
+    assert exported["provenance"]["weights"]["bytes"] == stored_figures(best)["model_bytes"]
 
 
 def test_ray_refuses_a_process_without_the_token(stack: dict[str, Any]) -> None:
@@ -240,7 +241,7 @@ def test_stock_dashboard_through_its_published_port(stack: dict[str, Any]) -> No
     listed = next(t for t in data["trials"] if t["number"] == best.number)["artifacts"]
     assert [a["filename"] for a in listed] == ["weights.pt"]  # the best trial's kept weights, from the shared volume
     body = urllib.request.urlopen(f"{url}/artifacts/{sid}/{best._trial_id}/{listed[0]['artifact_id']}", timeout=10).read()
-    assert len(body) == best.user_attrs["model_bytes"]
+    assert len(body) == stored_figures(best)["model_bytes"]
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver, "chromium and chromedriver: make system-deps installs them"

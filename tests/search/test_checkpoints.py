@@ -17,9 +17,8 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from hps.search.checkpoints import WEIGHTS_ATTR
 from hps.search.export import export
-from hps.search.record import CHECKPOINT
+from hps.search.record import CHECKPOINT, WEIGHTS, stored_figures
 from hps.search.run import run
 from hps.search.space import load_space
 from hps.trainers import load_config, saved_bytes, state_dict_at
@@ -58,8 +57,8 @@ def test_the_best_k_keep_their_weights_and_no_checkpoint_remains(study: dict) ->
     s: optuna.Study = study["study"]
     done = sorted(s.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
     assert len(done) == 6
-    assert [t.number for t in done if WEIGHTS_ATTR in t.user_attrs] == [t.number for t in done[:2]]
-    kept = {t.user_attrs[WEIGHTS_ATTR] for t in done[:2]}
+    assert [t.number for t in done if WEIGHTS in t.system_attrs] == [t.number for t in done[:2]]
+    kept = {t.system_attrs[WEIGHTS] for t in done[:2]}
     assert set(os.listdir(study["artifacts"])) == kept  # no checkpoint, no dropped weights left on disk
     for t in done:
         assert t.system_attrs[CHECKPOINT]["epoch"] == 3  # one saved after every epoch, the last one deleted
@@ -75,7 +74,7 @@ def test_export_writes_the_weights_at_the_storage_dtype_and_they_score_the_trial
     weights = out.with_suffix(".pt")
     prov = yaml.safe_load(out.read_text())["provenance"]
     assert prov["weights"] == {"file": "best.pt", "dtype": "fp32", "bytes": weights.stat().st_size}
-    assert weights.stat().st_size == t.user_attrs["model_bytes"]  # the meter's figure, exactly
+    assert weights.stat().st_size == stored_figures(t)["model_bytes"]  # the meter's figure, exactly
     cfg = load_config(out)
     stored = torch.load(weights, weights_only=True)
     assert score(cfg, stored)["val_acc"] == t.value  # the trial's last-epoch val_acc, without training
@@ -115,7 +114,7 @@ def test_the_stock_dashboard_lists_and_serves_the_weights(study: dict) -> None:
                 time.sleep(0.3)
         data = json.load(urllib.request.urlopen(f"{url}/api/studies/{s._study_id}", timeout=10))
         listed = next(t for t in data["trials"] if t["number"] == best.number)["artifacts"]
-        assert [(a["filename"], a["artifact_id"]) for a in listed] == [("weights.pt", best.user_attrs[WEIGHTS_ATTR])]
+        assert [(a["filename"], a["artifact_id"]) for a in listed] == [("weights.pt", best.system_attrs[WEIGHTS])]
         body = urllib.request.urlopen(f"{url}/artifacts/{s._study_id}/{best._trial_id}/{listed[0]['artifact_id']}",
                                       timeout=10).read()
         assert body == (study["artifacts"] / listed[0]["artifact_id"]).read_bytes()

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 import hps.search.objective as objective_module
 from hps.search.algorithms import pruner_class, sampler_class
 from hps.search.errors import SpaceError
+from hps.search.record import reason
 from hps.search.space import load_space
 from hps.search.study import open_study
 from hps.trainers import TrainConfig, train
@@ -145,8 +146,8 @@ def _check(tree: Path, space_file: Path, label: str, mutated: dict[str, Any], ru
     study = open_study(space, optuna.storages.InMemoryStorage())
     study.optimize(objective_module.Objective(space), n_trials=1, catch=(Exception,))
     trial = study.trials[0]
-    assert trial.state != TrialState.FAIL, f"{label}: {trial.user_attrs.get('fail_reason')}"
-    assert trial.state == TrialState.COMPLETE or trial.user_attrs.get("prune_reason"), label
+    assert trial.state != TrialState.FAIL, f"{label}: {reason(trial)}"
+    assert trial.state == TrialState.COMPLETE or reason(trial), label
     return True
 
 

@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hps.search.errors import RunFailed
-from hps.search.record import CHECKPOINT, FAILED, RESUMED_FROM, WORKER, study_attrs
+from hps.search.record import CHECKPOINT, FAILED, RESUMED_FROM, WEIGHTS, WORKER, reason, study_attrs
 from hps.search.run import run
 from hps.search.space import load_space
 from tests.conftest import REPO, free_port, kill_all, pids_using
@@ -119,7 +119,7 @@ def test_a_gpu_share_without_cuda_fails_with_why(tmp_path: Path, connected: str,
     assert failed.value.result is None or failed.value.result.counts.get("fail", 0) >= 3
     ts = _trials(study_name)
     assert ts and all(t.state == TrialState.FAIL for t in ts)
-    assert all("torch sees no CUDA device" in t.user_attrs["fail_reason"] for t in ts)
+    assert all("torch sees no CUDA device" in reason(t) for t in ts)
     assert all("device_seconds" not in t.user_attrs for t in ts)  # nothing trained
     study = optuna.load_study(study_name=study_name, storage=PG_URL)
     assert "torch sees no CUDA device" in study_attrs(study)[FAILED]
@@ -165,7 +165,7 @@ def test_sigkill_a_worker_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, 
     ts = _trials(study_name, url)
     dead = ts[killed[0]]
     assert dead.state == TrialState.FAIL  # through the heartbeat, with the reason stored
-    assert dead.user_attrs["fail_reason"].startswith("no heartbeat from its worker for ")
+    assert reason(dead).startswith("no heartbeat from its worker for ")
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
     retry, k = retries[0], dead.system_attrs[CHECKPOINT]["epoch"]
@@ -180,7 +180,7 @@ def test_sigkill_a_worker_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, 
     assert [t.state for t in ts].count(TrialState.FAIL) == 1
     left = set(os.listdir(artifacts))
     assert not any(name.startswith("checkpoint-") for name in left)  # the original's and every finished trial's are gone
-    assert left == {t.user_attrs["weights"] for t in ts if "weights" in t.user_attrs}
+    assert left == {t.system_attrs[WEIGHTS] for t in ts if WEIGHTS in t.system_attrs}
 
 
 @pytest.mark.parametrize("url, per_worker", [(PG_URL, 2)], ids=["postgres"])
@@ -259,4 +259,4 @@ def test_postgres_restart_mid_study(tmp_path: Path, connected: str, study_name: 
     ts = _trials(study_name, url)
     assert len([t for t in ts if t.state in FINISHED]) >= 8
     # RDBStorage may fail the trial in flight; it says why
-    assert all(t.user_attrs.get("fail_reason") for t in ts if t.state == TrialState.FAIL)
+    assert all(reason(t) for t in ts if t.state == TrialState.FAIL)

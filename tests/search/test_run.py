@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 import hps.search.objective as objective_module
 from hps.search.export import export, plot
-from hps.search.record import CONFIG, DATA, STOPPED, study_attrs
+from hps.search.record import CONFIG, DATA, STOPPED, reason, study_attrs
 from hps.search.run import run
 from hps.search.space import load_space
 from hps.search.storage import get_storage
@@ -54,7 +54,8 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
 
     over = ts[0]  # warm start at width 1.0: 1.97M params > 300k
     assert over.state == TrialState.PRUNED and over.intermediate_values == {}
-    assert over.user_attrs["prune_reason"] == "over budget: params 1.97M > max_params 300k"
+    assert reason(over) == "over budget: params 1.97M > max_params 300k"
+    assert over.user_attrs["prune_reason"] == "over:max_params"  # the dashboard column: one token
     assert over.constraints["max_params"] == 1_972_792 - 300_000 and over.constraints["max_epochs"] == 0
     assert "device_seconds" not in over.user_attrs
     # pre-screened configs never reached the trainer; every trained config met the budget
@@ -75,11 +76,12 @@ def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, s
     assert good.system_attrs[DATA] == {"dataset": "cifar10", "source": "npz", "path": data["path"], "sha256": data["sha256"],
                                        "split_seed": 0, "val_fraction": 0.2, "subset": 1500}
     assert weak.state == TrialState.PRUNED and list(weak.intermediate_values) == [1]
-    assert weak.user_attrs["prune_reason"].startswith("pruned by median at epoch 1 (val_acc ")
+    assert reason(weak).startswith("pruned by median at epoch 1 (val_acc ")
+    assert weak.user_attrs["prune_reason"] == "pruner:median"
     for t in ts:
         assert t.system_attrs[CONFIG]["model"]["name"] == "airnet"
         if t.state == TrialState.PRUNED:
-            assert t.user_attrs["prune_reason"]
+            assert reason(t)
 
 
 @pytest.mark.slow
@@ -184,7 +186,7 @@ def test_budget_limits_during_training(tmp_path: Path, study_name: str) -> None:
     run(load_space(path), url, trials=2, progress="none")
     t = trials(url, study_name)[0]
     assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]
-    assert t.user_attrs["prune_reason"].startswith("ran ") and "> max_trial_seconds 0.01 at epoch 1" in t.user_attrs["prune_reason"]
+    assert reason(t).startswith("ran ") and "> max_trial_seconds 0.01 at epoch 1" in reason(t)
 
 
 def test_divergence_and_invalid_configs_are_pruned_with_reasons(tmp_path: Path, study_name: str) -> None:
@@ -197,9 +199,9 @@ def test_divergence_and_invalid_configs_are_pruned_with_reasons(tmp_path: Path, 
                                               {"optimizer.lr": 10.0, "schedule.name": "multistep"}])
     run(load_space(path), url, trials=2, progress="none")
     nan, invalid = trials(url, study_name)[:2]
-    assert nan.state == TrialState.PRUNED and nan.user_attrs["prune_reason"].startswith("training loss became nan in epoch 1")
+    assert nan.state == TrialState.PRUNED and reason(nan).startswith("training loss became nan in epoch 1")
     assert invalid.state == TrialState.PRUNED
-    assert "invalid config" in invalid.user_attrs["prune_reason"] and "schedule.milestones: [] is not allowed" in invalid.user_attrs["prune_reason"]
+    assert "invalid config" in reason(invalid) and "schedule.milestones: [] is not allowed" in reason(invalid)
 
 
 def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) -> None:
@@ -324,7 +326,8 @@ def test_failures_stop_the_run_with_its_first_reason(tmp_path: Path, study_name:
     assert f"study {study_name}: stopped after 3 failed trials in a row; first: trial 0: RuntimeError: meter broke on call 1" in result.output
     ts = trials(url, study_name)
     assert [t.state for t in ts] == [TrialState.FAIL] * 3
-    assert [t.user_attrs["fail_reason"] for t in ts] == [f"RuntimeError: meter broke on call {i}" for i in (1, 2, 3)]
+    assert [reason(t) for t in ts] == [f"RuntimeError: meter broke on call {i}" for i in (1, 2, 3)]
+    assert {t.user_attrs["fail_reason"] for t in ts} == {"error:RuntimeError"}
     status = runner.invoke(cli_module.app, ["status", study_name, "--storage", url, "--json"])
     assert json.loads(status.output)["stopped"] == ["stopped after 3 failed trials in a row; first: trial 0: RuntimeError: meter broke on call 1"]
     table = runner.invoke(cli_module.app, ["status", study_name, "--storage", url], env={"COLUMNS": "300"})
