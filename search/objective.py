@@ -23,6 +23,7 @@ limit beside the measured figure.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any
@@ -70,6 +71,7 @@ class Objective:
     def __init__(self, space: Space, worker: dict[str, Any] | None = None) -> None:
         self.space, self.worker = space, worker
         self._store: Any = None
+        self._budget_note = ""
 
     def store(self) -> Any:
         """The artifact store for checkpoints and weights (``$HPS_ARTIFACTS``), opened once per process."""
@@ -86,18 +88,30 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:  # Optuna stores the trial as FAIL and re-raises: say why
-            set_reason(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
+            self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
             raise
         except Exception as e:
-            set_reason(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
+            self._explain(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
             raise
 
+    def _explain(self, trial: optuna.Trial, key: str, cause: str, text: str) -> None:
+        """Store why the trial ends (:func:`set_reason`) and add it to its dashboard note."""
+        set_reason(trial, key, cause, text)
+        word = "Pruned" if key == PRUNE_REASON else "Failed"
+        with contextlib.suppress(Exception):  # the note is a courtesy; the reason is stored
+            _save_note(trial, (self._budget_note + "\n\n" if self._budget_note else "") + f"**{word}:** {text}")
+
+    def _prune(self, trial: optuna.Trial, cause: str, text: str) -> Any:
+        self._explain(trial, PRUNE_REASON, cause, text)
+        raise optuna.TrialPruned(text)
+
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self._budget_note = ""
         space, budget = self.space, self.space.budget
         try:
             cfg = suggest(space, trial)
         except ConfigError as e:
-            return _prune(trial, "invalid_config", f"invalid config: {e}")
+            return self._prune(trial, "invalid_config", f"invalid config: {e}")
         cfg = pin_data(cfg)
         _check_gpu(cfg.train.device, self.worker)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
@@ -116,10 +130,11 @@ class Objective:
         if screen.constraints:  # optuna-dashboard 0.21 shows the list form; Optuna reads both
             set_trial_info(trial, CONSTRAINTS_LIST, list(screen.constraints.values()))
             set_trial_info(trial, BUDGET_EXCESS, screen.excess)  # > 0: over budget
-        _note(trial, screen, budget)
+        self._budget_note = _budget_note(screen, budget)
+        _save_note(trial, self._budget_note)
         if not screen.feasible:
             broken = [k for k, v in screen.constraints.items() if v > 0]
-            return _prune(trial, f"over:{broken[0]}", "over budget: " + "; ".join(screen.violations))
+            return self._prune(trial, f"over:{broken[0]}", "over budget: " + "; ".join(screen.violations))
 
         metric, sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
         best: dict[str, float] = {}
@@ -162,13 +177,13 @@ class Objective:
         try:
             result = train(cfg, report, checkpoint=ckpt)
         except _Stop as e:
-            return _prune(trial, e.cause, str(e))
+            return self._prune(trial, e.cause, str(e))
         except optuna.TrialPruned as e:
-            return _prune(trial, f"pruner:{space.spec.study.pruner.name}", str(e))
+            return self._prune(trial, f"pruner:{space.spec.study.pruner.name}", str(e))
         except TrainingDiverged as e:
-            return _prune(trial, "diverged", str(e))
+            return self._prune(trial, "diverged", str(e))
         except torch.cuda.OutOfMemoryError:
-            return _prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
+            return self._prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
         finally:
             ckpt.finish()
             finish()
@@ -189,20 +204,19 @@ def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:
                          "toolkit there, or run with --gpus-per-trial 0")
 
 
-def _prune(trial: optuna.Trial, cause: str, text: str) -> Any:
-    set_reason(trial, PRUNE_REASON, cause, text)
-    raise optuna.TrialPruned(text)
-
-
 _LIMITS = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops",
            "max_epochs": "epochs"}
 
 
-def _note(trial: optuna.Trial, screen: Check, budget: Any) -> None:
-    """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
-    beside the measured figure, then the figures no limit names. The table stays narrow."""
+def _save_note(trial: optuna.Trial, body: str) -> None:
     from optuna_dashboard import save_note
 
+    save_note(trial, body)
+
+
+def _budget_note(screen: Check, budget: Any) -> str:
+    """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
+    beside the measured figure, then the figures no limit names. The table stays narrow."""
     from hps.search.record import human
 
     rows = []
@@ -219,8 +233,8 @@ def _note(trial: optuna.Trial, screen: Check, budget: Any) -> None:
     for fig, value in screen.figures.items():  # the figures no limit names: measured all the same
         if fig not in limited:
             rows.append(f"| ({fig}) | - | {human(value)} | |")
-    save_note(trial, f"**Budget** (model bytes at {budget.storage_dtype})\n\n| limit | value | this trial | |\n"
-                     "|---|---|---|---|\n" + "\n".join(rows))
+    return (f"**Budget** (model bytes at {budget.storage_dtype})\n\n| limit | value | this trial | |\n"
+            "|---|---|---|---|\n" + "\n".join(rows))
 
 
 __all__ = ["Objective"]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+import hps as hps_api
 import hps.search.objective as objective_module
 from hps.search.export import export, plot
 from hps.search.record import CONFIG, DATA, STOPPED, reason, study_attrs
@@ -29,7 +30,7 @@ from hps.search.storage import get_storage
 from hps.search.study import open_study
 from hps.trainers import TrainConfig, load_config, train
 from tests.conftest import REPO
-from tests.search.conftest import PG_URL, hps, trials, write_space
+from tests.search.conftest import PG_URL, SMALL, hps, trials, write_space
 
 
 @pytest.fixture
@@ -363,3 +364,33 @@ def test_a_database_that_never_answers_fails_fast(tmp_path: Path) -> None:
             assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
             assert f"cannot open storage {url.split('u@')[0]}u@127.0.0.1:{port}/db" in r.stderr.replace("postgresql+psycopg2", "postgresql")
             assert "timeout" in r.stderr.lower()
+
+
+@pytest.mark.slow
+def test_set_overrides_on_run_measure_and_retrain(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    path = write_space(tmp_path, study_name)
+    bad = hps("run", str(path), "--set", "study.trials=abc", "--storage", url)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: {path}: study.trials: 'abc' is not allowed; expected an integer"
+    unknown = hps("run", str(path), "--set", "fixed.train.epoch=1", "--storage", url)
+    assert unknown.returncode == 2 and "'train.epoch' is not a trainer key" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.db").exists()
+
+    ok = hps("run", str(path), "--set", "study.trials=2", "--set", "fixed.train.epochs=1", "--set", "warm_start=[]",
+             "--storage", url, "--no-live")
+    assert ok.returncode == 0, ok.stderr
+    study = optuna.load_study(study_name=study_name, storage=url)
+    assert len(study.trials) == 2 and all(t.system_attrs[CONFIG]["train"]["epochs"] == 1 for t in study.trials)
+    stored = study_attrs(study)["hps:space"]
+    assert stored["overrides"] == {"study.trials": 2, "fixed.train.epochs": 1, "warm_start": []}
+    assert stored["study"]["trials"] == 2 and stored["base"]["train"]["epochs"] == 1
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL["base"]))
+    measured = json.loads(hps("measure", str(cfg), "--set", "model.width=0.5", "--json").stdout)
+    assert measured["params"] == hps_api.measure(SMALL["base"], {"model.width": 0.5}).params
+    out = tmp_path / "r"
+    retrained = hps("retrain", str(cfg), "--set", "train.epochs=1", "--out", str(out))
+    assert retrained.returncode == 0, retrained.stderr
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 1

@@ -251,3 +251,60 @@ def test_image_size_is_searchable_and_the_smallest_config_takes_the_least(tmp_pa
     data["space"]["data.image_size"] = {"choices": [64, 96]}
     with pytest.raises(SpaceError, match=r"smallest config \(resnet18 at width 0\.25, depth 1, 64 px\) has MACs"):
         load_space(write(tmp_path, data))
+
+
+# --set: dotted overrides on top of a space file or dict, validated as the file is
+
+
+def test_overrides_set_study_fixed_space_and_budget_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    space = load_space(path, ["study.trials=8", "fixed.train.epochs=2", "space.model.width.high=0.3",
+                              "budget.max_params=900000", "study.sampler.name=random"])
+    assert space.spec.study.trials == 8 and space.base.train.epochs == 2
+    assert space.spec.space["model.width"].high == 0.3 and space.budget.max_params == 900_000
+    assert space.spec.study.sampler.name == "random"
+    recorded = space.to_dict()  # what the study stores as hps:space
+    assert recorded["overrides"] == {"study.trials": 8, "fixed.train.epochs": 2, "space.model.width.high": 0.3,
+                                     "budget.max_params": 900000, "study.sampler.name": "random"}
+    assert recorded["study"]["trials"] == 8 and recorded["base"]["train"]["epochs"] == 2
+    same = load_space(VALID, {"study.trials": 8, "space.optimizer.momentum": None})  # a dict; null stops searching a key
+    assert same.spec.study.trials == 8 and "optimizer.momentum" not in same.spec.space
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("study.trials=abc", "s.yaml: study.trials: 'abc' is not allowed; expected an integer"),
+    ("study.trails=8", "s.yaml: study.trails: unknown key; allowed keys: name, trials, timeout, seed, sampler, pruner"),
+    ("budget.max_params=-5", "s.yaml: budget.max_params: -5 is out of range"),
+    ("studdy.trials=8", "s.yaml: --set studdy.trials: 'studdy' is not a space section; allowed: study, base, fixed, space"),
+    ("fixed.train.epoch=2", "s.yaml: --set fixed.train.epoch: 'train.epoch' is not a trainer key; allowed: model.name"),
+    ("fixed.train.epochs=0", "s.yaml: fixed: train.epochs: 0 is out of range"),
+    ("space.optimizer.lr.high=0.1", "s.yaml: --set space.optimizer.lr.high: optimizer.lr is not searched in this space"),
+    ("space.model.width.hihg=0.3", "s.yaml: space.model.width.hihg: unknown key; allowed keys: type, low, high"),
+    ("study.trials", "--set 'study.trials': expected KEY=VALUE"),
+    ("study=3", "s.yaml: --set study: name a key inside study, e.g. study.trials=8"),
+    ("objectives=[val_auc]", "s.yaml: objectives: [val_auc] is not allowed; the first objective must be one of val_acc, val_loss"),
+])
+def test_a_bad_override_is_one_line_naming_the_key(tmp_path: Path, item: str, message: str) -> None:
+    with pytest.raises(SpaceError) as e:
+        load_space(write(tmp_path, VALID), [item])
+    text = str(e.value).replace(f"{tmp_path}/", "")
+    assert text.startswith(message) and "\n" not in text, text
+
+
+def test_paths_in_a_space_resolve_against_its_file_wherever_it_runs(tmp_path: Path, mini_npz: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy in another folder keeps its base, warm start and data path: they are relative to the file."""
+    folder = tmp_path / "project" / "spaces"
+    (folder / "seeds").mkdir(parents=True)
+    (folder / "data").mkdir()
+    (folder / "data" / "mine.npz").write_bytes(mini_npz.read_bytes())
+    write(folder / "seeds", {"model": {"name": "airnet", "width": 0.25}, "data": {"path": "../data/mine.npz"}}, "seed.yaml")
+    data = {**VALID, "base": "seeds/seed.yaml", "fixed": {"train.epochs": 3}, "warm_start": ["seeds/seed.yaml"]}
+    data["space"] = {"model.width": {"low": 0.125, "high": 0.5}}
+    path = write(folder, data)
+    monkeypatch.chdir(tmp_path)
+    space = load_space(Path("project/spaces/s.yaml"))
+    assert space.base.data.path == str((folder / "data" / "mine.npz").resolve())
+    assert space.warm_start == [("seeds/seed.yaml", {"model.width": 0.25})]
+    inline = load_space(path, ["fixed.data.path=data/mine.npz"])
+    assert inline.base.data.path == str((folder / "data" / "mine.npz").resolve())
