@@ -50,13 +50,15 @@ def train(source: TrainConfig | str | Path | Mapping[str, Any], overrides: Mappi
 
 
 def _study(study: optuna.Study | RunResult | str, storage: str | None) -> tuple[optuna.Study, str]:
+    import sys
+
     import optuna
 
-    from hps.search.run import RunResult
     from hps.search.storage import get_storage, storage_url
     from hps.search.study import load_study
 
-    if isinstance(study, RunResult):
+    run = sys.modules.get("hps.search.run")  # a RunResult exists only once the driver is loaded (torch)
+    if run is not None and isinstance(study, run.RunResult):
         return study.study, study.storage
     if isinstance(study, optuna.Study):
         return study, storage or "<study>"

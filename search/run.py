@@ -121,7 +121,18 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
 
 
 def _quiet_optuna() -> None:
+    import logging
     import warnings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    log = logging.getLogger("optuna.study._optimize")  # Optuna logs an interrupted trial with a traceback
+    if not any(isinstance(f, _NoInterruptTraceback) for f in log.filters):
+        log.addFilter(_NoInterruptTraceback())
+
+
+class _NoInterruptTraceback:
+    """Drops Optuna's log record of a trial stopped by Ctrl-C: the run says so in one line."""
+
+    def filter(self, record: object) -> bool:
+        return "KeyboardInterrupt" not in getattr(record, "getMessage", lambda: "")()

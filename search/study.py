@@ -3,12 +3,16 @@ space recorded on it, warm starts enqueued once."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
 from optuna.storages import BaseStorage
 
 from hps.search.errors import StudyError
 from hps.search.record import FAILED, SPACE, WARM_START, set_study_attr, study_attrs
-from hps.search.space import Space
+
+if TYPE_CHECKING:  # hps status and export load studies without the trainer (torch)
+    from hps.search.space import Space
 
 
 def open_study(space: Space, storage: BaseStorage, *, index: int = 0) -> optuna.Study:
