@@ -1,6 +1,7 @@
 """Start-up of hps's read-only commands against ``python -c "import optuna"``, the floor any Optuna
-tool pays, and against Optuna's own CLI reading the same storage (``optuna studies``). Each command runs as a user runs it (a new process) on a small study in a SQLite file;
-the runs are interleaved (floor, then each command, round after round) and the medians reported.
+tool pays, and against Optuna's own CLI reading the same storage (``optuna studies``). Each command
+runs as a user runs it (a new process) on a small study in a SQLite file; the runs are interleaved
+(floor, then each command, round after round) and the medians reported.
 
     python bench/startup.py [--rounds 7]
 """
