@@ -35,6 +35,8 @@ RUN python -c "import tomllib; print(*tomllib.load(open('/src/pyproject.toml', '
 COPY README.md /src/
 COPY search /src/search
 COPY trainers /src/trainers
+# the import name: src/hps links to search/ and trainers/ (the wheel holds real files)
+COPY src /src/src
 RUN pip install --no-deps /src && rm -rf /src
 COPY spaces /app/spaces
 ENV HPS_ARTIFACTS=/artifacts HPS_DATA=/data

@@ -121,4 +121,4 @@ def test_services_and_their_images() -> None:
 
 def test_the_build_context_leaves_out_what_images_do_not_need() -> None:
     ignore = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
-    assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!search/", "!trainers/", "!spaces/"} <= set(ignore)
+    assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!src/", "!search/", "!trainers/", "!spaces/"} <= set(ignore)

@@ -1,0 +1,102 @@
+"""hps: hyperparameter search for small image classifiers under hard budgets (Optuna + Ray).
+
+A study from Python::
+
+    import hps
+
+    space = hps.load_space("spaces/quickstart.yaml", overrides={"study.trials": 4})
+    result = hps.run(space)                  # SQLite file hps.db unless storage= says otherwise
+    print(result.best_trial.params, result.counts)
+    hps.export(result, "best.yaml")          # a retrain YAML; hps.train("best.yaml") retrains it
+
+The folders behind the name: ``hps.search`` (spaces, studies, executors, the CLI) and
+``hps.trainers`` (the trainer, models, data, meter; it imports no Optuna or Ray). Names load on
+first use, so ``import hps`` imports neither torch nor Optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("hps")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+    __version__ = "0+unknown"
+
+_WHERE = {
+    "load_space": "hps.search.space", "Space": "hps.search.space",
+    "run": "hps.search.run", "RunResult": "hps.search.run",
+    "export": "hps.search.api", "best_trial": "hps.search.api", "measure": "hps.search.api",
+    "train": "hps.search.api", "config": "hps.search.api",
+    "SpaceError": "hps.search.errors", "SettingsError": "hps.search.errors", "StudyError": "hps.search.errors",
+    "RunFailed": "hps.search.errors",
+    "ConfigError": "hps.trainers", "DataError": "hps.trainers", "DataMismatch": "hps.trainers",
+    "TrainingDiverged": "hps.trainers",
+    "TrainConfig": "hps.trainers", "TrainResult": "hps.trainers", "Measurement": "hps.trainers",
+    "retrain": "hps.trainers", "load_config": "hps.trainers",
+    "create_model": "hps.trainers", "register_model": "hps.trainers", "list_models": "hps.trainers",
+}
+
+if TYPE_CHECKING:
+    from hps.search.api import best_trial, config, export, measure, train
+    from hps.search.errors import RunFailed, SettingsError, SpaceError, StudyError
+    from hps.search.run import RunResult, run
+    from hps.search.space import Space, load_space
+    from hps.trainers import (
+        ConfigError,
+        DataError,
+        DataMismatch,
+        Measurement,
+        TrainConfig,
+        TrainingDiverged,
+        TrainResult,
+        create_model,
+        list_models,
+        load_config,
+        register_model,
+        retrain,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hps' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DataMismatch",
+    "Measurement",
+    "RunFailed",
+    "RunResult",
+    "SettingsError",
+    "Space",
+    "SpaceError",
+    "StudyError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "best_trial",
+    "config",
+    "create_model",
+    "export",
+    "list_models",
+    "load_config",
+    "load_space",
+    "measure",
+    "register_model",
+    "retrain",
+    "run",
+    "train",
+]

@@ -1,0 +1,1 @@
+"""hps search: YAML spaces -> Optuna studies, budget pruning, export. Imports trainers, never the reverse."""

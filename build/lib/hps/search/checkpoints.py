@@ -1,0 +1,137 @@
+"""Trial checkpoints and kept weights in an Optuna artifact store.
+
+- The store: :func:`search.storage.artifact_store`, ``$HPS_ARTIFACTS`` (default ``hps-artifacts/``),
+  a folder every worker shares (compose's ``artifacts`` volume), or ``s3://bucket/prefix``.
+- Checkpoints: the trainer's :class:`trainers.Checkpoint` hook for one trial. It saves the full
+  training state at most every ``HPS_CHECKPOINT_SECONDS`` (default 300) after an epoch, keeps only
+  the newest, and records it as the trial's ``checkpoint`` user attr. A trial that Optuna retries
+  after its worker died (``failed_trial``) resumes from its original's last checkpoint. A finished
+  trial's checkpoints are deleted (the original's too, once its retry finishes).
+- Weights: a COMPLETE trial's final weights, at the budget's storage dtype, uploaded with
+  ``optuna.artifacts.upload_artifact`` (so the stock optuna-dashboard lists and serves them) while
+  the trial ranks among the best ``HPS_KEEP_WEIGHTS`` (default 3); weights that drop out of the best
+  are deleted and their entry cleared. Disk: at most one checkpoint per running trial (plus one
+  per killed trial awaiting its retry) and ``HPS_KEEP_WEIGHTS`` weight files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+
+from hps.search.record import ARTIFACT_PREFIX, CHECKPOINT, CHECKPOINT_SECONDS, RESUMED_FROM, WEIGHTS, set_trial_info, trial_info
+from hps.search.settings import settings
+from hps.search.storage import rdb_backend
+from hps.trainers.meter import save_state
+
+
+def _remove(store: Any, artifact_id: str | None) -> None:
+    if artifact_id:
+        with contextlib.suppress(ArtifactNotFound):
+            store.remove(artifact_id)
+
+
+class TrialCheckpoint:
+    """The trainer's checkpoint hook for one running trial."""
+
+    def __init__(self, trial: optuna.Trial, store: Any, every_s: float | None = None) -> None:
+        self.trial, self.store = trial, store
+        self.every_s = settings().checkpoint_seconds if every_s is None else every_s
+        self.last_saved = time.monotonic()
+        self.current: str | None = None
+        self.original: FrozenTrial | None = None
+        self.save_seconds = 0.0
+        self.restored: list[dict[str, float]] = []  # the history a resumed trial starts with
+
+    def load(self) -> dict[str, Any] | None:
+        number = self.trial.storage.get_trial_system_attrs(self.trial._trial_id).get("failed_trial")
+        if number is None:
+            return None
+        self.original = next((t for t in self.trial.study.get_trials(deepcopy=False) if t.number == number), None)
+        saved = (trial_info(self.original, CHECKPOINT) if self.original else None) or None
+        if not saved:
+            return None
+        try:
+            with self.store.open_reader(saved["id"]) as f:
+                state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+        except ArtifactNotFound:
+            return None
+        set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": saved["epoch"]})
+        self.restored = list(state["history"])
+        return state
+
+    def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        if time.monotonic() - self.last_saved < self.every_s:
+            return
+        start = time.perf_counter()
+        buf = io.BytesIO()
+        torch.save(state(), buf)
+        buf.seek(0)
+        new = f"checkpoint-{uuid.uuid4()}"
+        self.store.write(new, buf)
+        set_trial_info(self.trial, CHECKPOINT, {"id": new, "epoch": epoch, "bytes": buf.getbuffer().nbytes})
+        _remove(self.store, self.current)
+        self.current = new
+        self.save_seconds += time.perf_counter() - start
+        self.last_saved = time.monotonic()
+
+    def finish(self) -> None:
+        """The trial is over (any state): its checkpoint, and its killed original's, go."""
+        _remove(self.store, self.current)
+        if self.original is not None:
+            _remove(self.store, (trial_info(self.original, CHECKPOINT) or {}).get("id"))
+        set_trial_info(self.trial, CHECKPOINT_SECONDS, round(self.save_seconds, 3))
+
+
+def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: dict[str, torch.Tensor],
+                 store: Any, k: int | None = None) -> str | None:
+    """Upload ``state_dict`` as the trial's ``weights.pt`` when ``value`` ranks among the best ``k``
+    COMPLETE trials; delete the weights that drop out. Returns the artifact id, or None."""
+    k = settings().keep_weights if k is None else k
+    if k <= 0:
+        return None
+    study = trial.study
+    kept = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trial_info(t, WEIGHTS)]
+    sign = 1.0 if maximize else -1.0
+    ranked = sorted(kept, key=lambda t: sign * float(t.value or 0.0), reverse=True)
+    if len(ranked) >= k and sign * value <= sign * float(ranked[k - 1].value or 0.0):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "weights.pt")
+        save_state(state_dict, path)  # exactly the meter's model_bytes
+        artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+    set_trial_info(trial, WEIGHTS, artifact_id)
+    for t in ranked[k - 1:]:
+        drop(trial.storage, t, store)
+    return artifact_id
+
+
+def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
+    """Delete a finished trial's kept weights and clear their entries (written directly: Optuna's
+    setters refuse finished trials; the stock dashboard clears an artifact the same way)."""
+    artifact_id = trial_info(t, WEIGHTS)
+    if not artifact_id:
+        return
+    _remove(store, artifact_id)
+    if (backend := rdb_backend(storage)) is not None:
+        from optuna.storages._rdb import models
+
+        user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
+        with backend.engine.begin() as conn:
+            conn.execute(system.delete().where(system.c.trial_id == t._trial_id, system.c.key == WEIGHTS))
+            conn.execute(user.delete().where(user.c.trial_id == t._trial_id, user.c.key == "weights"))  # older studies
+            conn.execute(system.update().where(system.c.trial_id == t._trial_id, system.c.key == ARTIFACT_PREFIX + artifact_id)
+                         .values(value_json=json.dumps(json.dumps(None))))  # the meta is a JSON string: "null"

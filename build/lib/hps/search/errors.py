@@ -1,0 +1,30 @@
+"""Errors that are the user's to fix: the CLI prints them as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class SpaceError(ValueError):
+    """A bad space file; the message names the file, key, value and what is allowed."""
+
+
+class SettingsError(ValueError):
+    """A bad ``HPS_*`` setting; the message names the variable, its value and what is allowed."""
+
+
+class StudyError(RuntimeError):
+    """A study that does not exist, holds no feasible trial, or cannot be reached."""
+
+
+class RunFailed(StudyError):
+    """A run that stopped because trials kept failing (or every Ray worker failed). ``result`` holds
+    the study and the counts; the message names the first failure's reason."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def user_error_types() -> tuple[type[Exception], ...]:
+    from hps.trainers import ConfigError, DataError, TrainingDiverged
+
+    return (SpaceError, SettingsError, StudyError, ConfigError, DataError, TrainingDiverged)

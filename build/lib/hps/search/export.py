@@ -1,0 +1,137 @@
+"""The best feasible trial as a retrain YAML with a provenance block, and study plots.
+
+Imports neither torch nor the trainer: the stored config is written as it was validated when
+the trial ran (``hps export`` and ``hps plot`` start as fast as Optuna does)."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from hps.search.errors import StudyError
+from hps.search.record import (
+    BEST_EPOCH,
+    BEST_VALUE,
+    CONFIG,
+    DATA,
+    DEVICE_SECONDS,
+    STORAGE_DTYPE,
+    WEIGHTS,
+    best_feasible,
+    named_constraints,
+    stored_figures,
+    trial_info,
+)
+from hps.search.storage import artifact_store, redact
+
+
+def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    """The trial ``number``, or the best COMPLETE feasible one (multi-objective: the Pareto
+    trial with the best first objective)."""
+    if number is not None:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not matches or matches[0].state != TrialState.COMPLETE or trial_info(matches[0], CONFIG) is None:
+            raise StudyError(f"study {study.study_name!r}: trial {number} is not a complete hps trial")
+        return matches[0]
+    best = best_feasible(study)
+    if best is None:
+        raise StudyError(f"study {study.study_name!r} has no complete trial that meets its budget yet")
+    return best
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for pkg in ("hps", "torch", "torchvision", "optuna"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "study": study.study_name, "trial": trial.number, "values": list(trial.values),
+        "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
+        "budget_figures": stored_figures(trial), "constraints": named_constraints(trial),
+        "data": trial_info(trial, DATA), "storage_dtype": trial_info(trial, STORAGE_DTYPE, "fp32"),
+        "best_epoch": {"value": trial.user_attrs.get(BEST_VALUE), "epoch": trial.user_attrs.get(BEST_EPOCH)},
+        "device_seconds": trial.user_attrs.get(DEVICE_SECONDS), "storage": redact(storage),
+        "versions": versions, "git_commit": _git_commit(),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def export(study: optuna.Study, out: Path, storage: str, *, number: int | None = None,
+           artifact_dir: str | Path | None = None) -> FrozenTrial:
+    """Write the trial's full trainer config plus ``provenance`` (which retrain ignores) and attach
+    the file to the study as an optuna-dashboard artifact in ``artifact_dir`` (a folder or
+    ``s3://``); the trial's kept weights, if any, are written beside it as ``<out>.pt``."""
+    from optuna.artifacts import download_artifact, upload_artifact
+
+    trial = best_trial(study, number)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prov = provenance(study, trial, storage)
+    store = artifact_store(artifact_dir) if artifact_dir is not None else None
+    weights = trial_info(trial, WEIGHTS)
+    if weights and store is not None:  # the trial's kept weights, beside the YAML
+        path = out.with_suffix(".pt")
+        path.unlink(missing_ok=True)
+        try:
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=weights)
+            prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": path.stat().st_size}
+        except Exception as e:  # the YAML alone still retrains
+            prov["weights"] = {"missing": f"{type(e).__name__}: {e}"}
+    config = dict(trial_info(trial, CONFIG))  # validated when the trial ran; retrain validates it again
+    out.write_text(yaml.safe_dump({**config, "provenance": prov}, sort_keys=False, default_flow_style=None, width=100))
+    if store is not None:
+        upload_artifact(artifact_store=store, file_path=str(out), study_or_trial=study, mimetype="application/yaml")
+    return trial
+
+
+def plot(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optimisation history, parameter importance, intermediate values and (multi-objective) the
+    Pareto front, each as HTML (plotly) and PNG (matplotlib). Plots that need more trials than
+    the study has are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna import visualization as vis
+    from optuna.visualization import matplotlib as vmpl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    multi = len(study.directions) > 1
+    kw: dict[str, Any] = {"target": lambda t: t.values[0], "target_name": "objective 0"} if multi else {}
+    plots: dict[str, tuple[Any, Any, dict[str, Any]]] = {
+        "history": (vis.plot_optimization_history, vmpl.plot_optimization_history, kw),
+        "importance": (vis.plot_param_importances, vmpl.plot_param_importances, kw),
+        "intermediate": (vis.plot_intermediate_values, vmpl.plot_intermediate_values, {}),
+    }
+    if multi:
+        plots["pareto"] = (vis.plot_pareto_front, vmpl.plot_pareto_front, {})
+    written = []
+    for name, (html_fn, png_fn, args) in plots.items():
+        try:
+            html_fn(study, **args).write_html(out_dir / f"{name}.html")
+            ax = png_fn(study, **args)
+        except (ValueError, RuntimeError) as e:  # too few trials for this plot
+            (out_dir / f"{name}.skipped.txt").write_text(f"{e}\n")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written += [out_dir / f"{name}.html", out_dir / f"{name}.png"]
+    return written

@@ -1,0 +1,142 @@
+"""Every line of Ray in hps: a pool of actors, one per concurrent trial slot, each running Optuna's
+``study.optimize`` against the shared storage (heartbeats on, Optuna's pruner deciding).
+
+Not Ray Tune's OptunaSearch: it records scheduler-stopped trials as COMPLETE and disables Optuna
+pruners, so its study states and curves would be wrong.
+
+Resources: each actor asks ``num_gpus=gpus_per_trial`` (fractions share a GPU; Ray sets
+CUDA_VISIBLE_DEVICES) and ``num_cpus=cpus_per_trial``. A killed actor is restarted by Ray
+(``max_restarts``) and resumes the loop; its trial turns FAIL through heartbeats and its params are
+retried once. Database connections: each actor's RDBStorage holds at most ``POOL_SIZE + 1``
+(SQLAlchemy pool + overflow), so a run holds at most ``workers * 2 + 4`` (the driver opens two
+storages, one for the live view).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import ray
+
+from hps.search.errors import RunFailed, StudyError
+from hps.search.settings import forwarded
+from hps.search.space import Space
+
+POOL_SIZE = 1
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class TrialWorker:
+    """One trial slot. ``run`` returns when the study has ``target`` finished trials."""
+
+    def run(self, space: Space, url: str, target: int, index: int, objective: Any = None) -> dict[str, Any]:
+        import optuna
+
+        from hps.search.executors import MAX_STORAGE_OUTAGES, work
+        from hps.search.storage import OUTAGES, dispose, get_storage
+        from hps.search.study import load_study, open_study
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        ctx = ray.get_runtime_context()
+        info = {"host": socket.gethostname(), "node": ctx.get_node_id()[:12], "pid": os.getpid(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        for outage in range(MAX_STORAGE_OUTAGES + 1):  # the database may be restarting: wait for it
+            storage = None
+            try:
+                storage = get_storage(url, pool_size=POOL_SIZE)
+                load_study(space.name, storage)  # the driver created it
+                study = open_study(space, storage, index=index + 1)
+                work(space, study, target, worker=info, objective=objective)
+                return info
+            except OUTAGES:
+                if outage == MAX_STORAGE_OUTAGES:
+                    raise
+                time.sleep(5)
+            finally:
+                if storage is not None:
+                    dispose(storage)
+        return info
+
+
+class RayExecutor:
+    """``address``: ``local`` starts a private Ray, ``auto`` joins the one on this machine,
+    anything else is a cluster address (``ray://host:10001`` or ``host:6379``)."""
+
+    def __init__(self, address: str = "local", *, workers: int = 2, gpus_per_trial: float = 0.0,
+                 cpus_per_trial: float = 1.0) -> None:
+        if workers < 1 or gpus_per_trial < 0 or cpus_per_trial <= 0:
+            raise ValueError("workers >= 1, gpus_per_trial >= 0 and cpus_per_trial > 0 are required")
+        self.address, self.workers = address, workers
+        self.gpus, self.cpus = gpus_per_trial, cpus_per_trial
+
+    def check(self, url: str) -> None:
+        """Refuse, before anything runs, a storage that workers on other machines cannot share."""
+        if not url.startswith("postgresql") and self.address != "local":
+            raise StudyError("SQLite and journal files work on one machine only; give --storage postgresql://... for a cluster")
+
+    def _connect(self, attempts: int = 3) -> None:
+        """Ray Client's per-driver server sometimes dies while starting (a gRPC race inside Ray,
+        seen in a few of the test runs here): a new connection gets a new one, so try again."""
+        if ray.is_initialized():
+            return
+        env = forwarded()  # every HPS_* setting, as the driver has it
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
+                         include_dashboard=False if self.address == "local" else None, log_to_driver=True,
+                         configure_logging=False)
+                return
+            except ConnectionError as e:
+                ray.shutdown()
+                if attempt == attempts or not self.address.startswith("ray://"):
+                    raise
+                print(f"Ray Client connection failed ({str(e).splitlines()[0]}); retrying ({attempt}/{attempts - 1})",
+                      file=sys.stderr, flush=True)
+                time.sleep(2 * attempt)
+
+    def run(self, space: Space, study: Any, url: str, target: int, objective: Any = None) -> None:
+        self.check(url)
+        self._connect()
+        from hps.search.executors import settle
+        from hps.search.storage import OUTAGES
+
+        for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
+            self._round(space, url, target, objective)
+            try:
+                if not settle(study):
+                    break
+            except OUTAGES as e:  # the database is away: the next run settles them
+                print(f"could not check for trials left RUNNING: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
+                break
+
+    def _round(self, space: Space, url: str, target: int, objective: Any) -> None:
+        opts: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.gpus > 0:
+            opts["num_gpus"] = self.gpus
+        actors = [TrialWorker.options(**opts).remote() for _ in range(self.workers)]  # type: ignore[attr-defined]
+        pending = {a.run.remote(space, url, target, i, objective): a for i, a in enumerate(actors)}
+        errors: list[str] = []
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    pending.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError as e:  # a worker gave up; the others carry on
+                        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                        errors.append(lines[-1].strip() if lines else type(e).__name__)  # the cause, not Ray's header
+        finally:
+            for a in actors:
+                ray.kill(a)
+        if errors and len(errors) == len(actors):
+            raise RunFailed(f"every Ray worker failed; first error: {errors[0]}")
+
+    @staticmethod
+    def shutdown() -> None:
+        if ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,147 @@
+"""What hps stores on a trial and a study, in one place. Imports neither torch nor the trainer.
+
+Two kinds of attribute, chosen for what the stock optuna-dashboard and ``optuna`` CLI show:
+
+- **user attrs** are the dashboard's trial-table columns (sortable, filterable) and ``optuna
+  studies``' ``user_attrs`` cell: only short scalars go there (budget figures, seconds, best value
+  and epoch, the live epoch figures, the reasons);
+- **system attrs** hold what a table cannot show well (the full trainer config, the data's identity,
+  the worker, checkpoints, the space): prefixed ``hps:``, read back by ``hps export`` and ``hps
+  status``. Optuna's own system attrs (``constraints:<key>``, ``failed_trial``, ...) sit beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# trial user attrs: short scalars, one dashboard column each (the table fits a screen)
+PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
+DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
+# budget limit -> the figure it limits; a study's table shows params and the figures its budget limits
+# (epochs are fixed, or a searched param with a column of its own; every figure is in hps:budget)
+LIMITED = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops"}
+
+# trial system attrs: structured values the table does not show
+WARM_START = "hps:warm_start"  # the warm start a queued trial came from (its label)
+WHY = "hps:why"  # the whole reason a trial was pruned or failed, one line (its dashboard note says it too)
+CONFIG, DATA, WORKER = "hps:config", "hps:data", "hps:worker"
+BUDGET = "hps:budget"  # every figure the meter measured: params, model_bytes, macs, flops, epochs, train_memory_mb
+LIVE = "hps:live"  # {epoch, images_per_s} of the last epoch: the live view reads it
+CHECKPOINT, RESUMED_FROM = "hps:checkpoint", "hps:resumed_from"
+WEIGHTS, STORAGE_DTYPE = "hps:weights", "hps:storage_dtype"  # the kept weights' artifact id; their dtype
+FITTED_WIDTH, BUDGET_EXCESS, CHECKPOINT_SECONDS = "hps:fitted_width", "hps:budget_excess", "hps:checkpoint_seconds"
+CONSTRAINTS_LIST = "constraints"  # the list form optuna-dashboard 0.21 reads (see README: Dashboard)
+ARTIFACT_PREFIX = "artifacts:"  # Optuna's system attr for an uploaded artifact's meta
+
+# study system attrs
+SPACE = "hps:space"  # the space the study was run with (overrides applied)
+FAILED, STOPPED = "hps:failed", "hps:stopped"  # why the last run stopped early (None once a new run starts)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# where studies written before this layout kept them (user attrs)
+_OLD_NAMES = {CONFIG: "config", DATA: "data", WORKER: "worker", CHECKPOINT: "checkpoint", RESUMED_FROM: "resumed_from",
+              WEIGHTS: "weights", STORAGE_DTYPE: "storage_dtype", WARM_START: "warm_start"}
+
+
+def trial_info(t: FrozenTrial, key: str, default: Any = None) -> Any:
+    """A structured value hps stored on a trial (``CONFIG``, ``DATA``, ``WORKER``, ...)."""
+    if key in t.system_attrs:
+        return t.system_attrs[key]
+    return t.user_attrs.get(_OLD_NAMES.get(key, key), default)
+
+
+def reason(t: FrozenTrial) -> str | None:
+    """Why a trial was pruned or failed, in full (None if it was not, or stored nothing)."""
+    return t.system_attrs.get(WHY) or t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON)
+
+
+def set_reason(trial: optuna.Trial, key: str, cause: str, text: str) -> None:
+    """Store why a running trial ends: ``key`` (``PRUNE_REASON`` or ``FAIL_REASON``) gets the cause
+    as one token (a table column that never wraps), ``WHY`` the whole line."""
+    trial.set_user_attr(key, cause)
+    set_trial_info(trial, WHY, text)
+
+
+def sign(study: optuna.Study | Any) -> int:
+    """+1 when the study's (first) objective is maximized, else -1."""
+    return 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Trials by state name (``complete``, ``pruned``, ``fail``, ``running``, ``waiting``), non-zero only."""
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    return out
+
+
+def named_constraints(t: FrozenTrial) -> dict[str, float]:
+    """The trial's budget constraints by limit name (without the dashboard's list copy: ``'0'``, ``'1'``)."""
+    return {k: v for k, v in t.constraints.items() if not k.isdigit()}
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return all(v <= 0 for v in named_constraints(t).values())
+
+
+def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial that meets the budget (multi-objective: the Pareto trial with the
+    best first objective), or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t) and trial_info(t, CONFIG) is not None]
+    if not done:
+        return None
+    if len(study.directions) > 1:
+        pareto = {t.number for t in study.best_trials}
+        done = [t for t in done if t.number in pareto] or done
+    s = sign(study)
+    return max(done, key=lambda t: (s * t.values[0], -t.number))
+
+
+def columns(budget: Any) -> list[str]:
+    """The budget figures a study shows as dashboard columns: params, and each figure its budget limits."""
+    return ["params", *(fig for key, fig in LIMITED.items() if getattr(budget, key) is not None and fig != "params")]
+
+
+def stored_figures(t: FrozenTrial) -> dict[str, float]:
+    """Every budget figure the meter measured for a trial (empty if it never got that far)."""
+    figures = trial_info(t, BUDGET)
+    if figures is None:  # studies written before hps:budget: one user attr each
+        figures = {k: t.user_attrs[k] for k in ("params", "model_bytes", "macs", "flops", "epochs", "train_memory_mb")
+                   if k in t.user_attrs}
+    return dict(figures)
+
+
+def study_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's system attrs (Optuna 5 has no ``Study.system_attrs``)."""
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def stop_reasons(attrs: Mapping[str, Any]) -> list[str]:
+    """Why the study's last run stopped early, if it did (``attrs``: the study's system attrs)."""
+    return [str(attrs[k]) for k in (FAILED, STOPPED) if attrs.get(k)]
+
+
+def human(n: float, digits: int = 3) -> str:
+    """7100000 -> '7.1M', 20000000 -> '20M', 512 -> '512'."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.{digits}g}{unit}"
+    return f"{n:.{digits}g}"
+
+
+def set_trial_info(trial: optuna.Trial, key: str, value: Any) -> None:
+    """Store a structured value on a running trial as a system attr (``CONFIG``, ``DATA``, ...)."""
+    trial.storage.set_trial_system_attr(trial._trial_id, key, value)

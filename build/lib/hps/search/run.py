@@ -1,0 +1,138 @@
+"""The one driver: a space -> a study run to its target -> a :class:`RunResult`.
+
+``hps run``, :func:`hps.run`, the benchmarks and the tests all go through :func:`run`. It checks
+the settings and the data before anything trains, opens the storage and the study once (the
+sampler and pruner built once), runs the executor (this process, or Ray workers), settles what
+it can and summarises. A run that stopped on failures raises :class:`RunFailed` with the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hps.search.errors import RunFailed, StudyError
+from hps.search.record import FAILED, FINISHED, best_feasible, counts, reason, stop_reasons, study_attrs
+from hps.search.settings import settings
+from hps.search.space import Space, load_space
+from hps.search.storage import dispose, get_storage, redact, storage_url
+from hps.search.study import begin_run, open_study
+
+Progress = str  # "auto", "live" (a terminal panel), "lines" (a line per finished trial: notebooks, logs), "none"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run left in its study. ``study`` stays usable (its storage is open until the
+    process ends); ``best_trial`` is the best COMPLETE trial that meets the budget, or None."""
+
+    study: optuna.Study
+    storage: str  # the storage URL, password redacted
+    target: int
+    counts: dict[str, int]  # trials by state: complete, pruned, fail, running, waiting
+    failures: list[str]  # "trial N: reason" of every FAIL trial
+    stopped: list[str]  # why the run stopped early (trials kept failing, compute budget spent)
+    best_trial: FrozenTrial | None
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
+
+    def __str__(self) -> str:
+        states = ", ".join(f"{v} {k}" for k, v in self.counts.items()) or "no trials"
+        best = (f"; best: trial {self.best_trial.number} value {self.best_trial.values[0]:.4f}" if self.best_trial
+                else "; no complete trial meets the budget yet")
+        return f"study {self.study.study_name}: {self.finished}/{self.target} finished ({states}){best}"
+
+
+def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
+    trials = study.get_trials(deepcopy=False)
+    failures = [f"trial {t.number}: {reason(t) or 'no reason stored'}" for t in trials
+                if t.state == TrialState.FAIL]
+    return RunResult(study, redact(url), target, counts(trials), failures, stop_reasons(study_attrs(study)),
+                     best_feasible(study))
+
+
+def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = None, *, trials: int | None = None,
+        ray: str | None = None, workers: int = 2, gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0,
+        overrides: Mapping[str, Any] | None = None, progress: Progress = "auto", echo: Any = None,
+        objective: Any = None) -> RunResult:
+    """Run (or resume) a study until it holds ``trials`` (default ``study.trials``) finished trials.
+
+    ``space``: a :class:`Space`, a space file or a plain dict (``overrides`` then applies dotted
+    keys, as ``--set``). ``storage``: a URL (default ``$HPS_STORAGE``, else ``sqlite:///hps.db``).
+    ``ray``: None runs trials in this process; ``"local"``, ``"auto"`` or an address runs
+    ``workers`` Ray workers with ``gpus_per_trial`` / ``cpus_per_trial`` each. ``progress``:
+    ``"auto"`` (a live panel in a terminal, a line per finished trial elsewhere), ``"live"``,
+    ``"lines"`` or ``"none"``. ``echo``: where progress lines go (default: standard output).
+    ``objective`` replaces the trainer (a picklable ``f(trial)``: benchmarks of the orchestration).
+
+    Raises :class:`RunFailed` (its ``result`` attached) when trials kept failing, and the user
+    errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
+    before anything trains. A ``KeyboardInterrupt`` stops the run; finished trials are kept and a
+    rerun resumes."""
+    from hps.search.executors import Executor, InProcessExecutor
+    from hps.search.progress import view
+    from hps.trainers import load_data
+
+    _quiet_optuna()
+    settings()  # every HPS_* setting checked before anything runs
+    if not isinstance(space, Space):
+        space = load_space(space, overrides=overrides)
+    elif overrides:
+        raise StudyError("overrides apply to a space file or dict; this space is already loaded "
+                         "(use hps.load_space(path, overrides=...))")
+    if trials is not None and trials < 1:
+        raise StudyError(f"trials: {trials} is not allowed; expected >= 1")
+    target = trials or space.spec.study.trials
+    url = storage_url(storage)
+    executor: Executor
+    if ray is not None:
+        from hps.search.ray import RayExecutor
+
+        executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
+        executor.check(url)
+    else:
+        executor = InProcessExecutor()
+    load_data(space.base.data)  # data problems surface before any trial
+    store = get_storage(url)
+    try:
+        study = open_study(space, store)
+        begin_run(study)
+        before = len(study.get_trials(deepcopy=False, states=FINISHED))
+        out = echo or sys.stdout
+        print(f"study {space.name} on {redact(url)}: {before} finished, {max(target - before, 0)} owed", file=out, flush=True)
+        with view(progress, study, target, out):
+            executor.run(space, study, url, target, objective)
+        result = summarise(study, url, target)
+    except BaseException:
+        dispose(store)
+        raise
+    failed = study_attrs(study).get(FAILED)
+    if failed:
+        raise RunFailed(f"study {space.name}: {failed}", result)
+    return result
+
+
+def _quiet_optuna() -> None:
+    import logging
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    log = logging.getLogger("optuna.study._optimize")  # Optuna logs an interrupted trial with a traceback
+    if not any(isinstance(f, _NoInterruptTraceback) for f in log.filters):
+        log.addFilter(_NoInterruptTraceback())
+
+
+class _NoInterruptTraceback:
+    """Drops Optuna's log record of a trial stopped by Ctrl-C: the run says so in one line."""
+
+    def filter(self, record: object) -> bool:
+        return "KeyboardInterrupt" not in getattr(record, "getMessage", lambda: "")()

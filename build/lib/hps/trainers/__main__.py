@@ -1,0 +1,20 @@
+"""``python -m hps.trainers CONFIG.yaml [--test] [--out DIR]``: retrain with the trainer alone."""
+
+import argparse
+import sys
+
+from hps.trainers import ConfigError, DataError, TrainingDiverged, retrain
+
+parser = argparse.ArgumentParser(prog="python -m hps.trainers", description=__doc__)
+parser.add_argument("config")
+parser.add_argument("--test", action="store_true", help="also score the test split")
+parser.add_argument("--out", default=None, help="output folder [runs/<name>]")
+parser.add_argument("--allow-data-mismatch", action="store_true",
+                    help="train on the data here even if it is not the data the config was made on")
+args = parser.parse_args()
+try:
+    result = retrain(args.config, args.out, test=args.test, allow_data_mismatch=args.allow_data_mismatch,
+                     report=lambda e, m: print(f"epoch {e}: {m}", flush=True))
+except (ConfigError, DataError, TrainingDiverged) as e:
+    sys.exit(f"error: {e}")
+print(f"val_acc {result.val_acc} test_acc {result.test_acc}")

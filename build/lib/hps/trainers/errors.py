@@ -1,0 +1,19 @@
+"""The trainer's errors (importable without torch): each message is one line a user can act on."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line: ``file: key: value ... allowed``."""
+
+
+class DataError(RuntimeError):
+    """The data could not be found or read, or is not what the config says; the message says what to set."""
+
+
+class DataMismatch(DataError):
+    """The data found here is not the data a config (or an export) was made on."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""

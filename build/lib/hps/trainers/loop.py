@@ -1,0 +1,264 @@
+"""``train(cfg, report) -> TrainResult``: the one trainer every trial and every retrain runs.
+
+Data lives on the device as uint8; each step indexes a batch, augments it there and steps the
+model. ``report(epoch, metrics)`` is called after every epoch; an exception it raises stops
+training and propagates (the search prunes this way). A non-finite loss raises
+:class:`TrainingDiverged`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hps.trainers.augment import JSD_WEIGHT, Augmenter, jsd_loss, mix
+from hps.trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml, with_overrides
+from hps.trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
+from hps.trainers.device import autocast_dtype, resolve_device
+from hps.trainers.errors import TrainingDiverged
+from hps.trainers.meter import save_state, state_dict_at, state_dict_from
+from hps.trainers.optim import build_optimizer, lr_at
+
+Metrics = dict[str, float]
+Report = Callable[[int, Metrics], None]
+CHECK_EVERY = 32  # steps between finiteness checks of the running loss (one host sync each)
+
+
+class Checkpoint(Protocol):
+    """Where a run keeps its training state (the caller decides where; the trainer knows no store).
+    ``load()``: a state to resume from, or None. ``after_epoch(epoch, state)``: called after each
+    reported epoch; ``state()`` builds the full state (model, optimizer, scaler, step, epoch,
+    history and every RNG the trainer draws from) when the hook decides to save."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    history: list[Metrics]
+    params: int
+    seconds: float
+    test_acc: float | None = None
+    model: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def val_acc(self) -> float | None:
+        return self.history[-1].get("val_acc") if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": config_to_dict(self.config), "history": self.history, "params": self.params,
+                "seconds": self.seconds, "val_acc": self.val_acc, "test_acc": self.test_acc}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, aug: Augmenter, cast: contextlib.AbstractContextManager[Any],
+             channels_last: bool, batch_size: int = 1000) -> tuple[float, float]:
+    """(loss, accuracy) over a split, no augmentation."""
+    model.eval()
+    loss, correct = torch.zeros((), device=split.x.device), torch.zeros((), device=split.x.device)
+    for i in range(0, len(split), batch_size):
+        x = aug.normalize(split.x[i:i + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = split.y[i:i + batch_size]
+        with cast:
+            out = model(x).float()
+        loss += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return loss.item() / len(split), correct.item() / len(split)
+
+
+def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
+          data: Data | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
+    """Train ``cfg`` from scratch, or from ``checkpoint``'s state; deterministic on the CPU for a
+    given ``train.seed`` (a resumed run ends with the metrics of an uninterrupted one)."""
+    t_start = time.perf_counter()
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    cfg = pin_data(cfg)  # the result records the data it ran on
+    data = data or load_data(cfg.data, device, test=test)
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    rng = random.Random(tc.seed)
+
+    model = _on_device(cfg.model.build(data.num_classes), device, tc.channels_last)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    step_model: nn.Module = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
+    opt = build_optimizer(model, cfg.optimizer)
+    dtype, cast = _autocast(tc.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen, cfg.data.image_size)
+    jsd = cfg.augment.augmix_jsd
+
+    n, bs = len(data.train), min(tc.batch_size, len(data.train))
+    steps = n // bs  # drop the last partial batch
+    history: list[Metrics] = []
+    step, first = 0, 1
+    if checkpoint is not None and (saved := checkpoint.load()) is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        gen.set_state(saved["rng"]["augment"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if device.type == "cuda" and saved["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+        rng.setstate(saved["rng"]["python"])
+        history, step, first = saved["history"], saved["step"], saved["epoch"] + 1
+
+    def state() -> dict[str, Any]:
+        return {"epoch": epoch, "step": step, "history": history, "config": config_to_dict(cfg),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "rng": {"augment": gen.get_state(), "torch": torch.get_rng_state(), "python": rng.getstate(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+
+    for epoch in range(first, tc.epochs + 1):
+        augment = cfg.stage_augment(epoch)  # the fine-tuning stage may mix with another alpha
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(steps):
+            lr = lr_at(step / steps, tc.epochs, cfg.optimizer.lr, cfg.schedule)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = order[i * bs:(i + 1) * bs]
+            y = data.train.y[idx]
+            if jsd:  # AugMix: clean + two views in one pass; CE on the clean one + 12 x JSD
+                x, y2, lam = torch.cat(aug.views(idx)), y, 1.0
+            else:
+                x, y2, lam = mix(aug.batch(idx), y, augment, rng, gen)
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with cast:
+                out = step_model(x)
+                if jsd:
+                    clean, aug1, aug2 = out.chunk(3)
+                    out = clean
+                loss = F.cross_entropy(out, y, label_smoothing=tc.label_smoothing)
+                if jsd:
+                    loss = loss + JSD_WEIGHT * jsd_loss(clean, aug1, aug2)
+                if lam < 1.0:
+                    loss = lam * loss + (1 - lam) * F.cross_entropy(out, y2, label_smoothing=tc.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach()
+            step += 1
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                _check_finite(loss_sum, epoch, lr)
+        train_seconds = time.perf_counter() - t0
+        metrics: Metrics = {"epoch": epoch, "train_loss": loss_sum.item() / steps, "lr": lr}
+        if data.val is not None:
+            metrics["val_loss"], metrics["val_acc"] = evaluate(step_model, data.val, aug, cast, tc.channels_last)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        metrics["images_per_s"] = steps * bs / train_seconds
+        history.append(metrics)
+        if report is not None:
+            report(epoch, metrics)
+        if checkpoint is not None:
+            checkpoint.after_epoch(epoch, state)
+
+    test_acc = None
+    if test and data.test is not None:
+        test_acc = evaluate(step_model, data.test, aug, cast, tc.channels_last)[1]
+    return TrainResult(cfg, history, params, time.perf_counter() - t_start, test_acc, model)
+
+
+def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = False) -> Metrics:
+    """Score stored weights (any storage dtype) on the validation split, and the test split if
+    asked, without training: ``val_loss``, ``val_acc`` (and ``test_loss``, ``test_acc``)."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    data = load_data(pin_data(cfg).data, device, test=test)
+    model = cfg.model.build(data.num_classes)
+    model.load_state_dict(state_dict_from(weights))
+    model = _on_device(model, device, tc.channels_last)
+    _, cast = _autocast(tc.precision, device)
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device),
+                    cfg.data.image_size)
+    out: Metrics = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        if split is not None:
+            out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(model, split, aug, cast, tc.channels_last)
+    return out
+
+
+def _on_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, contextlib.AbstractContextManager[Any]]:
+    """The autocast dtype a config trains at on ``device`` (None: fp32) and its context."""
+    dtype = autocast_dtype(precision, device)
+    return dtype, (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext())
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training loss became {value} in epoch {epoch} (lr {lr:.3g}); training stopped")
+
+
+IDENTITY_KEYS = ("dataset", "source", "sha256", "version", "split_seed", "val_fraction", "subset")
+
+
+def check_identity(cfg: TrainConfig, recorded: dict[str, Any] | None) -> TrainConfig:
+    """Refuse to train on other data than ``recorded`` (an export's ``provenance.data``) or than the
+    config's own ``data.sha256``: raises :class:`DataMismatch` saying what differs."""
+    here = data_identity(cfg)  # raises DataMismatch on a sha256 that differs
+    if recorded:
+        diff = [f"{k} {recorded.get(k)!r} -> {here.get(k)!r}" for k in IDENTITY_KEYS if recorded.get(k) != here.get(k)]
+        if diff:
+            where = here.get("path") or here.get("root")
+            raise DataMismatch(f"data differs from the data this config was exported from ({'; '.join(diff)}; here: "
+                               f"{where})")
+    return cfg
+
+
+def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test: bool = False,
+            report: Report | None = None, allow_data_mismatch: bool = False,
+            overrides: dict[str, Any] | None = None) -> TrainResult:
+    """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``
+    (at the export's ``provenance.storage_dtype``, the budget's; fp32 without one).
+
+    The data must be the data the config was made on (its ``data.sha256``, and the export's
+    ``provenance.data``); ``allow_data_mismatch`` trains on what is here instead, and the written
+    config records that. ``overrides``: dotted keys set on top of the file (``--set``)."""
+    cfg = load_config(config_path)
+    if overrides:
+        cfg = with_overrides(cfg, overrides, f"{config_path}: --set")
+    raw = read_yaml(config_path)
+    prov = raw.get("provenance") if isinstance(raw, dict) else None
+    recorded = prov.get("data") if isinstance(prov, dict) else None
+    try:
+        check_identity(cfg, recorded)
+    except DataMismatch as e:
+        if not allow_data_mismatch:
+            raise DataMismatch(f"{config_path}: {e}; retrain with --allow-data-mismatch to train on it anyway") from None
+        path = cfg.data.path if cfg.data.path and Path(cfg.data.path).expanduser().is_file() else None
+        cfg = cfg.replace("data", sha256=None, path=path)
+    result = train(cfg, report, test=test)
+    out = Path(out_dir) if out_dir else Path("runs") / Path(config_path).stem
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(result.config, out / "config.yaml")
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    assert result.model is not None
+    dtype = str(prov.get("storage_dtype") or "fp32") if isinstance(prov, dict) else "fp32"
+    save_state(state_dict_at(result.model, dtype), out / "model.pt")  # at the budget's storage dtype
+    return result
