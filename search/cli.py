@@ -63,7 +63,10 @@ def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. fr
             out: Annotated[Path | None, typer.Option("--out", help="output folder [runs/<name>]")] = None,
             allow_data_mismatch: Annotated[bool, typer.Option("--allow-data-mismatch",
                                                               help="train on the data here even if it is not the data "
-                                                                   "the config was made on")] = False) -> None:
+                                                                   "the config was made on")] = False,
+            allow_model_change: Annotated[bool, typer.Option("--allow-model-change",
+                                                             help="build your model file as it is now, even if it "
+                                                                  "changed since the config was made")] = False) -> None:
     """Train a config from scratch; write the resolved config, metrics.json and model.pt."""
     from hps.trainers import retrain as run_retrain
 
@@ -76,7 +79,7 @@ def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. fr
 
     out_dir = out or Path("runs") / config.stem
     result = run_retrain(config, out_dir, test=test, report=show, allow_data_mismatch=allow_data_mismatch,
-                         overrides=parse_overrides(sets))
+                         allow_model_change=allow_model_change, overrides=parse_overrides(sets))
     summary = f"val_acc {result.val_acc:.4f}" if result.val_acc is not None else "no validation split"
     if result.test_acc is not None:
         summary += f", test_acc {result.test_acc:.4f}"
@@ -289,17 +292,31 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
 @_user_errors
 def evaluate(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. from hps export)")],
              weights: Annotated[Path, typer.Option("--weights", help="weights file (hps export's .pt, retrain's model.pt)")],
-             test: Annotated[bool, typer.Option("--test", help="also score the test split")] = False) -> None:
+             test: Annotated[bool, typer.Option("--test", help="also score the test split")] = False,
+             allow_model_change: Annotated[bool, typer.Option("--allow-model-change",
+                                                              help="build your model file as it is now")] = False) -> None:
     """Score weights on the validation (and test) split without training."""
+    import pickle
+    import zipfile
+
     import torch
 
+    from hps.search.errors import StudyError
     from hps.trainers import load_config
     from hps.trainers.loop import score
 
     cfg = load_config(config)
+    if allow_model_change:
+        cfg = cfg.replace("model", sha256=None)
     if not weights.is_file():
         raise typer.BadParameter(f"{weights}: no such file", param_hint="--weights")
-    metrics = score(cfg, torch.load(weights, map_location="cpu", weights_only=True), test=test)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as e:
+        raise StudyError(f"{weights}: not a weights file torch can read ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise StudyError(f"{weights}: holds a {type(state).__name__}, not a state dict (hps export's .pt, retrain's model.pt)")
+    metrics = score(cfg, state, test=test)
     console.print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
 
 
@@ -365,20 +382,28 @@ def dashboard(storage: StorageOpt = None,
 
 @app.command()
 def models() -> None:
-    """List the model families and their knobs."""
+    """List the model families (hps's and those packages register under the hps.models entry point
+    group) and their knobs."""
     import torch
 
+    from hps.trainers.errors import ModelError
     from hps.trainers.models import create_model, list_models, model_entry
 
     table = Table("name", "params @ width 1 (10 classes)", "description")
     for name in list_models():
-        with torch.device("meta"):
-            n = sum(p.numel() for p in create_model(name).parameters())
-        table.add_row(name, f"{n:,}", model_entry(name).summary)
+        try:
+            with torch.device("meta"):
+                n = f"{sum(p.numel() for p in create_model(name).parameters()):,}"
+            summary = model_entry(name).summary
+        except (ModelError, ValueError, TypeError) as e:
+            n, summary = "-", f"cannot build: {str(e).splitlines()[0]}"
+        table.add_row(name, n, summary)
     console.print(table)
     console.print("knobs: model.width (channel multiplier), model.depth (repeat multiplier), model.dropout, "
                   "model.channel_divisor (channels round to multiples of 1, 2, 4 or 8), data.image_size (the "
-                  "input side; branchnet is built for 128); classes come from the data (10 or 100)")
+                  "input side; branchnet is built for 128); classes and channels come from the data. Your own "
+                  "builder: model.name: path/to/file.py:function or package.module:function, with model.args",
+                  highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

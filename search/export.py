@@ -62,7 +62,10 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
+    model = (trial_info(trial, CONFIG) or {}).get("model", {})
+    own = {"model": {"name": model["name"], "sha256": model["sha256"]}} if model.get("sha256") else {}
     return {
+        **own,
         "study": study.study_name, "trial": trial.number, "values": list(trial.values),
         "objectives": [d.name.lower() for d in study.directions], "params": trial.params,
         "budget_figures": stored_figures(trial), "constraints": named_constraints(trial),

@@ -55,6 +55,8 @@ from hps.search.record import (
 from hps.search.space import Space, suggest
 from hps.search.storage import artifact_store
 from hps.trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, state_dict_at, train
+from hps.trainers.models._registry import install_sources
+from hps.trainers.models.check import pin_model
 
 
 class _Stop(optuna.TrialPruned):
@@ -108,11 +110,12 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._budget_note = ""
         space, budget = self.space, self.space.budget
+        install_sources(space.sources)  # the user's model file, as the study was started with it
         try:
             cfg = suggest(space, trial)
         except ConfigError as e:
             return self._prune(trial, "invalid_config", f"invalid config: {e}")
-        cfg = pin_data(cfg)
+        cfg = pin_model(pin_data(cfg))
         _check_gpu(cfg.train.device, self.worker)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
         set_trial_info(trial, DATA, data_identity(cfg))

@@ -33,8 +33,20 @@ from hps.search.algorithms import (
 from hps.search.budget import Budget, check_smallest, fit_width
 from hps.search.errors import SpaceError
 from hps.search.record import FITTED_WIDTH
-from hps.trainers import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config, with_overrides
-from hps.trainers.config import check_value, flat_keys, key_type, read_yaml, resolve_paths
+from hps.trainers import (
+    ConfigError,
+    DataError,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    measure,
+    with_overrides,
+)
+from hps.trainers.augment import check_augment
+from hps.trainers.config import ARGS_PREFIX, MODEL_ARG, check_value, flat_keys, key_type, read_yaml, resolve_paths
+from hps.trainers.data import data_shape
+from hps.trainers.models.check import check_knobs, check_model, pin_model
 from hps.trainers.validation import Flag, Integer, OptNumber, OptText, Strict, Text, error_line, show
 
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
@@ -212,9 +224,10 @@ class Space:
     on top of the file or dict (``--set``), recorded with the space on its study."""
 
     def __init__(self, spec: SpaceFile, base: TrainConfig, source: str, warm: list[tuple[str, dict[str, Any]]],
-                 overrides: dict[str, Any] | None = None):
+                 overrides: dict[str, Any] | None = None, sources: dict[str, tuple[str, str]] | None = None):
         self.spec, self.base, self.source, self.warm_start = spec, base, source, warm
         self.overrides = overrides or {}
+        self.sources = sources or {}  # the user's model file, shipped with the space to Ray workers
 
     def __repr__(self) -> str:
         return f"<Space {self.name!r} from {self.source}: {len(self.spec.space)} searched keys, {self.spec.study.trials} trials>"
@@ -311,8 +324,9 @@ def _set(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
         raise SpaceError(f"{where}: {top} is {show(section)}, not a mapping")
     if top in ("fixed", "space"):
         parts = rest.split(".")
-        trainer_key, field = ".".join(parts[:2]), ".".join(parts[2:])
-        if trainer_key not in flat_keys():
+        n = 3 if rest.startswith(ARGS_PREFIX) else 2  # model.args.NAME is one key
+        trainer_key, field = ".".join(parts[:n]), ".".join(parts[n:])
+        if trainer_key not in flat_keys() and not (n == 3 and MODEL_ARG.match(parts[2] if len(parts) > 2 else "")):
             raise SpaceError(f"{where}: {trainer_key!r} is not a trainer key; allowed: {', '.join(flat_keys())}")
         if top == "fixed" or not field:
             if top == "space" and value is None:
@@ -367,11 +381,55 @@ def load_space(space: str | Path | Mapping[str, Any], overrides: Overrides | Non
         raise SpaceError(str(e)) from None
     base = resolve_paths(base, folder)
     spec = spec.model_copy(update={"space": _check_space(spec, base, source)})
+    base = _check_model_and_data(spec, base, source)
     warm = [_warm_params(w, spec, base, source, folder, i) for i, w in enumerate(spec.warm_start)]
-    space_ = Space(spec, base, source, warm, sets)
+    space_ = Space(spec, base, source, warm, sets, model_sources(base))
     check_smallest(base, spec.budget, _smallest_candidates(spec, base), source)
+    _check_fit(spec, base, source)
     _rehearse(space_)
     return space_
+
+
+def _check_model_and_data(spec: SpaceFile, base: TrainConfig, source: str) -> TrainConfig:
+    """The model against the data, before any trial: a user's builder takes every knob the space
+    sets or searches, builds, and maps a dummy batch of the data's shape to (batch, classes); every
+    augmentation op fits the images. Returns the base with the builder's file pinned (sha256)."""
+    try:
+        shape = data_shape(base.data)
+        check_knobs(base.model, searched=spec.space, where=f"{source}: ")
+        side = base.data.image_size or shape.side
+        check_model(base, shape.num_classes, shape.channels, side)
+        check_augment(base.augment, shape.channels)
+        hue = spec.space.get("augment.hue")
+        if hue is not None and shape.channels == 1 and any(v for v in hue.values_to_check()):
+            raise ConfigError("space.augment.hue: hue shifts colours, but the images have one channel; do not search it")
+        return pin_model(base)
+    except (ConfigError, DataError) as e:
+        text = str(e)
+        raise SpaceError(text if text.startswith(source) else f"{source}: {text}") from None
+
+
+def model_sources(base: TrainConfig) -> dict[str, tuple[str, str]]:
+    """sha256 -> (file name, text) of the user's model file the space builds: shipped with the space
+    to Ray workers, which build from it when their disk lacks that file (or holds another version)."""
+    where, colon, _ = base.model.name.rpartition(":")
+    if not colon or not where.endswith(".py") or base.model.sha256 is None:
+        return {}
+    return {base.model.sha256: (Path(where).name, Path(where).read_text())}
+
+
+def _check_fit(spec: SpaceFile, base: TrainConfig, source: str) -> None:
+    """``type: fit`` needs a model whose size grows with width."""
+    fit = spec.space.get("model.width")
+    if fit is None or fit.kind != "fit":
+        return
+    assert fit.low is not None and fit.high is not None
+    low, high = (measure(with_overrides(base, {"model.width": w}), dtypes=(spec.budget.storage_dtype,))
+                 for w in (fit.low, fit.high))
+    if low.params >= high.params and low.macs >= high.macs:
+        raise SpaceError(f"{source}: space.model.width: type 'fit' needs a model whose size grows with width, but "
+                         f"{base.model.name} has {low.params:,} params at width {fit.low:g} and {high.params:,} at "
+                         f"{fit.high:g}; search the width as a range, or make the builder use it")
 
 
 def _load_base(base: str | Mapping[str, Any], source: str, folder: Path) -> TrainConfig:
@@ -414,8 +472,18 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
     checked: dict[str, Dist] = {}
     for key, dist in spec.space.items():
         where = f"{source}: space.{key}"
+        if key.startswith(ARGS_PREFIX):  # an argument of the user's builder (check_knobs: it takes it)
+            if not MODEL_ARG.match(key.removeprefix(ARGS_PREFIX)) or dist.kind == "fit" or dist.when is not None:
+                raise SpaceError(f"{where}: a builder argument takes a range or choices (no fit, no when), named as a "
+                                 "Python argument")
+            kind = dist.type or dist.kind
+            if dist.type is None and kind == "float" and all(b is None or float(b).is_integer()
+                                                             for b in (dist.low, dist.high, dist.step)):
+                kind = "int"  # {low: 32, high: 128}: whole numbers, as a range over an int key; type: float says otherwise
+            checked[key] = dist.model_copy(update={"type": kind})
+            continue
         if key not in keys:
-            raise SpaceError(f"{where}: not a trainer key; allowed: {', '.join(keys)}")
+            raise SpaceError(f"{where}: not a trainer key; allowed: {', '.join(keys)}, {ARGS_PREFIX}NAME")
         if key.startswith(NOT_SEARCHABLE) and key not in SEARCHABLE_DATA:
             raise SpaceError(f"{where}: not searchable (it decides the data or the machine, so trials would be scored "
                              "on different terms); set it in base or fixed")

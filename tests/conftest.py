@@ -72,3 +72,49 @@ def kill_all(marker: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         time.sleep(1)
+
+
+def gray_npz(path: Path, classes: int = 7, side: int = 28, mini: Path = MINI) -> Path:
+    """A grayscale ``side`` x ``side`` .npz of ``classes`` classes, made from the real mini CIFAR set
+    (N x H x W uint8: one channel without a channel axis)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    raw = np.load(mini)
+
+    def gray(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+        g = (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2])[:, None]
+        g = F.interpolate(g, size=(side, side), mode="bilinear", align_corners=False)
+        return g.round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+
+    train, test = raw["y_train"] < classes, raw["y_test"] < classes
+    np.savez(path, x_train=gray(raw["x_train"][train]), y_train=raw["y_train"][train],
+             x_test=gray(raw["x_test"][test]), y_test=raw["y_test"][test],
+             classes=np.array([str(c) for c in raw["classes"][:classes]]))
+    return path
+
+
+def png_folder(root: Path, classes: int = 4, per_class: int = 150, test_per_class: int = 30, side: int | None = None,
+               mini: Path = MINI) -> Path:
+    """An ImageFolder tree of PNGs (``train/<class>/`` and ``test/<class>/``) made from the real mini
+    CIFAR set; ``side`` resizes them; ``test_per_class=0`` makes one tree without train/test."""
+    import numpy as np
+    from PIL import Image
+
+    raw = np.load(mini)
+    names = [str(c) for c in raw["classes"][:classes]]
+    splits = {"train": (raw["x_train"], raw["y_train"], per_class), "test": (raw["x_test"], raw["y_test"], test_per_class)}
+    for split, (x, y, n) in splits.items():
+        if n == 0:
+            continue
+        for c, name in enumerate(names):
+            folder = (root / split / name) if test_per_class else (root / name)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, idx in enumerate(np.flatnonzero(y == c)[:n]):
+                im = Image.fromarray(x[idx])
+                if side:
+                    im = im.resize((side, side), Image.Resampling.BILINEAR)
+                im.save(folder / f"{i:04d}.png")
+    return root

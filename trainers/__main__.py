@@ -11,9 +11,12 @@ parser.add_argument("--test", action="store_true", help="also score the test spl
 parser.add_argument("--out", default=None, help="output folder [runs/<name>]")
 parser.add_argument("--allow-data-mismatch", action="store_true",
                     help="train on the data here even if it is not the data the config was made on")
+parser.add_argument("--allow-model-change", action="store_true",
+                    help="build your model file as it is now, even if it changed since the config was made")
 args = parser.parse_args()
 try:
     result = retrain(args.config, args.out, test=args.test, allow_data_mismatch=args.allow_data_mismatch,
+                     allow_model_change=args.allow_model_change,
                      report=lambda e, m: print(f"epoch {e}: {m}", flush=True))
 except (ConfigError, DataError, TrainingDiverged) as e:
     sys.exit(f"error: {e}")

@@ -1,14 +1,17 @@
 """Batched augmentation on the training device, scaled by ``augment.strength`` in [0, 1].
 
-The ``basic`` policy, every op drawn per sample (s = strength):
+The ``basic`` policy, every op drawn per sample (s = strength; S = the images' side, 32 for CIFAR):
 
-| op                         | per sample | magnitude at s                          |
-|----------------------------|------------|-----------------------------------------|
-| horizontal flip            | yes        | p = 0.5 when s > 0                      |
-| random crop (reflect pad)  | yes        | pad = round(8 s) px (s = 0.5: pad 4)    |
-| colour jitter (b, c, sat.) | yes        | factors in 1 +- 0.8 max(0, s - 0.5)     |
-| grayscale                  | yes        | p = 0.4 max(0, s - 0.5)                 |
-| cutout (square, zeroed)    | yes        | side = round(32 max(0, s - 0.5)) px     |
+| op                         | per sample | magnitude at s                             |
+|----------------------------|------------|--------------------------------------------|
+| horizontal flip            | yes        | p = 0.5 when s > 0                         |
+| random crop (reflect pad)  | yes        | pad = round(8 s S / 32) px (32 px, 0.5: 4) |
+| colour jitter (b, c, sat.) | yes        | factors in 1 +- 0.8 max(0, s - 0.5)        |
+| grayscale                  | yes        | p = 0.4 max(0, s - 0.5)                    |
+| cutout (square, zeroed)    | yes        | side = round(S max(0, s - 0.5)) px         |
+
+Images of one channel take every op but ``hue`` (refused: :func:`check_augment`); saturation and
+grayscale leave them as they are.
 
 So s <= 0.5 is geometric only (the standard flip + pad-4 crop at 0.5); above it photometric ops
 and cutout grow. The named policies (``randaugment``, ``trivialaugment``, ``autoaugment``,
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hps.trainers.config import AugmentConfig
+from hps.trainers.errors import ConfigError
 
 POLICY_GROUP = 8
 
@@ -73,35 +77,44 @@ def _gray(x: Tensor) -> Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
 
 
+def check_augment(cfg: AugmentConfig, channels: int) -> None:
+    """Refuse, in one line, an op the data cannot take (before anything trains)."""
+    if channels == 1 and cfg.hue:
+        raise ConfigError(f"augment.hue: {cfg.hue:g} shifts colours, but the images have one channel; set it to 0")
+
+
 class Augmenter:
     """Holds the (padded) training images; ``batch(idx)`` returns normalised float images."""
 
     def __init__(self, cfg: AugmentConfig, images: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                 gen: torch.Generator, size: int = 32) -> None:
-        self.cfg, self.gen, self.device, self.size = cfg, gen, images.device, size
+                 gen: torch.Generator, size: int | None = None) -> None:
+        self.channels, self.side = images.shape[1], images.shape[-1]
+        check_augment(cfg, self.channels)
+        self.cfg, self.gen, self.device, self.size = cfg, gen, images.device, size or self.side
         s = cfg.strength if cfg.policy != "none" else 0.0
         s_geo = s if cfg.policy in ("none", "basic") else 0.5  # named policies add flip + pad-4 crop
         self.flip = s_geo > 0
-        self.pad = round(8 * s_geo)
+        self.pad = round(8 * s_geo * self.side / 32)
         extra = max(0.0, s - 0.5) if cfg.policy == "basic" else 0.0
-        self.jitter, self.gray_p, self.cutout = 0.8 * extra, 0.4 * extra, round(32 * extra)
+        self.jitter, self.gray_p, self.cutout = 0.8 * extra, 0.4 * extra, round(self.side * extra)
         self.images = images
         if self.pad:  # pad once, crop per batch by indexing
             self.images = F.pad(images.float(), (self.pad,) * 4, mode="reflect").to(torch.uint8)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.inv_std = 1 / (torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255)
+        shape = (1, self.channels, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(shape) * 255
+        self.inv_std = 1 / (torch.tensor(std, device=self.device).view(shape) * 255)
         self.policy = _named_policy(cfg) if cfg.policy not in ("none", "basic") else None
-        self._ar = torch.arange(32, device=self.device)
+        self._ar = torch.arange(self.side, device=self.device)
         self.warp = bool(cfg.pick_one or cfg.rotate or cfg.translate)
 
     def _crop_flip(self, idx: Tensor) -> Tensor:
         x = self.images[idx]
-        n, dev, g = len(idx), self.device, self.gen
+        n, dev, g, c, s = len(idx), self.device, self.gen, self.channels, self.side
         if self.pad:
             dy = torch.randint(0, 2 * self.pad + 1, (n, 1), generator=g, device=dev) + self._ar
             dx = torch.randint(0, 2 * self.pad + 1, (n, 1), generator=g, device=dev) + self._ar
-            x = x.gather(2, dy[:, None, :, None].expand(n, 3, 32, x.shape[3]))
-            x = x.gather(3, dx[:, None, None, :].expand(n, 3, 32, 32))
+            x = x.gather(2, dy[:, None, :, None].expand(n, c, s, x.shape[3]))
+            x = x.gather(3, dx[:, None, None, :].expand(n, c, s, s))
         if self.flip:
             flip = torch.rand(n, generator=g, device=dev) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -154,12 +167,16 @@ class Augmenter:
         x = x * b
         m = x.mean((1, 2, 3), keepdim=True)
         x = (x - m) * c + m
+        if self.channels == 1:  # saturation and grayscale leave gray images as they are
+            return x.clamp_(0, 255)
         gray = _gray(x)
         x = gray + (x - gray) * sat
         return self._maybe_gray(x, n, self.gray_p).clamp_(0, 255)
 
     def _maybe_gray(self, x: Tensor, n: int, p: float) -> Tensor:
         """Each image grayscale with probability ``p``."""
+        if self.channels == 1:
+            return x
         to_gray = (torch.rand(n, generator=self.gen, device=self.device) < p).view(n, 1, 1, 1)
         return torch.where(to_gray, _gray(x), x)
 
@@ -202,11 +219,11 @@ class Augmenter:
         a[:, 1::2, 6], a[:, 1::2, 7] = -xs * vs, -ys * vs
         h = torch.linalg.solve(a, torch.stack([us, vs], 2).reshape(n, 8))
         h = torch.cat([h, torch.ones(n, 1, device=dev)], 1).view(n, 3, 3)
-        lin = (self._ar.float() + 0.5) / 16 - 1  # pixel centres in [-1, 1]
+        lin = (self._ar.float() + 0.5) / (self.side / 2) - 1  # pixel centres in [-1, 1]
         yy, xx = torch.meshgrid(lin, lin, indexing="ij")
         pts = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(1, -1, 3)
         mapped = pts @ h.transpose(1, 2)
-        grid = (mapped[..., :2] / mapped[..., 2:]).view(n, 32, 32, 2)
+        grid = (mapped[..., :2] / mapped[..., 2:]).view(n, self.side, self.side, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _hue(self, x: Tensor, n: int) -> Tensor:
@@ -219,10 +236,11 @@ class Augmenter:
         return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 255)
 
     def _cutout(self, x: Tensor, n: int) -> Tensor:
-        cy = torch.randint(0, 32, (n, 1, 1), generator=self.gen, device=self.device)
-        cx = torch.randint(0, 32, (n, 1, 1), generator=self.gen, device=self.device)
+        s = self.side
+        cy = torch.randint(0, s, (n, 1, 1), generator=self.gen, device=self.device)
+        cx = torch.randint(0, s, (n, 1, 1), generator=self.gen, device=self.device)
         lo = self.cutout // 2  # the square covers [c - side // 2, c - side // 2 + side): side px when inside
-        dy, dx = self._ar.view(1, 32, 1) - cy + lo, self._ar.view(1, 1, 32) - cx + lo
+        dy, dx = self._ar.view(1, s, 1) - cy + lo, self._ar.view(1, 1, s) - cx + lo
         rows, cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
         return x.masked_fill((rows & cols).unsqueeze(1), 0.0)
 

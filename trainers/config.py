@@ -2,8 +2,8 @@
 
 The YAML keys are a public contract (``hps retrain`` takes exported files unchanged)::
 
-    model:     {name, width, depth, dropout, channel_divisor}
-    data:      {dataset, root, path, sha256, val_fraction, subset, split_seed, download, image_size}
+    model:     {name, width, depth, dropout, channel_divisor, args, sha256}
+    data:      {dataset, root, path, sha256, val_fraction, subset, split_seed, download, image_size, test_fraction}
     optimizer: {name, lr, momentum, nesterov, weight_decay, beta1, beta2}
     schedule:  {name, warmup_epochs, eta_min, period, step_size, gamma, milestones, t0, t_mult, pct_start,
                 finetune_epochs, finetune_lr, finetune_eta_min}
@@ -58,18 +58,56 @@ IGNORED_SECTIONS = ("provenance",)
 
 
 def _model_names() -> tuple[str, ...]:
-    from hps.trainers.models import list_models  # late import: models import nothing from here
+    from hps.trainers.models import list_models  # late import: the families need torch
 
     return tuple(list_models())
 
 
+MODEL_ARG = re.compile(r"^[A-Za-z_]\w*$")
+ARGS_PREFIX = "model.args."  # a searchable key per builder argument: model.args.NAME
+
+
 class ModelConfig(Strict):
-    name: Annotated[Text, one_of(_model_names)] = Field("resnet18", description="registered model family")
+    name: Text = Field("resnet18", description="a family (hps models), or your builder: package.module:function or "
+                       "path/to/file.py:function (relative to the config file)")
     width: Number = Field(1.0, gt=0.0, le=8.0, description="multiplier of the family's standard channels")
     depth: Number = Field(1.0, gt=0.0, le=4.0, description="multiplier of the family's block repeats")
     dropout: Number = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
     channel_divisor: Integer = Field(8, description="channels * width round to multiples of this: 1, 2, 4 or 8 "
                                      "(1: exact counts)")
+    args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of your builder "
+                                 "(searchable as model.args.NAME)")
+    sha256: OptText = Field(None, description="the sha256 of your builder's file; set, a changed file is refused")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from hps.trainers.models._registry import is_reference
+
+        if not is_reference(v) and v not in _model_names():
+            raise PydanticCustomError("hps", "is not allowed; choose one of {allowed}, or your own builder as "
+                                      "package.module:function or path/to/file.py:function",
+                                      {"allowed": ", ".join(_model_names())})
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not MODEL_ARG.match(str(key)):
+                raise PydanticCustomError("hps", "key {key!r} is not allowed; builder arguments are Python names",
+                                          {"key": key})
+            if not _plain(value):
+                raise PydanticCustomError("hps", "{key}: expected a number, string, bool, null or a list of them",
+                                          {"key": key})
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise PydanticCustomError("hps", "is not allowed; expected 64 lowercase hex digits")
+        return v
 
     @field_validator("channel_divisor")
     @classmethod
@@ -79,25 +117,45 @@ class ModelConfig(Strict):
                                       {"allowed": ", ".join(map(str, CHANNEL_DIVISORS))})
         return v
 
-    def build(self, num_classes: int) -> nn.Module:
+    def build(self, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
         """The ``torch.nn.Module`` this section describes (every knob passed to ``create_model``)."""
         from hps.trainers.models import create_model
+        from hps.trainers.models._registry import materialize
 
-        return create_model(self.name, num_classes=num_classes, width=self.width, depth=self.depth,
-                            dropout=self.dropout, channel_divisor=self.channel_divisor)
+        model = create_model(self.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                             width=self.width, depth=self.depth, dropout=self.dropout,
+                             channel_divisor=self.channel_divisor, args=self.args, sha256=self.sha256)
+        return materialize(model, in_channels, image_size, self.name)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 class DataConfig(Strict):
-    dataset: Annotated[Text, one_of(DATASETS)] = "cifar10"
+    dataset: Annotated[OptText, one_of(DATASETS)] = Field(None, description="CIFAR by name (default cifar10 when "
+                                                          "data.path is not set); with data.path, the file must hold it")
     root: Text = Field("~/.cache/hps", description="torchvision dataset folder (downloads land here)")
-    path: OptText = Field(None, description="an .npz like cifar10-mini.npz; else $HPS_DATA; else root")
-    sha256: OptText = Field(None, description="the .npz's sha256; set, a file with another hash is refused")
+    path: OptText = Field(None, description="your images: an .npz (x_train N x H x W [x C] uint8, y_train, ...) or a "
+                          "folder of <class>/<image> (ImageFolder); relative to the config file")
+    sha256: OptText = Field(None, description="the data's sha256 (an .npz's bytes, a folder's content hash); set, other "
+                            "data is refused")
     val_fraction: Number = Field(0.1, ge=0.0, lt=1.0, description="validation carved from train")
     subset: OptInteger = Field(None, ge=10, description="keep this many training images (stratified)")
     split_seed: Integer = Field(0, ge=0, description="seed of the subset and validation split")
     download: Flag = Field(True, description="download torchvision CIFAR if missing")
-    image_size: Integer = Field(32, ge=32, le=512, description="side the model sees: images are augmented at "
-                                "32 px, then resized on the device (bilinear); report 003 trains at 128")
+    image_size: OptInteger = Field(None, ge=8, le=512, description="side the model sees (default: the images' own): "
+                                   "images are augmented at their side, then resized on the device (bilinear); a "
+                                   "folder of mixed sizes is resized to it when decoded; report 003 trains at 128")
+    test_fraction: Number = Field(0.2, gt=0.0, lt=1.0, description="a folder without test/: this fraction of each "
+                                  "class is held out as the test split")
+
+    @property
+    def name(self) -> str | None:
+        """The CIFAR named by the config: ``dataset``, else cifar10 when no ``path`` is given."""
+        return self.dataset or (None if self.path else "cifar10")
 
     @field_validator("sha256")
     @classmethod
@@ -266,12 +324,19 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def resolve_paths(cfg: TrainConfig, folder: str | Path) -> TrainConfig:
-    """The config with a relative ``data.path`` made absolute against ``folder`` (the folder of the
-    file that names it), so a config means the same wherever it is run from."""
-    if cfg.data.path is None:
-        return cfg
-    path = Path(cfg.data.path).expanduser()
-    return cfg if path.is_absolute() else cfg.replace("data", path=str((Path(folder) / path).resolve()))
+    """The config with a relative ``data.path`` and a relative model file (``file.py:function``)
+    made absolute against ``folder`` (the folder of the file that names them), so a config means the
+    same wherever it is run from."""
+    if cfg.data.path is not None:
+        path = Path(cfg.data.path).expanduser()
+        if not path.is_absolute():
+            cfg = cfg.replace("data", path=str((Path(folder) / path).resolve()))
+    where, colon, fn = cfg.model.name.rpartition(":")
+    if colon and where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_absolute():
+            cfg = cfg.replace("model", name=f"{(Path(folder) / path).resolve()}:{fn}")
+    return cfg
 
 
 def dump_config(cfg: TrainConfig, path: str | Path | None = None, extra: Mapping[str, Any] | None = None) -> str:
@@ -301,7 +366,7 @@ def key_type(key: str) -> str:
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
-    return ConfigError(f"{source}: {key}: not a trainer key; allowed: {', '.join(flat_keys())}")
+    return ConfigError(f"{source}: {key}: not a trainer key; allowed: {', '.join(flat_keys())}, model.args.NAME")
 
 
 def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str, Any],
@@ -311,6 +376,11 @@ def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str,
         k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
     allowed = flat_keys()
     for key, value in overrides.items():
+        if key.startswith(ARGS_PREFIX) and MODEL_ARG.match(key.removeprefix(ARGS_PREFIX)):
+            if not isinstance(data.get("model"), dict):
+                data["model"] = {}
+            data["model"]["args"] = {**(data["model"].get("args") or {}), key.removeprefix(ARGS_PREFIX): value}
+            continue
         if key not in allowed:
             raise _unknown_key(key, source)
         section, name = key.split(".", 1)
@@ -322,6 +392,10 @@ def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str,
 
 def check_value(key: str, value: Any, source: str = "<value>") -> Any:
     """Validate one dotted key's value on its own (type, choices, range); returns it coerced."""
+    if key.startswith(ARGS_PREFIX):  # a builder argument: any plain value; the builder decides
+        if not MODEL_ARG.match(key.removeprefix(ARGS_PREFIX)) or not _plain(value):
+            raise ConfigError(f"{source}: {key}: {show(value)} is not allowed; expected a number, string, bool or list")
+        return value
     if key not in flat_keys():
         raise _unknown_key(key, source)
     section, name = key.split(".", 1)

@@ -17,3 +17,8 @@ class DataMismatch(DataError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class ModelError(ConfigError):
+    """A model the config names cannot be built as asked: its code fails to import, is not a
+    builder, raises, or returns the wrong output; the message names the file and the cause."""

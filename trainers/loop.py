@@ -26,8 +26,9 @@ from hps.trainers.augment import JSD_WEIGHT, Augmenter, jsd_loss, mix
 from hps.trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml, with_overrides
 from hps.trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from hps.trainers.device import autocast_dtype, resolve_device
-from hps.trainers.errors import TrainingDiverged
+from hps.trainers.errors import ModelError, TrainingDiverged
 from hps.trainers.meter import save_state, state_dict_at, state_dict_from
+from hps.trainers.models.check import check_model, pin_model
 from hps.trainers.optim import build_optimizer, lr_at
 
 Metrics = dict[str, float]
@@ -89,19 +90,21 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     t_start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)
-    cfg = pin_data(cfg)  # the result records the data it ran on
+    cfg = pin_model(pin_data(cfg))  # the result records the data and the model code it ran on
     data = data or load_data(cfg.data, device, test=test)
+    channels, side = data.train.x.shape[1], cfg.data.image_size or data.train.x.shape[-1]
+    check_model(cfg, data.num_classes, channels, side)  # a user's builder: refused before training
     torch.manual_seed(tc.seed)
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     rng = random.Random(tc.seed)
 
-    model = _on_device(cfg.model.build(data.num_classes), device, tc.channels_last)
+    model = _on_device(cfg.model.build(data.num_classes, channels, side), device, tc.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     step_model: nn.Module = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
     opt = build_optimizer(model, cfg.optimizer)
     dtype, cast = _autocast(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen, cfg.data.image_size)
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen, side)
     jsd = cfg.augment.augmix_jsd
 
     n, bs = len(data.train), min(tc.batch_size, len(data.train))
@@ -185,12 +188,16 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
     tc = cfg.train
     device = resolve_device(tc.device)
     data = load_data(pin_data(cfg).data, device, test=test)
-    model = cfg.model.build(data.num_classes)
-    model.load_state_dict(state_dict_from(weights))
+    channels, side = data.train.x.shape[1], cfg.data.image_size or data.train.x.shape[-1]
+    model = pin_model(cfg).model.build(data.num_classes, channels, side)
+    try:
+        model.load_state_dict(state_dict_from(weights))
+    except RuntimeError as e:  # weights of another model or size
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ModelError(f"the weights do not fit {cfg.model.name} at width {cfg.model.width:g}: {first}") from None
     model = _on_device(model, device, tc.channels_last)
     _, cast = _autocast(tc.precision, device)
-    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device),
-                    cfg.data.image_size)
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, torch.Generator(device=device), side)
     out: Metrics = {}
     for name, split in (("val", data.val), ("test", data.test)):
         if split is not None:
@@ -232,14 +239,16 @@ def check_identity(cfg: TrainConfig, recorded: dict[str, Any] | None) -> TrainCo
 
 
 def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test: bool = False,
-            report: Report | None = None, allow_data_mismatch: bool = False,
+            report: Report | None = None, allow_data_mismatch: bool = False, allow_model_change: bool = False,
             overrides: dict[str, Any] | None = None) -> TrainResult:
     """Train a config file and write ``config.yaml`` (resolved), ``metrics.json`` and ``model.pt``
     (at the export's ``provenance.storage_dtype``, the budget's; fp32 without one).
 
     The data must be the data the config was made on (its ``data.sha256``, and the export's
     ``provenance.data``); ``allow_data_mismatch`` trains on what is here instead, and the written
-    config records that. ``overrides``: dotted keys set on top of the file (``--set``)."""
+    config records that. A user's model file must be the one recorded (``model.sha256``);
+    ``allow_model_change`` builds the file as it is now. ``overrides``: dotted keys set on top of
+    the file (``--set``)."""
     cfg = load_config(config_path)
     if overrides:
         cfg = with_overrides(cfg, overrides, f"{config_path}: --set")
@@ -251,9 +260,14 @@ def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test:
     except DataMismatch as e:
         if not allow_data_mismatch:
             raise DataMismatch(f"{config_path}: {e}; retrain with --allow-data-mismatch to train on it anyway") from None
-        path = cfg.data.path if cfg.data.path and Path(cfg.data.path).expanduser().is_file() else None
+        path = cfg.data.path if cfg.data.path and Path(cfg.data.path).expanduser().exists() else None
         cfg = cfg.replace("data", sha256=None, path=path)
-    result = train(cfg, report, test=test)
+    if allow_model_change:
+        cfg = cfg.replace("model", sha256=None)
+    try:
+        result = train(cfg, report, test=test)
+    except ModelError as e:
+        raise ModelError(f"{config_path}: {e}") from None
     out = Path(out_dir) if out_dir else Path("runs") / Path(config_path).stem
     out.mkdir(parents=True, exist_ok=True)
     dump_config(result.config, out / "config.yaml")

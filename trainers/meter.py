@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from hps.trainers.config import TrainConfig
-from hps.trainers.data import num_classes
+from hps.trainers.data import Shape, data_shape, input_side
 from hps.trainers.device import autocast_dtype, resolve_device
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -39,7 +39,8 @@ class Measurement:
     flops: int
     train_memory_mb: float
     num_classes: int
-    image_size: int  # the side MACs and memory are counted at (``data.image_size``)
+    image_size: int  # the side MACs and memory are counted at (``data.image_size``, else the images' own)
+    in_channels: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,12 +107,13 @@ def saved_bytes(state_dict: dict[str, torch.Tensor]) -> int:
     return counter.n
 
 
-def _meta_model(cfg: TrainConfig, classes: int) -> nn.Module:
+def _meta_model(cfg: TrainConfig, shape: Shape) -> nn.Module:
     with torch.device("meta"):
-        return cfg.model.build(classes)
+        return cfg.model.build(shape.num_classes, shape.channels, input_side(cfg.data, shape))
 
 
-def count_macs(model: nn.Module, device: str | torch.device = "meta", size: int = 32) -> tuple[int, int]:
+def count_macs(model: nn.Module, device: str | torch.device = "meta", size: int = 32,
+               channels: int = 3) -> tuple[int, int]:
     """(MACs of one ``size`` x ``size`` image, elements of every leaf module's output per image)."""
     outputs = 0
 
@@ -126,7 +128,7 @@ def count_macs(model: nn.Module, device: str | torch.device = "meta", size: int 
     model.eval()
     try:
         with FlopCounterMode(display=False) as fc, torch.no_grad():
-            model(torch.empty(1, 3, size, size, device=device))
+            model(torch.empty(1, channels, size, size, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -134,17 +136,19 @@ def count_macs(model: nn.Module, device: str | torch.device = "meta", size: int 
     return fc.get_total_flops() // 2, outputs
 
 
-def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES)) -> Measurement:
-    """Parameters, saved bytes per storage dtype, MACs/FLOPs and a memory estimate for ``cfg``."""
-    classes = num_classes(cfg.data)
-    model = _meta_model(cfg, classes)
+def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES), shape: Shape | None = None) -> Measurement:
+    """Parameters, saved bytes per storage dtype, MACs/FLOPs and a memory estimate for ``cfg`` at
+    its data's shape (classes, channels, side: :func:`data_shape`, or ``shape``)."""
+    shape = shape or data_shape(cfg.data)
+    side = input_side(cfg.data, shape)
+    model = _meta_model(cfg, shape)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    macs, act_elems = count_macs(model, size=cfg.data.image_size)
+    macs, act_elems = count_macs(model, size=side, channels=shape.channels)
     sd = model.state_dict()
     sizes = {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}
     act_bytes = 4 if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) is None else 2
     weights = params * 4 * (2 + _OPT_STATES[cfg.optimizer.name])
     views = 3 if cfg.augment.augmix_jsd else 1  # AugMix JSD trains on three views of every image
     memory = weights + act_elems * cfg.train.batch_size * views * act_bytes
-    return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), classes, cfg.data.image_size)
+    return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), shape.num_classes, side, shape.channels)
 

@@ -88,6 +88,8 @@ def one_of(choices: Sequence[str] | Callable[[], Sequence[str]]) -> AfterValidat
     """A string restricted to ``choices`` (a callable is asked at validation time: registries)."""
 
     def check(value: str) -> str:
+        if value is None:  # an optional key left unset
+            return value
         allowed = list(choices() if callable(choices) else choices)
         if value not in allowed:
             raise PydanticCustomError("hps", "is not allowed; choose one of {allowed}", {"allowed": ", ".join(allowed)})

@@ -260,3 +260,54 @@ def test_postgres_restart_mid_study(tmp_path: Path, connected: str, study_name: 
     assert len([t for t in ts if t.state in FINISHED]) >= 8
     # RDBStorage may fail the trial in flight; it says why
     assert all(reason(t) for t in ts if t.state == TrialState.FAIL)
+
+
+def test_an_own_model_file_reaches_the_workers_and_the_tools_agree(tmp_path: Path, connected: str, study_name: str) -> None:
+    """A model file outside the repository, searched on the 2-node cluster on PostgreSQL: the space
+    ships the file's source, so workers build the version the study started with even when their
+    disk holds another; export, evaluate, retrain and python -m hps.trainers then agree, and a
+    changed file is refused by retrain in one line."""
+    import json
+
+    import yaml
+
+    import hps
+    from tests.trainers.test_own import MYCNN
+
+    model = tmp_path / "models" / "mycnn.py"
+    model.parent.mkdir()
+    model.write_text(MYCNN)
+    base = {**copy.deepcopy(SMALL["base"]), "model": {"name": "models/mycnn.py:build", "width": 1.0}}
+    space = load_space(write_space(tmp_path, study_name, study__trials=4, warm_start=[], base=base, budget={"max_params": 50_000},
+                                   space={"model.width": {"low": 0.5, "high": 2.0}, "model.args.hidden": {"low": 16, "high": 48},
+                                          "optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}}))
+    model.write_text(MYCNN + "\nraise RuntimeError('a version the study did not start with')\n")  # the workers' disk
+    result = run(space, PG_URL, trials=4, ray=connected, workers=2, cpus_per_trial=1, progress="none")
+    assert result.failures == [] and result.finished >= 4
+    shas = {t.system_attrs["hps:config"]["model"]["sha256"] for t in result.study.trials}
+    assert shas == {space.base.model.sha256}
+    assert all(WORKER in t.system_attrs for t in result.study.trials)  # trained in Ray workers
+
+    model.write_text(MYCNN)  # the file as the study knew it
+    out = tmp_path / "best.yaml"
+    best = hps.export(result, out)
+    exported = yaml.safe_load(out.read_text())
+    assert exported["provenance"]["model"]["sha256"] == space.base.model.sha256
+    bin_dir = Path(sys.executable).parent
+    evaluated = subprocess.run([str(bin_dir / "hps"), "evaluate", str(out), "--weights", str(out.with_suffix(".pt"))],
+                               capture_output=True, text=True, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    retrained = subprocess.run([str(bin_dir / "hps"), "retrain", str(out), "--out", str(tmp_path / "r")],
+                               capture_output=True, text=True, cwd=tmp_path)
+    alone = subprocess.run([sys.executable, "-m", "hps.trainers", str(out), "--out", str(tmp_path / "r2")],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert retrained.returncode == 0 and alone.returncode == 0, retrained.stderr + alone.stderr
+    val = [json.loads((tmp_path / d / "metrics.json").read_text())["val_acc"] for d in ("r", "r2")]
+    assert val[0] == val[1] == pytest.approx(best.value, abs=0.02)  # the trainer alone (a worker ran at 1 CPU thread)
+    assert f"val_acc {best.value:.4f}" in evaluated.stdout  # the kept weights score exactly the trial's value
+
+    model.write_text(MYCNN + "\n# edited\n")
+    refused = subprocess.run([str(bin_dir / "hps"), "retrain", str(out), "--out", str(tmp_path / "r3")],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "the model code changed since this config was made (retrain with --allow-model-change" in refused.stderr

@@ -75,7 +75,7 @@ BAD = [
     ({"schedule": {"finetune_epochs": 30, "finetune_lr": 1e-5}}, "bad.yaml: schedule.finetune_epochs: 30 is not allowed with train.epochs 30"),
     ({"schedule": {"finetune_epochs": 2.5}}, "bad.yaml: schedule.finetune_epochs: 2.5 is not allowed; expected an integer"),
     ({"augment": {"policy": "augmix", "augmix_jsd": True, "finetune_mixup_alpha": 0.5}}, "bad.yaml: augment.augmix_jsd: true does not combine with"),
-    ({"data": {"image_size": 16}}, "bad.yaml: data.image_size: 16 is out of range; allowed >= 32 and <= 512"),
+    ({"data": {"image_size": 4}}, "bad.yaml: data.image_size: 4 is out of range; allowed >= 8 and <= 512"),
     ({"data": {"image_size": 128.5}}, "bad.yaml: data.image_size: 128.5 is not allowed; expected an integer"),
     ({"data": "cifar10"}, "bad.yaml: data: expected a mapping of keys, got 'cifar10'"),
     ([1, 2], "bad.yaml: expected a mapping with sections model, data"),

@@ -39,7 +39,7 @@ def test_data_path_wins_over_env(tmp_path: Path, mini_npz: Path, monkeypatch: py
 
 def test_bad_npz_is_a_clear_error(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", x_train=np.zeros((4, 32, 32, 3), np.uint8))
-    with pytest.raises(DataError, match=r"x\.npz: missing arrays y_train, x_test, y_test"):
+    with pytest.raises(DataError, match=r"x\.npz: missing arrays y_train; expected x_train, y_train \(and optional x_test"):
         load_data(config_from_dict({"data": {"path": str(tmp_path / "x.npz")}}).data)
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(DataError, match=r"junk\.npz: cannot read as \.npz"):
@@ -76,8 +76,9 @@ def test_a_file_of_other_classes_is_refused(mini_npz: Path) -> None:
     cfg = config_from_dict({"data": {"dataset": "cifar100"}}).data
     with pytest.raises(DataError) as info:
         load_data(cfg)
-    assert str(info.value) == (f"HPS_DATA {mini_npz}: holds 10 classes, but data.dataset is 'cifar100' (100 classes); "
-                               "point HPS_DATA at a cifar100 .npz, or at a folder holding cifar100.npz")
+    assert str(info.value) == (f"HPS_DATA {mini_npz}: holds 10 classes of 32x32x3 images, but data.dataset is 'cifar100' "
+                               "(100 classes of 32x32x3); point HPS_DATA at a cifar100 .npz, or at a folder holding "
+                               "cifar100.npz; for your own images set data.path")
 
 
 def test_cifar10_and_cifar100_side_by_side(tmp_path: Path, mini_npz: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +115,7 @@ def test_pinned_config_records_path_and_sha256(mini_npz: Path, tmp_path: Path, m
     moved = cfg.replace("data", path=str(tmp_path / "gone.npz"))
     assert load_data(moved.data, test=False).source == str(mini_npz)
     monkeypatch.setenv("HPS_DATA", str(other))
-    with pytest.raises(DataError, match=r"gone\.npz: file not found, and HPS_DATA .*other\.npz has sha256 [0-9a-f]{12}, not the recorded"):
+    with pytest.raises(DataError, match=r"gone\.npz: not found, and HPS_DATA .*other\.npz has sha256 [0-9a-f]{12}, not the recorded"):
         load_data(moved.data)
 
 

@@ -52,7 +52,7 @@ def test_round_channels() -> None:
 
 
 def test_unknown_model_and_bad_knobs() -> None:
-    with pytest.raises(ValueError, match="unknown model 'vgg'; choose one of airnet"):
+    with pytest.raises(ValueError, match=r"model\.name 'vgg' is not allowed; choose one of airnet"):
         create_model("vgg")
     with pytest.raises(ValueError, match="width and depth must be > 0"):
         create_model("resnet18", width=0)

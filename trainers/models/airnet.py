@@ -25,12 +25,12 @@ class _Block(nn.Sequential):
 
 
 class AirNet(nn.Module):
-    def __init__(self, width: float, depth: float, num_classes: int, dropout: float) -> None:
+    def __init__(self, width: float, depth: float, num_classes: int, dropout: float, in_channels: int = 3) -> None:
         super().__init__()
         stem = round_channels(24, width)
         widths = [round_channels(c, width) for c in (64, 256, 256)]
         extra = round_repeats(1, depth)
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 2, padding=0, bias=True), nn.GELU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 2, padding=0, bias=True), nn.GELU())
         blocks, cin = [], stem
         for c in widths:
             blocks.append(_Block(cin, c, extra))
@@ -47,5 +47,6 @@ class AirNet(nn.Module):
 
 
 @register_model("airbench94-style fast net (conv-pool-BN-GELU blocks 64/256/256), the speed anchor")
-def airnet(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    return AirNet(width, depth, num_classes, dropout)
+def airnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
+    return AirNet(width, depth, num_classes, dropout, in_channels)

@@ -64,10 +64,10 @@ class DenseSumStage(nn.Module):
 
 
 class BranchNet(nn.Module):
-    def __init__(self, width: float, depth: float, num_classes: int, dropout: float) -> None:
+    def __init__(self, width: float, depth: float, num_classes: int, dropout: float, in_channels: int = 3) -> None:
         super().__init__()
         cin = round_channels(64, width)
-        self.stem = ConvBNAct(3, cin, 7, act=nn.SiLU)
+        self.stem = ConvBNAct(in_channels, cin, 7, act=nn.SiLU)
         stages, heads, features = [], [], 0
         for c, n in _STAGES:
             c, proj = round_channels(c, width), round_channels(c * width / 2)
@@ -91,5 +91,6 @@ class BranchNet(nn.Module):
 
 
 @register_model("Report 003's net: 3x3/5x5 branches, dense-sum residuals, 5 projection heads, MLP; 128 px")
-def branchnet(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    return BranchNet(width, depth, num_classes, dropout)
+def branchnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
+    return BranchNet(width, depth, num_classes, dropout, in_channels)

@@ -13,10 +13,10 @@ _B0 = [(1, 3, 16, 1, 1), (6, 3, 24, 2, 2), (6, 5, 40, 2, 2), (6, 3, 80, 3, 2), (
 
 
 class EfficientNet(nn.Module):
-    def __init__(self, width: float, depth: float, num_classes: int, dropout: float) -> None:
+    def __init__(self, width: float, depth: float, num_classes: int, dropout: float, in_channels: int = 3) -> None:
         super().__init__()
         cin = round_channels(32, width)
-        layers: list[nn.Module] = [ConvBNAct(3, cin, 3, act=nn.SiLU)]
+        layers: list[nn.Module] = [ConvBNAct(in_channels, cin, 3, act=nn.SiLU)]
         for t, k, c, n, s in _B0:
             cout = round_channels(c, width)
             for j in range(round_repeats(n, depth)):
@@ -34,5 +34,6 @@ class EfficientNet(nn.Module):
 
 
 @register_model("EfficientNet-B0 (MBConv + SE, SiLU) with a stride-1 stem for 32x32 (report 000)")
-def efficientnet_b0(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    return EfficientNet(width, depth, num_classes, dropout)
+def efficientnet_b0(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
+    return EfficientNet(width, depth, num_classes, dropout, in_channels)

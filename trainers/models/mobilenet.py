@@ -25,9 +25,10 @@ _V1 = [(64, 1, 1), (128, 2, 1), (128, 1, 1), (256, 2, 1), (256, 1, 1), (512, 2, 
 
 
 @register_model("MobileNetV1 depthwise-separable net, stride-1 stem for 32x32 (report 004)")
-def mobilenet_v1(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
+def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
     cin = round_channels(32, width)
-    layers: list[nn.Module] = [ConvBNAct(3, cin, 3)]
+    layers: list[nn.Module] = [ConvBNAct(in_channels, cin, 3)]
     for c, s, n in _V1:
         cout = round_channels(c, width)
         for j in range(round_repeats(n, depth)):
@@ -41,9 +42,10 @@ _V2 = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1)
 
 
 @register_model("MobileNetV2 inverted residuals with CIFAR strides, 1280-wide head")
-def mobilenet_v2(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
+def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
     cin = round_channels(32, width)
-    layers: list[nn.Module] = [ConvBNAct(3, cin, 3, act=nn.ReLU6)]
+    layers: list[nn.Module] = [ConvBNAct(in_channels, cin, 3, act=nn.ReLU6)]
     for t, c, n, s in _V2:
         cout = round_channels(c, width)
         for j in range(round_repeats(n, depth)):
@@ -63,9 +65,10 @@ _V3 = [(3, 16, 16, 0, False, 1), (3, 64, 24, 0, False, 2), (3, 96, 24, 0, False,
 
 
 @register_model("MobileNetV3 style for 32x32: report 002's 8 blocks, sigmoid SE + hard-swish later, 960 head")
-def mobilenet_v3(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
+def mobilenet_v3(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
     cin = round_channels(16, width)
-    layers: list[nn.Module] = [ConvBNAct(3, cin, 3, act=nn.Hardswish)]
+    layers: list[nn.Module] = [ConvBNAct(in_channels, cin, 3, act=nn.Hardswish)]
     for k, e, c, sq, hs, s in _V3:
         cout = round_channels(c, width)
         for j in range(round_repeats(1, depth)):

@@ -13,11 +13,11 @@ from hps.trainers.models.resnet import BasicBlock
 
 
 class ResCNN(nn.Module):
-    def __init__(self, width: float, depth: float, num_classes: int, dropout: float) -> None:
+    def __init__(self, width: float, depth: float, num_classes: int, dropout: float, in_channels: int = 3) -> None:
         super().__init__()
         c1, c2, hidden = (round_channels(c, width) for c in (64, 128, 256))
         n = round_repeats(4, depth)
-        self.stem = ConvBNAct(3, c1, 7, act=nn.SiLU)
+        self.stem = ConvBNAct(in_channels, c1, 7, act=nn.SiLU)
         self.stage1 = nn.Sequential(*[BasicBlock(c1, c1, 1, act=nn.SiLU) for _ in range(n)], nn.MaxPool2d(2))
         self.stage2 = nn.Sequential(BasicBlock(c1, c2, 1, act=nn.SiLU),
                                     *[BasicBlock(c2, c2, 1, act=nn.SiLU) for _ in range(n - 1)], nn.MaxPool2d(2))
@@ -33,5 +33,6 @@ class ResCNN(nn.Module):
 
 
 @register_model("Residual CNN at 32 px (7x7 stem, stages 64/128, dense-style concat, MLP head)")
-def rescnn(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    return ResCNN(width, depth, num_classes, dropout)
+def rescnn(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
+    return ResCNN(width, depth, num_classes, dropout, in_channels)

@@ -23,9 +23,10 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, channels: list[int], repeats: list[int], num_classes: int, dropout: float) -> None:
+    def __init__(self, channels: list[int], repeats: list[int], num_classes: int, dropout: float,
+                 in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = ConvBNAct(3, channels[0], 3)
+        self.stem = ConvBNAct(in_channels, channels[0], 3)
         stages: list[nn.Module] = []
         cin = channels[0]
         for i, (c, n) in enumerate(zip(channels, repeats, strict=True)):
@@ -41,6 +42,7 @@ class ResNet(nn.Module):
 
 
 @register_model("CIFAR ResNet-18 (3x3 stem, no max-pool), 11.2M params at width 1.0")
-def resnet18(num_classes: int = 10, width: float = 1.0, depth: float = 1.0, dropout: float = 0.0) -> nn.Module:
+def resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, depth: float = 1.0,
+           dropout: float = 0.0) -> nn.Module:
     channels = [round_channels(c, width) for c in (64, 128, 256, 512)]
-    return ResNet(channels, [round_repeats(2, depth)] * 4, num_classes, dropout)
+    return ResNet(channels, [round_repeats(2, depth)] * 4, num_classes, dropout, in_channels)
