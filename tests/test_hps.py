@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,15 @@ def test_train_and_measure_take_a_dict_with_overrides() -> None:
     assert len(result.history) == 1 and result.config.data.sha256 and 0.0 <= result.val_acc <= 1.0
     with pytest.raises(hps.ConfigError, match=r"train\.epochs: 0 is out of range"):
         hps.train(cfg, {"train.epochs": 0})
+
+
+@pytest.fixture
+def study_name() -> Iterator[str]:
+    """A study of its own on the shared PostgreSQL, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=PG_URL)
 
 
 @pytest.mark.slow

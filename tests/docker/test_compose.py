@@ -122,3 +122,14 @@ def test_services_and_their_images() -> None:
 def test_the_build_context_leaves_out_what_images_do_not_need() -> None:
     ignore = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert ignore[0] == "*" and {"!pyproject.toml", "!README.md", "!src/", "!search/", "!trainers/", "!spaces/"} <= set(ignore)
+
+
+@pytest.mark.parametrize("setup", ["single host", "cpu"])
+def test_your_own_folder_reaches_every_container_that_runs_trials(setup: str) -> None:
+    """Spaces, model files and images of the user's own sit in HPS_MINE (default ./mine), read-only
+    at /app/mine in the driver and every worker: a space there names them relative to itself."""
+    services = resolved(FILES[setup], HPS_MINE="/srv/mine")["services"]
+    runners = {"search", "cpu-worker"} if setup == "cpu" else {"search", "ray-worker"}
+    for name in runners:
+        assert "/srv/mine:/app/mine:ro" in services[name]["volumes"], name
+    assert "/app/mine" not in yaml.safe_dump(services["dashboard"]) and "/app/mine" not in yaml.safe_dump(services["postgres"])
