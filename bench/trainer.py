@@ -1,12 +1,15 @@
 """Trainer throughput vs (a) the compute floor and (b) a plain torchvision DataLoader trainer.
 
-    python bench/trainer.py [--model resnet18 --width 0.5 --batch 128 --epochs 3 --device auto]
+    python bench/trainer.py [--model resnet18 --width 0.5 --batch 128 --epochs 2 --rounds 5 --device auto]
 
 All three step the same model (same width, batch size, optimizer, channels_last, precision) over
-the same real CIFAR images ($HPS_DATA or data.path). Reports images/s of the last epoch and each
-as a ratio of the floor, measured in this run.
+the same real CIFAR images ($HPS_DATA or data.path). Each round measures the three one after the
+other, the order rotating round by round (floor, hps, dataloader; hps, dataloader, floor; ...), so
+no method always runs first in a warm or cold process; each measurement is the images/s of the
+last of ``--epochs`` epochs. Reported: the medians over the rounds and each as a ratio of the
+floor's median, all measured in this run.
 - floor: pre-made normalised batches already on the device, no data pipeline at all.
-- hps: ``trainers.train`` (uint8 on the device, batched per-sample flip + pad-4 crop).
+- hps: ``hps.trainers.train`` (uint8 on the device, batched per-sample flip + pad-4 crop).
 - dataloader: torchvision Dataset + RandomCrop/RandomHorizontalFlip/ToTensor/Normalize + DataLoader.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import time
 from typing import Any
 
@@ -51,7 +55,9 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2, help="epochs per measurement (the last one counts)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the three, interleaved")
+    p.add_argument("--methods", default="floor,hps,dataloader", help="which to measure (hps alone: A/B runs of two versions)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
@@ -80,12 +86,14 @@ def main() -> None:
     std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
     xs = ((data.train.x[:n].float() - mean) / std).split(args.batch)
     ys = data.train.y[:n].split(args.batch)
-    model, opt = fresh()
-    floor = [_step_loop(model, opt, zip(xs, ys, strict=True), device, cast, args.channels_last)
-             for _ in range(args.epochs)][-1]
 
-    # hps trainer
-    hps = train(cfg, data=data).history[-1]["images_per_s"]
+    def floor() -> float:
+        model, opt = fresh()
+        return [_step_loop(model, opt, zip(xs, ys, strict=True), device, cast, args.channels_last)
+                for _ in range(args.epochs)][-1]
+
+    def hps() -> float:
+        return float(train(cfg, data=data).history[-1]["images_per_s"])
 
     # (b) torchvision DataLoader + transforms
     from torchvision import transforms as T
@@ -106,14 +114,25 @@ def main() -> None:
 
     loader = torch.utils.data.DataLoader(DS(), batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
-    model, opt = fresh()
-    dl = [_step_loop(model, opt, loader, device, cast, args.channels_last) for _ in range(args.epochs)][-1]
 
+    def dataloader() -> float:
+        model, opt = fresh()
+        return [_step_loop(model, opt, loader, device, cast, args.channels_last) for _ in range(args.epochs)][-1]
+
+    methods = {"floor": floor, "hps": hps, "dataloader": dataloader}
+    names = [m for m in methods if m in args.methods.split(",")]
+    seen: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every round
+            seen[name].append(methods[name]())
+    med = {k: statistics.median(v) for k, v in seen.items()}
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-              "model": args.model, "width": args.width, "batch": args.batch, "images": n,
+              "model": args.model, "width": args.width, "batch": args.batch, "images": n, "rounds": args.rounds,
               "precision": str(dtype or "fp32"), "channels_last": args.channels_last,
-              "images_per_s": {"floor": round(floor), "hps": round(hps), "dataloader": round(dl)},
-              "epoch_time_vs_floor": {"hps": round(floor / hps, 3), "dataloader": round(floor / dl, 3)}}
+              "images_per_s_median": {k: round(v) for k, v in med.items()},
+              "images_per_s_each": {k: [round(x) for x in v] for k, v in seen.items()},
+              "epoch_time_vs_floor": {k: round(med["floor"] / med[k], 3) for k in ("hps", "dataloader")
+                                      if "floor" in med and k in med}}
     print(json.dumps(result, indent=2))
 
 

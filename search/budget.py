@@ -125,7 +125,7 @@ def check_smallest(base: TrainConfig, budget: Budget, candidates: Sequence[Mappi
             return
         results.append((cfg, result))
     cfg, result = min(results, key=lambda r: sum(max(v, 0) / abs(getattr(budget, k)) for k, v in r[1].constraints.items()))
-    px = f", {cfg.data.image_size} px" if cfg.data.image_size != 32 else ""
+    px = f", {cfg.data.image_size} px" if cfg.data.image_size not in (None, 32) else ""
     name = f" ({cfg.model.name} at width {cfg.model.width:g}, depth {cfg.model.depth:g}{px})"
     raise SpaceError(f"{source}: budget: smallest config{name} has {result.violations[0]}; "
                      "raise the budget or lower the space's minimum")

@@ -601,7 +601,9 @@ def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, A
         options = dist.values_to_check()
         if dist.when:
             options.append(getattr(getattr(base, section), name))
-        fixed[key] = min(options)
+        options = [o for o in options if o is not None]  # data.image_size unset: the images' own side
+        if options:
+            fixed[key] = min(options)
     names = [base.model.name]
     d = spec.space.get("model.name")
     if d is not None:

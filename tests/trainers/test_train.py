@@ -131,7 +131,7 @@ def test_retrain_refuses_other_data_unless_told(tmp_path: Path, mini_npz: Path) 
     cmd = [sys.executable, "-m", "hps", "retrain", str(exported), "--out", str(tmp_path / "r")]
     refused = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
-    assert "elsewhere.npz: file not found, and HPS_DATA" in refused.stderr and "not the recorded" in refused.stderr
+    assert "elsewhere.npz: not found, and HPS_DATA" in refused.stderr and "not the recorded" in refused.stderr
     assert "--allow-data-mismatch" in refused.stderr
     allowed = subprocess.run([*cmd, "--allow-data-mismatch"], capture_output=True, text=True, cwd=REPO, env=env)
     assert allowed.returncode == 0, allowed.stderr

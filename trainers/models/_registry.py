@@ -211,6 +211,9 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, imag
     if channel_divisor not in CHANNEL_DIVISORS:
         raise ValueError(f"channel_divisor must be one of {CHANNEL_DIVISORS}, got {channel_divisor}")
     entry = model_entry(name, sha256)
+    if args and name in _REGISTRY:
+        raise ModelError(f"model.args: {name} is one of hps's families, which take no arguments beyond the knobs; "
+                         "model.args is for your own builder")
     names, var_kw = entry.accepts()
     knobs = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size, "width": width,
              "depth": depth, "dropout": dropout}

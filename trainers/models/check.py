@@ -13,6 +13,7 @@ from hps.trainers.errors import ModelError
 from hps.trainers.models._registry import _REGISTRY, file_sha256, model_entry
 
 _DEFAULTS = {"width": 1.0, "depth": 1.0, "dropout": 0.0}
+MAX_PARAMS = 2**30  # 4 GiB of fp32 weights: far past a small image classifier, short of a machine's memory
 
 
 def is_own(name: str) -> bool:
@@ -23,6 +24,9 @@ def is_own(name: str) -> bool:
 def check_knobs(model: ModelConfig, searched: Iterable[str] = (), where: str = "") -> None:
     """Refuse a knob the builder does not take, set in the config or searched by a space."""
     if not is_own(model.name):
+        if model.args:
+            raise ModelError(f"{where}model.args: {model.name} is one of hps's families, which take no arguments beyond "
+                             "the knobs; model.args is for your own builder")
         return
     entry = model_entry(model.name, model.sha256)
     names, var_kw = entry.accepts()
@@ -51,10 +55,14 @@ def check_model(cfg: TrainConfig, num_classes: int, channels: int, side: int) ->
         return
     name = cfg.model.name
     check_knobs(cfg.model)
-    model = cfg.model.build(num_classes, channels, side)
-    n_params = sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):  # its size first, without memory: arguments can make any builder huge
+        n_params = sum(p.numel() for p in cfg.model.build(num_classes, channels, side).parameters())
     if n_params == 0:
         raise ModelError(f"model.name {name!r}: the model has no parameters to train")
+    if n_params > MAX_PARAMS:
+        raise ModelError(f"model.name {name!r}: {n_params:,} parameters with model.args {cfg.model.args} and width "
+                         f"{cfg.model.width:g}, over the {MAX_PARAMS:,} hps builds; check the builder's arguments")
+    model = cfg.model.build(num_classes, channels, side)
     x = torch.randn(2, channels, side, side, generator=torch.Generator().manual_seed(0))
     model.eval()
     try:
