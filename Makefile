@@ -54,3 +54,4 @@ bench: install
 	$(BIN)/python bench/augment.py
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/search_quality.py
+	$(BIN)/python bench/startup.py
