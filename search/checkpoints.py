@@ -67,7 +67,13 @@ class TrialCheckpoint:
         try:
             with self.store.open_reader(saved["id"]) as f:
                 state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+            if not isinstance(state, dict) or not {"model", "optimizer", "history", "epoch", "rng"} <= set(state):
+                raise ValueError("not a training state")
         except ArtifactNotFound:
+            return None
+        except Exception as e:  # a retry never dies of its original's checkpoint: it trains from the start
+            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0,
+                                                      "unreadable": f"{type(e).__name__}: {str(e)[:200]}"})
             return None
         set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": saved["epoch"]})
         self.restored = list(state["history"])
@@ -88,9 +94,11 @@ class TrialCheckpoint:
         self.save_seconds += time.perf_counter() - start
         self.last_saved = time.monotonic()
 
-    def finish(self) -> None:
-        """The trial is over (any state): its checkpoint, and its killed original's, go."""
-        _remove(self.store, self.current)
+    def finish(self, keep: bool = False) -> None:
+        """The trial is over: its checkpoint, and its killed original's, go; ``keep`` (an interrupted
+        trial, owed again) leaves its own for the retry to resume from."""
+        if not keep:
+            _remove(self.store, self.current)
         if self.original is not None:
             _remove(self.store, (trial_info(self.original, CHECKPOINT) or {}).get("id"))
         set_trial_info(self.trial, CHECKPOINT_SECONDS, round(self.save_seconds, 3))

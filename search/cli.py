@@ -142,9 +142,13 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
     try:
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
                            cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines")
-    except KeyboardInterrupt:
-        err.print("interrupted; rerun the same command to resume (finished trials are kept)")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        from hps.search.errors import Terminated
+
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        err.print(f"{what}; rerun the same command to resume (finished trials are kept, the stopped one is owed)",
+                  highlight=False)
+        raise typer.Exit(code) from None
     except RunFailed as e:
         if e.result is not None:
             console.print(str(e.result), highlight=False)
@@ -277,8 +281,12 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
            storage: StorageOpt = None, artifacts: ArtifactsOpt = None) -> None:
     """Write the best feasible trial as a config that hps retrain takes unchanged."""
     from hps.search.api import export as run_export
+    from hps.search.errors import StudyError
     from hps.search.record import WEIGHTS, trial_info
 
+    if out.suffix.lower() in (".pt", ".pth"):
+        raise StudyError(f"-o {out}: the export is a YAML, and its weights go beside it as {out.with_suffix('.pt').name}; "
+                         f"give -o {out.with_suffix('.yaml')}")
     _quiet_optuna()
     t = run_export(study, out, trial=trial, storage=storage, artifacts=artifacts)
     weights = out.with_suffix(".pt")

@@ -24,6 +24,10 @@ class RunFailed(StudyError):
         self.result = result
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``docker stop`` sends), handled as Ctrl-C: the running trial stops and is owed again."""
+
+
 def user_error_types() -> tuple[type[Exception], ...]:
     from hps.trainers import ConfigError, DataError, TrainingDiverged
 

@@ -33,7 +33,7 @@ import torch
 
 from hps.search.budget import Check, check, over
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
-from hps.search.errors import StudyError
+from hps.search.errors import StudyError, Terminated
 from hps.search.record import (
     BEST_EPOCH,
     BEST_VALUE,
@@ -45,6 +45,7 @@ from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
     LIVE,
+    PROBLEM,
     PRUNE_REASON,
     STORAGE_DTYPE,
     WORKER,
@@ -54,7 +55,16 @@ from hps.search.record import (
 )
 from hps.search.space import Space, suggest
 from hps.search.storage import artifact_store
-from hps.trainers import ConfigError, TrainingDiverged, config_to_dict, data_identity, pin_data, state_dict_at, train
+from hps.trainers import (
+    ConfigError,
+    TrainingDiverged,
+    config_to_dict,
+    data_identity,
+    pin_data,
+    state_dict_at,
+    train,
+    with_overrides,
+)
 from hps.trainers.models._registry import install_sources
 from hps.trainers.models.check import pin_model
 
@@ -89,8 +99,11 @@ class Objective:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # Optuna stores the trial as FAIL and re-raises: say why
-            self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
+        except KeyboardInterrupt as e:  # Optuna stores the trial as FAIL and re-raises: say why
+            if isinstance(e, Terminated):
+                self._explain(trial, FAIL_REASON, "terminated", "terminated (SIGTERM); a rerun runs its params again")
+            else:
+                self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
             raise
         except Exception as e:
             self._explain(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
@@ -114,6 +127,10 @@ class Objective:
         try:
             cfg = suggest(space, trial)
         except ConfigError as e:
+            try:  # the sampled values' fault (PRUNED), or this worker's: it cannot even read the base (FAIL)
+                with_overrides(space.base, {}, f"{space.source}: base")
+            except ConfigError as base_error:
+                raise StudyError(f"this worker cannot read the space's base config: {base_error}") from None
             return self._prune(trial, "invalid_config", f"invalid config: {e}")
         cfg = pin_model(pin_data(cfg))
         _check_gpu(cfg.train.device, self.worker)
@@ -177,8 +194,12 @@ class Objective:
 
         store = self.store()
         ckpt = TrialCheckpoint(trial, store)
+        interrupted = False
         try:
             result = train(cfg, report, checkpoint=ckpt)
+        except KeyboardInterrupt:
+            interrupted = True  # owed again: the retry resumes from this trial's checkpoint
+            raise
         except _Stop as e:
             return self._prune(trial, e.cause, str(e))
         except optuna.TrialPruned as e:
@@ -188,11 +209,14 @@ class Objective:
         except torch.cuda.OutOfMemoryError:
             return self._prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
         finally:
-            ckpt.finish()
+            ckpt.finish(keep=interrupted)
             finish()
         value = result.history[-1][metric]
         if result.model is not None and not space.multi_objective:
-            keep_if_best(trial, value, sign > 0, state_dict_at(result.model, budget.storage_dtype), store)
+            try:  # a trained trial is never lost to keeping its weights: it stays COMPLETE, the problem recorded
+                keep_if_best(trial, value, sign > 0, state_dict_at(result.model, budget.storage_dtype), store)
+            except Exception as e:
+                set_trial_info(trial, PROBLEM, f"weights not kept: {type(e).__name__}: {str(e)[:300]}")
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
         return value

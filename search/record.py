@@ -27,6 +27,7 @@ LIMITED = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs":
 
 # trial system attrs: structured values the table does not show
 WARM_START = "hps:warm_start"  # the warm start a queued trial came from (its label)
+PROBLEM = "hps:problem"  # what went wrong after a trial trained (its value stands), e.g. keeping its weights
 WHY = "hps:why"  # the whole reason a trial was pruned or failed, one line (its dashboard note says it too)
 CONFIG, DATA, WORKER = "hps:config", "hps:data", "hps:worker"
 BUDGET = "hps:budget"  # every figure the meter measured: params, model_bytes, macs, flops, epochs, train_memory_mb

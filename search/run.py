@@ -8,20 +8,23 @@ it can and summarises. A run that stopped on failures raises :class:`RunFailed` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.errors import RunFailed, StudyError
-from hps.search.record import FAILED, FINISHED, best_feasible, counts, reason, stop_reasons, study_attrs
+from hps.search.errors import RunFailed, StudyError, Terminated
+from hps.search.record import FAIL_REASON, FAILED, FINISHED, best_feasible, counts, reason, stop_reasons, study_attrs
 from hps.search.settings import settings
 from hps.search.space import Space, load_space
-from hps.search.storage import dispose, get_storage, redact, storage_url
+from hps.search.storage import artifact_store, dispose, get_storage, redact, storage_url
 from hps.search.study import begin_run, open_study
 
 Progress = str  # "auto", "live" (a terminal panel), "lines" (a line per finished trial: notebooks, logs), "none"
@@ -101,16 +104,23 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     else:
         executor = InProcessExecutor()
     load_data(space.base.data)  # data problems surface before any trial
+    artifact_store()  # the artifact store is reachable before anything trains
     store = get_storage(url)
+    study = None
     try:
         study = open_study(space, store)
         begin_run(study)
         before = len(study.get_trials(deepcopy=False, states=FINISHED))
         out = echo or sys.stdout
         print(f"study {space.name} on {redact(url)}: {before} finished, {max(target - before, 0)} owed", file=out, flush=True)
-        with view(progress, study, target, out):
+        with view(progress, study, target, out), _sigterm_as_interrupt():
             executor.run(space, study, url, target, objective)
         result = summarise(study, url, target)
+    except KeyboardInterrupt:
+        if study is not None:
+            owe_interrupted(study)
+        dispose(store)
+        raise
     except BaseException:
         dispose(store)
         raise
@@ -118,6 +128,41 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     if failed:
         raise RunFailed(f"study {space.name}: {failed}", result)
     return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, a scheduler) stops the run as Ctrl-C does: :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def owe_interrupted(study: optuna.Study) -> list[int]:
+    """Queue again the params of each trial an interrupt stopped (Ctrl-C, SIGTERM), once: the next
+    run trains them, resuming from the stopped trial's checkpoint (as a killed worker's retry does).
+    Returns the numbers of the trials owed."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    owed = []
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) in ("interrupted", "terminated") \
+                and t.number not in retried and t.params:
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                system_attrs={"failed_trial": t.number, "retry_history": [t.number]},
+                intermediate_values=t.intermediate_values))
+            owed.append(t.number)
+    return owed
 
 
 def _quiet_optuna() -> None:
@@ -135,4 +180,5 @@ class _NoInterruptTraceback:
     """Drops Optuna's log record of a trial stopped by Ctrl-C: the run says so in one line."""
 
     def filter(self, record: object) -> bool:
-        return "KeyboardInterrupt" not in getattr(record, "getMessage", lambda: "")()
+        exc = getattr(record, "exc_info", None)
+        return not (exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt))

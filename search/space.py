@@ -505,6 +505,7 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
                 raise SpaceError(f"{where}.when.{cond_key}: [] is not allowed; give a value or a list of values")
             for v in values:
                 _trainer_value(cond_key, v, f"{where}.when.{cond_key}")
+            _can_hold(cond_key, values, checked, base, f"{where}.when.{cond_key}")
         for v in dist.values_to_check():
             _trainer_value(key, v, where)
         checked[key] = dist
@@ -518,6 +519,22 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
         raise SpaceError(f"{source}: study.pruner: {spec.study.pruner.name!r} cannot prune a study of 2 objectives "
                          "(Optuna prunes single-objective studies only); use pruner: {name: none}")
     return checked
+
+
+def _can_hold(cond_key: str, values: list[Any], checked: dict[str, Dist], base: TrainConfig, where: str) -> None:
+    """Refuse a condition that can never hold (its key would never be searched): a searched key
+    whose range or choices hold none of the values, or a fixed key set to another value."""
+    if cond_key in checked:
+        d = checked[cond_key]
+        if not any(_inside(d, check_value(cond_key, v)) for v in values):
+            raise SpaceError(f"{where}: {show(values if len(values) > 1 else values[0])} never holds: {cond_key} is "
+                             f"searched over {_describe(d)}, so the key would never be searched")
+        return
+    section, name = cond_key.split(".")
+    fixed = getattr(getattr(base, section), name)
+    if not any(_matches(fixed, check_value(cond_key, v)) for v in values):
+        raise SpaceError(f"{where}: {show(values if len(values) > 1 else values[0])} never holds: {cond_key} is "
+                         f"{show(fixed)} (not searched), so the key would never be searched")
 
 
 def _trainer_value(key: str, value: Any, where: str) -> None:

@@ -36,6 +36,9 @@ def storage_url(url: str | None = None) -> str:
     """``--storage``, else ``$HPS_STORAGE``, else ``sqlite:///hps.db``; a bare ``postgresql://``
     gets the psycopg2 driver named (SQLAlchemy 2.1 would pick psycopg 3)."""
     url = url or settings().storage
+    if re.fullmatch(r"sqlite:/{0,3}(:memory:)?(\?.*)?", url):
+        raise StudyError(f"storage {url!r}: an in-memory SQLite database vanishes with the command, and the study with "
+                         "it; give a file (sqlite:///hps.db) or postgresql://...")
     url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
     if url.startswith("sqlite:///") and not url.startswith(("sqlite:////", "sqlite:///:memory:")):  # absolute path
         url = "sqlite:///" + os.path.abspath(url.removeprefix("sqlite:///"))
@@ -158,7 +161,14 @@ def artifact_store(root: str | Path | None = None) -> Any:
         bucket, _, prefix = where.removeprefix("s3://").partition("/")
         store = Boto3ArtifactStore(bucket)
         return _Prefixed(store, prefix) if prefix else store
-    Path(where).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        probe = Path(where) / f".hps-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StudyError(f"HPS_ARTIFACTS {where}: checkpoints and weights cannot be written there ({e.strerror or e}); "
+                         "point it at a writable folder or s3://bucket/prefix") from None
     return FileSystemArtifactStore(where)
 
 

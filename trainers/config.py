@@ -300,11 +300,34 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="python")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML would keep the last
+    one silently: a budget.max_params written twice loosened the budget without a word)."""
+
+
+def _mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)):
+            continue
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is written twice in one mapping (lines {seen[key]} and {line}); keep one",
+                key_node.start_mark)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def read_yaml(path: str | Path, error: type[Exception] = ConfigError) -> Any:
-    """Parse a YAML file; a missing file or bad YAML raises ``error`` with one line."""
+    """Parse a YAML file; a missing file, bad YAML or a key written twice raises ``error`` with one line."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeys)
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except IsADirectoryError:

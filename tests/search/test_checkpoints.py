@@ -121,3 +121,42 @@ def test_the_stock_dashboard_lists_and_serves_the_weights(study: dict) -> None:
     finally:
         dash.terminate()
         dash.wait(10)
+
+
+def test_a_retry_with_an_unreadable_checkpoint_trains_from_the_start(tmp_path: Path) -> None:
+    """A corrupted checkpoint never fails the retry of its trial: the retry starts afresh and says so."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from hps.search.checkpoints import TrialCheckpoint
+    from hps.search.record import RESUMED_FROM
+
+    store = FileSystemArtifactStore(str(tmp_path))
+    (tmp_path / "checkpoint-broken").write_bytes(b"not a checkpoint")
+    study = optuna.create_study()
+    first = study.ask()
+    first.suggest_float("x", 0, 1)
+    first.storage.set_trial_system_attr(first._trial_id, CHECKPOINT, {"id": "checkpoint-broken", "epoch": 2})
+    study.tell(first, state=TrialState.FAIL)
+    frozen = study.trials[0]
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+                                              system_attrs={"failed_trial": 0}))
+    retry = study.ask()
+    assert TrialCheckpoint(retry, store).load() is None  # train from the start
+    resumed = study._storage.get_trial_system_attrs(retry._trial_id)[RESUMED_FROM]
+    assert resumed["trial"] == 0 and resumed["epoch"] == 0 and resumed["unreadable"].startswith("UnpicklingError")
+
+
+def test_a_trained_trial_stays_complete_when_its_weights_cannot_be_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hps.search.objective as objective_module
+    from hps.search.record import PROBLEM
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(objective_module, "keep_if_best", full_disk)
+    space = load_space(write_space(tmp_path, "weights", study__trials=1, study__pruner={"name": "none"},
+                                   warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}]))
+    result = run(space, f"sqlite:///{tmp_path / 'w.db'}", trials=1, progress="none")
+    (t,) = result.study.trials
+    assert t.state == TrialState.COMPLETE and t.value is not None and result.best_trial is not None
+    assert t.system_attrs[PROBLEM] == "weights not kept: OSError: [Errno 28] No space left on device"

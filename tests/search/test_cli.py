@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hps.search.record import reason
-from tests.search.conftest import write_space
+from tests.search.conftest import hps, write_space
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +48,64 @@ def test_read_only_commands_do_not_import_torch(small_study: str, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_run_with_one_line_and_exit_130(tmp_path: Path, study_name: str) -> None:
+@pytest.mark.parametrize(("sig", "code", "cause", "line"), [
+    (signal.SIGINT, 130, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again"),
+    (signal.SIGTERM, 143, "terminated", "terminated (SIGTERM); a rerun runs its params again"),
+], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_stops_a_run_in_one_line_and_the_rerun_resumes_the_trial(
+        tmp_path: Path, study_name: str, sig: int, code: int, cause: str, line: str) -> None:
+    """Ctrl-C and SIGTERM (docker stop) alike: the running trial stops at once and is stored FAIL
+    with the signal as its reason, its params are owed, the command prints one line and exits
+    130/143; the rerun trains the owed params, resuming from the stopped trial's checkpoint."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
     path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
-                             "--set", "fixed.train.epochs=40", "--set", "budget.max_epochs=40"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
+    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
+           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
-    while time.time() < deadline:  # until the first trial has reported an epoch
-        time.sleep(0.5)
+    while time.time() < deadline:  # until the first trial has saved a checkpoint after epoch 2
+        time.sleep(0.2)
         try:
             trials = optuna.load_study(study_name=study_name, storage=url).trials
         except KeyError:
             continue
-        if trials and trials[0].intermediate_values:
+        if trials and (trials[0].system_attrs.get("hps:checkpoint") or {}).get("epoch", 0) >= 2:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert out.startswith(f"study {study_name} on sqlite:")
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to resume (finished trials are kept)"
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(f"{cause if cause == 'interrupted' else 'terminated (SIGTERM)'}; rerun the same")
     assert "Traceback" not in err
-    (t,) = optuna.load_study(study_name=study_name, storage=url).trials
-    assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted"
-    assert reason(t) == "interrupted (Ctrl-C / SIGINT); a rerun runs its params again"
+    stopped, owed = optuna.load_study(study_name=study_name, storage=url).trials
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"] == cause and reason(stopped) == line
+    assert owed.state == TrialState.WAITING and owed.params == stopped.params and owed.system_attrs["failed_trial"] == 0
+    again = subprocess.run([*cmd, "--trials", "1"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    retry = optuna.load_study(study_name=study_name, storage=url).trials[1]
+    assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == list(range(1, 7))
+    assert retry.system_attrs["hps:resumed_from"]["trial"] == 0 and retry.system_attrs["hps:resumed_from"]["epoch"] >= 2
+    assert not list((tmp_path / "art").glob("checkpoint-*"))  # both trials' checkpoints gone once the retry finished
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["status", "--storage", "sqlite://"], {}, "error: storage 'sqlite://': an in-memory SQLite database vanishes with the command"),
+    (["status", "--storage", "sqlite:///:memory:"], {}, "error: storage 'sqlite:///:memory:': an in-memory SQLite database"),
+    (["export", "ro", "-o", "best.pt"], {}, "error: -o best.pt: the export is a YAML, and its weights go beside it as best.pt; give -o best.yaml"),
+    (["status"], {"HPS_HEARTBEAT_SECONDS": "0"}, "error: HPS_HEARTBEAT_SECONDS='0' is not allowed; expected whole seconds >= 1"),
+    (["status"], {"HPS_CONNECT_TIMEOUT": "ten"}, "error: HPS_CONNECT_TIMEOUT='ten' is not allowed; expected whole seconds >= 1"),
+    (["run", "{tmp}/s.yaml"], {"HPS_ARTIFACTS": "/proc/hps-art"}, "error: HPS_ARTIFACTS /proc/hps-art: checkpoints and weights cannot be written there"),
+], ids=["sqlite-memory", "sqlite-memory-2", "export-onto-weights", "heartbeat-0", "timeout-text", "artifacts-unwritable"])
+def test_bad_settings_urls_and_options_are_one_line(small_study: str, tmp_path: Path, args: list[str], env: dict[str, str],
+                                                    message: str) -> None:
+    import yaml
+
+    from tests.search.conftest import SMALL
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SMALL, "study": {**SMALL["study"], "name": "bad"}}))
+    argv = [a.format(tmp=tmp_path) for a in args] + (["--storage", small_study] if args[0] == "export" else [])
+    out = hps(*argv, env={**env, "HPS_STORAGE": f"sqlite:///{tmp_path / 'x.db'}"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(message) and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "x.db").exists() or args[0] == "status"  # nothing trained

@@ -394,3 +394,27 @@ def test_set_overrides_on_run_measure_and_retrain(tmp_path: Path, study_name: st
     assert retrained.returncode == 0, retrained.stderr
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 1
+
+
+def test_a_worker_that_cannot_read_the_base_fails_its_trials_never_prunes_them(tmp_path: Path) -> None:
+    """A family registered in the driver's script but not on the worker (issue 22's report): each
+    trial is FAIL with why, the run stops on the failures; it was PRUNED 'invalid config', exit 0."""
+    from torch import nn
+
+    from hps.trainers.models._registry import _REGISTRY, register_model
+
+    @register_model("a net the driver registered")
+    def driver_only_net(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    try:
+        space = load_space({**SMALL, "study": {**SMALL["study"], "name": "w"}, "warm_start": [],
+                            "base": {**SMALL["base"], "model": {"name": "driver_only_net"}},
+                            "space": {"optimizer.lr": {"low": 0.01, "high": 0.1}}})
+    finally:
+        del _REGISTRY["driver_only_net"]  # the worker never ran the driver's script
+    with pytest.raises(hps_api.RunFailed, match="this worker cannot read the space's base config"):
+        run(space, f"sqlite:///{tmp_path / 'w.db'}", trials=3, progress="none")
+    ts = trials(f"sqlite:///{tmp_path / 'w.db'}", "w")
+    assert [t.state for t in ts] == [TrialState.FAIL] * 3
+    assert all("'driver_only_net' is not allowed" in (reason(t) or "") for t in ts)

@@ -308,3 +308,26 @@ def test_paths_in_a_space_resolve_against_its_file_wherever_it_runs(tmp_path: Pa
     assert space.warm_start == [("seeds/seed.yaml", {"model.width": 0.25})]
     inline = load_space(path, ["fixed.data.path=data/mine.npz"])
     assert inline.base.data.path == str((folder / "data" / "mine.npz").resolve())
+
+
+def test_a_key_written_twice_is_refused_at_any_depth(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys: a second budget.max_params loosened the budget silently."""
+    text = "study: {name: t}\nbudget:\n  max_params: 100000\n  max_epochs: 3\n  max_params: 9000000\n"
+    with pytest.raises(SpaceError, match=r"s\.yaml: not valid YAML \(line 5\): key 'max_params' is written twice in one "
+                                         r"mapping \(lines 3 and 5\); keep one$"):
+        load_space(write(tmp_path, text))
+    nested = "study: {name: t}\nspace:\n  optimizer.lr: {low: 0.01, high: 0.1, low: 0.001}\n"
+    with pytest.raises(SpaceError, match=r"key 'low' is written twice"):
+        load_space(write(tmp_path, nested))
+
+
+@pytest.mark.parametrize(("when", "message"), [
+    ({"optimizer.name": "radam"}, "when.optimizer.name: 'radam' never holds: optimizer.name is searched over choices 'sgd', 'adamw'"),
+    ({"optimizer.name": ["adam", "radam"]}, "when.optimizer.name: [adam, radam] never holds: optimizer.name is searched"),
+    ({"train.epochs": 7}, "when.train.epochs: 7 never holds: train.epochs is 3 (not searched)"),
+])
+def test_a_condition_that_can_never_hold_is_refused(tmp_path: Path, when: dict[str, Any], message: str) -> None:
+    data = patched(**{"space/optimizer.momentum": {"low": 0.8, "high": 0.99, "when": when}})
+    with pytest.raises(SpaceError) as e:
+        load_space(write(tmp_path, data))
+    assert message in str(e.value) and "so the key would never be searched" in str(e.value)
