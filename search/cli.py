@@ -132,7 +132,10 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         workers: Annotated[int, typer.Option("--workers", min=1, help="concurrent trials (Ray)")] = 2,
         gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="GPU share per trial (Ray)")] = 0.0,
         cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="CPUs per trial (Ray)")] = 1.0,
-        live: Annotated[bool, typer.Option("--live/--no-live", help="live view (else a line per trial)")] = True) -> None:
+        live: Annotated[bool, typer.Option("--live/--no-live", help="live view (else a line per trial)")] = True,
+        allow_change: Annotated[bool, typer.Option(
+            "--allow-change", help="continue a study whose space, budget, objectives or data changed (recorded; "
+                                   "only trials of the new definition are compared)")] = False) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
     from hps.search.errors import RunFailed
     from hps.search.run import run as run_study
@@ -141,7 +144,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
     space = load_space(space_file, parse_overrides(sets))
     try:
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
-                           cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines")
+                           cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines", allow_change=allow_change)
     except KeyboardInterrupt as e:
         from hps.search.errors import Terminated
 
@@ -176,6 +179,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         FAIL_REASON,
         PRUNE_REASON,
         WARM_START,
+        current,
         human,
         named_constraints,
         reason,
@@ -207,6 +211,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             return
         st = load_study(study, store)
         trials = st.get_trials(deepcopy=False)
+        same = current(st)
         if as_json:
             print(json.dumps({
                 "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stop_reasons(study_attrs(st)),
@@ -214,7 +219,8 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
                             "constraints": named_constraints(t), "budget": figures_of(t),
                             **{k: t.user_attrs.get(k) for k in (BEST_VALUE, BEST_EPOCH, DEVICE_SECONDS)},
                             "warm_start": trial_info(t, WARM_START),
-                            "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t)}
+                            "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t),
+                            "current_definition": same(t)}
                            for t in trials]}, default=str))
             return
         table = Table(title=study)
@@ -233,6 +239,8 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             why = reason(t) or trial_info(t, WARM_START, "")
             if t.state == optuna.trial.TrialState.FAIL and not why:
                 why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
+            if not same(t):
+                why = f"(an earlier definition) {why}"
             table.add_row(str(t.number), t.state.name.lower(), value, best, human(fig["params"]) if "params" in fig else "-",
                           human(fig["model_bytes"]) if "model_bytes" in fig else "-",
                           human(fig["macs"]) if "macs" in fig else "-",
@@ -240,6 +248,10 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         console.print(table)
         console.print("value: the metric at the last epoch; * the last reported value of a trial that did not complete",
                       style="dim")
+        earlier = sum(not same(t) for t in trials)
+        if earlier:
+            console.print(f"{earlier} trials ran under an earlier definition of this study (hps run --allow-change); the "
+                          "best trial and exports compare only the current one's", highlight=False)
         for line in stop_reasons(study_attrs(st)):
             console.print(f"[red]stopped:[/] {line}", highlight=False)
     finally:
@@ -294,6 +306,14 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
         trial_info(t, WEIGHTS) and weights.exists()) else ""
     console.print(f"wrote {out}{also}: trial {t.number}, value {t.values[0]:.4f}; retrain with: hps retrain {out}",
                   highlight=False)
+    if trial is None:
+        from hps.search.api import _study
+        from hps.search.record import current
+
+        st = _study(study, storage)[0]
+        earlier = sum(not current(st)(x) for x in st.get_trials(deepcopy=False))
+        if earlier:
+            console.print(f"({earlier} trials of an earlier definition of the study were not compared)", highlight=False)
 
 
 @app.command()

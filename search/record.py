@@ -12,7 +12,7 @@ Two kinds of attribute, chosen for what the stock optuna-dashboard and ``optuna`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -40,6 +40,8 @@ ARTIFACT_PREFIX = "artifacts:"  # Optuna's system attr for an uploaded artifact'
 
 # study system attrs
 SPACE = "hps:space"  # the space the study was run with (overrides applied)
+DEFINITION = "hps:definition"  # what defines its trials: {"hash", "parts"}; each trial records the hash it ran under
+DEFINITIONS = "hps:definitions"  # the history: [{"hash", "changed", "at"}], one entry per --allow-change
 FAILED, STOPPED = "hps:failed", "hps:stopped"  # why the last run stopped early (None once a new run starts)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -93,11 +95,22 @@ def feasible(t: FrozenTrial) -> bool:
     return all(v <= 0 for v in named_constraints(t).values())
 
 
+def current(study: optuna.Study) -> Callable[[FrozenTrial], bool]:
+    """Whether a trial ran under the study's current definition (trials from before definitions
+    were recorded count as the first one)."""
+    attrs = study_attrs(study)
+    now = (attrs.get(DEFINITION) or {}).get("hash")
+    history = attrs.get(DEFINITIONS) or []
+    first = history[0]["hash"] if history else now
+    return lambda t: now is None or t.system_attrs.get(DEFINITION, first) == now
+
+
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial that meets the budget (multi-objective: the Pareto trial with the
-    best first objective), or None."""
+    """The best COMPLETE trial that meets the budget, among the trials of the study's current
+    definition (multi-objective: the Pareto trial with the best first objective), or None."""
+    same = current(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t) and trial_info(t, CONFIG) is not None]
+            if feasible(t) and trial_info(t, CONFIG) is not None and same(t)]
     if not done:
         return None
     if len(study.directions) > 1:

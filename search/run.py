@@ -65,7 +65,7 @@ def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
 def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = None, *, trials: int | None = None,
         ray: str | None = None, workers: int = 2, gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0,
         overrides: Mapping[str, Any] | None = None, progress: Progress = "auto", echo: Any = None,
-        objective: Any = None) -> RunResult:
+        allow_change: bool = False, objective: Any = None) -> RunResult:
     """Run (or resume) a study until it holds ``trials`` (default ``study.trials``) finished trials.
 
     ``space``: a :class:`Space`, a space file or a plain dict (``overrides`` then applies dotted
@@ -74,7 +74,10 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     ``workers`` Ray workers with ``gpus_per_trial`` / ``cpus_per_trial`` each. ``progress``:
     ``"auto"`` (a live panel in a terminal, a line per finished trial elsewhere), ``"live"``,
     ``"lines"`` or ``"none"``. ``echo``: where progress lines go (default: standard output).
-    ``objective`` replaces the trainer (a picklable ``f(trial)``: benchmarks of the orchestration).
+    ``allow_change`` continues a study whose definition (space, budget, objectives, data) differs
+    from the space's, and records the change; without it such a rerun raises
+    :class:`DefinitionChanged` listing what changed. ``objective`` replaces the trainer (a
+    picklable ``f(trial)``: benchmarks of the orchestration).
 
     Raises :class:`RunFailed` (its ``result`` attached) when trials kept failing, and the user
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
@@ -108,7 +111,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     store = get_storage(url)
     study = None
     try:
-        study = open_study(space, store)
+        study = open_study(space, store, driver=True, allow_change=allow_change)
         begin_run(study)
         before = len(study.get_trials(deepcopy=False, states=FINISHED))
         out = echo or sys.stdout

@@ -45,7 +45,7 @@ from hps.trainers import (
 )
 from hps.trainers.augment import check_augment
 from hps.trainers.config import ARGS_PREFIX, MODEL_ARG, check_value, flat_keys, key_type, read_yaml, resolve_paths
-from hps.trainers.data import data_shape
+from hps.trainers.data import data_identity, data_shape, pin_data
 from hps.trainers.models.check import check_knobs, check_model, pin_model
 from hps.trainers.validation import Flag, Integer, OptNumber, OptText, Strict, Text, error_line, show
 
@@ -228,6 +228,7 @@ class Space:
         self.spec, self.base, self.source, self.warm_start = spec, base, source, warm
         self.overrides = overrides or {}
         self.sources = sources or {}  # the user's model file, shipped with the space to Ray workers
+        self.definition_hash: str | None = None  # set by the driver: each trial records it
 
     def __repr__(self) -> str:
         return f"<Space {self.name!r} from {self.source}: {len(self.spec.space)} searched keys, {self.spec.study.trials} trials>"
@@ -261,6 +262,21 @@ class Space:
     def make_pruner(self) -> Any:
         s = self.spec.study
         return build_pruner(s.pruner.name, s.pruner.args, self.base.train.epochs)
+
+    def definition(self) -> dict[str, Any]:
+        """What defines the study's trials: the searched distributions, the base config with
+        ``fixed`` applied, the budget, the objectives and the data's identity. Not the study's
+        settings (trials, timeout, sampler, pruner), the compute budget (``max_device_hours``), the
+        device or where the data lies. Reads the data's sha256 (the driver calls it once)."""
+        base = config_to_dict(self.base)
+        for key in ("path", "root", "download", "sha256"):
+            base["data"].pop(key, None)  # where the data lies: its identity below says what it is
+        base["train"].pop("device", None)
+        data = {k: v for k, v in data_identity(pin_data(self.base)).items() if k not in ("path", "root")}
+        return {"space": {k: d.model_dump(mode="json", exclude_none=True) for k, d in self.spec.space.items()},
+                "base": base, "budget": self.spec.budget.model_dump(mode="json", exclude_none=True,
+                                                                      exclude={"max_device_hours"}),
+                "objectives": list(self.spec.objectives), "data": data}
 
     def to_dict(self) -> dict[str, Any]:
         data = self.spec.model_dump(mode="json", exclude_none=True)

@@ -286,8 +286,8 @@ def test_reopening_a_study_keeps_warm_starts_single(tmp_path: Path, study_name: 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     space = load_space(write_space(tmp_path, study_name))
     storage = get_storage(url)
-    open_study(space, storage)
-    open_study(space, storage)
+    open_study(space, storage, driver=True)
+    open_study(space, storage, driver=True)
     waiting = [t for t in optuna.load_study(study_name=study_name, storage=url).trials if t.state == TrialState.WAITING]
     assert len(waiting) == 3
 
@@ -418,3 +418,52 @@ def test_a_worker_that_cannot_read_the_base_fails_its_trials_never_prunes_them(t
     ts = trials(f"sqlite:///{tmp_path / 'w.db'}", "w")
     assert [t.state for t in ts] == [TrialState.FAIL] * 3
     assert all("'driver_only_net' is not allowed" in (reason(t) or "") for t in ts)
+
+
+@pytest.mark.slow
+def test_a_rerun_after_editing_the_budget_is_refused_then_continued(tmp_path: Path, study_name: str) -> None:
+    """Run, tighten the budget, rerun (refused in one line), rerun with --allow-change, export: the
+    exported trial fits the current budget (it exported a trial of the old space that broke it)."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    space = {"model.width": {"low": 0.2, "high": 0.5}, "optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}}
+    budget = {"max_params": 600_000, "max_epochs": 3}
+    path = write_space(tmp_path, study_name, study__trials=3, study__pruner={"name": "none"}, space=space, budget=budget,
+                       warm_start=[{"model.width": 0.45, "optimizer.lr": 0.05}])
+    assert hps("run", str(path), "--storage", url, "--no-live").returncode == 0
+    old_best = max((t for t in trials(url, study_name) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    tight = old_best.user_attrs["params"] - 1  # the old best breaks the new budget
+    path = write_space(tmp_path, study_name, study__trials=3, study__pruner={"name": "none"}, space=space,
+                       budget={**budget, "max_params": tight}, warm_start=[{"model.width": 0.45, "optimizer.lr": 0.05}])
+    refused = hps("run", str(path), "--storage", url, "--no-live")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f"was run with another definition (budget.max_params: 600000 -> {tight})" in refused.stderr
+    assert "--allow-change" in refused.stderr and len(trials(url, study_name)) == 3  # nothing ran
+    go = hps("run", str(path), "--storage", url, "--no-live", "--allow-change", "--trials", "6")
+    assert go.returncode == 0, go.stderr
+    out = tmp_path / "best.yaml"
+    exported = hps("export", study_name, "-o", str(out), "--storage", url)
+    assert exported.returncode == 0 and "trials of an earlier definition of the study were not compared" in exported.stdout
+    prov = yaml.safe_load(out.read_text())["provenance"]
+    assert prov["budget_figures"]["params"] <= tight and prov["trial"] >= 3
+    status = json.loads(hps("status", study_name, "--storage", url, "--json").stdout)
+    assert [t["current_definition"] for t in status["trials"]][:3] == [False] * 3
+    # other data under the same study is refused too, naming its hash
+    import numpy as np
+
+    raw = dict(np.load(os.environ["HPS_DATA"]))
+    raw["x_train"] = raw["x_train"][::-1].copy()
+    np.savez(tmp_path / "other.npz", **raw)
+    other = hps("run", str(path), "--storage", url, "--no-live", env={"HPS_DATA": str(tmp_path / "other.npz")})
+    assert other.returncode == 2 and "data.sha256: " in other.stderr
+
+
+def test_a_warm_start_added_later_is_enqueued_once_on_the_next_run(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    path = write_space(tmp_path, study_name, study__pruner={"name": "none"}, warm_start=[])
+    run(load_space(path), url, trials=1, progress="none")
+    path = write_space(tmp_path, study_name, study__pruner={"name": "none"}, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    run(load_space(path), url, trials=2, progress="none")
+    run(load_space(path), url, trials=3, progress="none")
+    ts = trials(url, study_name)
+    warm = [t for t in ts if "hps:warm_start" in t.system_attrs]
+    assert len(ts) == 3 and len(warm) == 1 and warm[0].number == 1 and warm[0].params == {"model.width": 0.25, "optimizer.lr": 0.05}
