@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,29 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
             engine["connect_args"] = {"application_name": "hps", "connect_timeout": settings().connect_timeout}
         if not url.startswith("sqlite"):
             engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
-        try:
-            return RDBStorage(url, engine_kwargs=engine, **(_heartbeat_kw() if heartbeat else {}))
-        except sqlalchemy.exc.OperationalError as e:  # the server did not answer or refused: may come back
-            raise StorageUnavailable(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
-        except Exception as e:
-            raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, engine_kwargs=engine, **(_heartbeat_kw() if heartbeat else {}))
+            except sqlalchemy.exc.OperationalError as e:  # the server did not answer or refused: may come back
+                if attempt < 4 and _racing(e):
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise StorageUnavailable(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+            except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError) as e:
+                if attempt < 4 and _racing(e):  # another process is creating Optuna's tables right now
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+            except Exception as e:
+                raise StudyError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _racing(e: Exception) -> bool:
+    """Two processes creating Optuna's schema in a new database at once: one of them sees the
+    other's half-made tables (``already exists``, a unique violation on the catalog, a lock)."""
+    text = str(e).lower()
+    return any(s in text for s in ("already exists", "uniqueviolation", "duplicate key", "database is locked"))
 
 
 class StorageUnavailable(StudyError):

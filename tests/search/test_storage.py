@@ -99,3 +99,33 @@ def test_one_artifact_location_for_workers_export_and_dashboard(tmp_path: Path, 
     if importlib.util.find_spec("boto3") is None:
         with pytest.raises(StudyError, match=r"^HPS_ARTIFACTS s3://bucket/runs: an S3 store needs boto3"):
             artifact_store("s3://bucket/runs")
+
+
+@pytest.mark.slow
+def test_two_runs_starting_together_on_a_new_database(tmp_path: Path) -> None:
+    """Both create Optuna's schema at once: neither dies of the other's half-made tables."""
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from tests.search.conftest import LIBPQ, PG_URL, sql
+
+    name = f"hps_race_{uuid.uuid4().hex[:8]}"
+    sql(f"CREATE DATABASE {name}")
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        start = time.time() + 2
+        code = ("import sys, time; from hps.search.storage import get_storage; import optuna\n"
+                "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+                "s = get_storage(sys.argv[1]); optuna.create_study(study_name='race', storage=s, load_if_exists=True)\n"
+                "print('ok')")
+        procs = [subprocess.Popen([sys.executable, "-c", code, url, str(start)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+        assert all(out.strip() == "ok" for out, _ in outs)
+    finally:
+        sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        sql(f"DROP DATABASE IF EXISTS {name}")
+    assert LIBPQ
