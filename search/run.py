@@ -180,8 +180,12 @@ def _quiet_optuna() -> None:
 
 
 class _NoInterruptTraceback:
-    """Drops Optuna's log record of a trial stopped by Ctrl-C: the run says so in one line."""
+    """Drops Optuna's log records of a trial stopped by Ctrl-C (the run says so in one line) and its
+    "failed with value None" line after any failure (the reason is stored and printed)."""
 
     def filter(self, record: object) -> bool:
         exc = getattr(record, "exc_info", None)
-        return not (exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt))
+        if exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt):
+            return False
+        message = getattr(record, "getMessage", lambda: "")()
+        return not (message.startswith("Trial ") and message.endswith(" failed with value None."))
