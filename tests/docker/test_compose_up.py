@@ -25,7 +25,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hps.search.record import reason, stored_figures
+from hps.search.record import CHECKPOINT, DATA, RESUMED_FROM, WORKER, reason, stored_figures
 from hps.trainers.data import file_sha256
 from tests.conftest import MINI, REPO, free_port
 from tests.docker import engine as E
@@ -137,7 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             running = s.wait("a running trial past epoch 1", lambda: [t for t in s.trials() if t.state == TrialState.RUNNING
                                                                      and t.intermediate_values], 300, "search")
             victim = running[0]
-            host = victim.user_attrs["worker"]["host"]
+            host = victim.system_attrs[WORKER]["host"]
             s.docker("kill", host)  # a container's hostname is its short id
             seen["killed"] = (victim.number, host)
             s.wait("the killed trial's FAIL", lambda: s.trials()[victim.number].state == TrialState.FAIL, 120, "search")
@@ -172,9 +172,9 @@ def test_the_study_finishes_on_the_stack(stack: dict[str, Any]) -> None:
     ts = stack["trials"]
     finished = [t for t in ts if t.state in FINISHED]
     assert TARGET <= len(finished) <= TARGET + 2  # in-flight trials finish when the target is reached
-    hosts = {t.user_attrs["worker"]["host"] for t in finished if "worker" in t.user_attrs}
+    hosts = {t.system_attrs[WORKER]["host"] for t in finished if WORKER in t.system_attrs}
     assert len(hosts) >= 2  # trials ran in the cpu-worker containers, not in the driver
-    assert all(t.user_attrs["data"]["sha256"] == file_sha256(str(MINI)) for t in finished if "data" in t.user_attrs)
+    assert all(t.system_attrs[DATA]["sha256"] == file_sha256(str(MINI)) for t in finished if DATA in t.system_attrs)
 
 
 def test_a_killed_worker_fails_its_trial_and_the_retry_runs(stack: dict[str, Any]) -> None:
@@ -186,9 +186,9 @@ def test_a_killed_worker_fails_its_trial_and_the_retry_runs(stack: dict[str, Any
     retries = [t for t in ts.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params
     assert retries[0].state in (*FINISHED, TrialState.FAIL)  # FAIL only if the `down` caught it too
-    if "checkpoint" in killed.user_attrs and retries[0].state in FINISHED:  # it trained: from the checkpoint
-        assert retries[0].user_attrs.get("resumed_from") == {"trial": number, "epoch": killed.user_attrs["checkpoint"]["epoch"]}, (
-            retries[0].state, retries[0].user_attrs)
+    if CHECKPOINT in killed.system_attrs and retries[0].state in FINISHED:  # it trained: from the checkpoint
+        assert retries[0].system_attrs.get(RESUMED_FROM) == {"trial": number, "epoch": killed.system_attrs[CHECKPOINT]["epoch"]}, (
+            retries[0].state, retries[0].system_attrs)
 
 
 def test_down_and_up_resume_without_rerunning(stack: dict[str, Any]) -> None:
