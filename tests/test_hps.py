@@ -45,6 +45,7 @@ def test_import_hps_loads_no_torch_no_optuna_and_no_generic_names(tmp_path: Path
         assert gone.returncode == 1 and "ModuleNotFoundError" in gone.stderr
 
 
+@pytest.mark.slow
 def test_a_study_from_a_dict_gives_the_records_of_hps_run(tmp_path: Path) -> None:
     """The same space, once as a dict through hps.run and once as a YAML file through the command
     line: the same trials, params, values and stored figures (the trainer is deterministic on the CPU)."""

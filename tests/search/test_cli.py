@@ -89,6 +89,7 @@ def test_an_interrupt_stops_a_run_in_one_line_and_the_rerun_resumes_the_trial(
     assert not list((tmp_path / "art").glob("checkpoint-*"))  # both trials' checkpoints gone once the retry finished
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["status", "--storage", "sqlite://"], {}, "error: storage 'sqlite://': an in-memory SQLite database vanishes with the command"),
     (["status", "--storage", "sqlite:///:memory:"], {}, "error: storage 'sqlite:///:memory:': an in-memory SQLite database"),

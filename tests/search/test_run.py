@@ -457,6 +457,7 @@ def test_a_rerun_after_editing_the_budget_is_refused_then_continued(tmp_path: Pa
     assert other.returncode == 2 and "data.sha256: " in other.stderr
 
 
+@pytest.mark.slow
 def test_a_warm_start_added_later_is_enqueued_once_on_the_next_run(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     path = write_space(tmp_path, study_name, study__pruner={"name": "none"}, warm_start=[])

@@ -223,7 +223,7 @@ def test_smallest_config_counts_conditional_ranges(tmp_path: Path) -> None:
 
 
 def test_warm_start_keeps_a_parameter_whose_condition_is_fixed_in_the_base(tmp_path: Path) -> None:
-    data = patched(**{"fixed": {"schedule.name": "sgdr"},
+    data = patched(**{"fixed": {"schedule.name": "sgdr"}, "space/schedule.name": ..., "space/schedule.milestones": ...,
                       "space/schedule.t0": {"choices": [10, 25], "when": {"schedule.name": "sgdr"}},
                       "warm_start": [{"schedule.t0": 25, "model.width": 0.25}]})
     space = load_space(write(tmp_path, data))
