@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from hps.trainers.errors import ConfigError
@@ -63,6 +63,13 @@ def _model_names() -> tuple[str, ...]:
     return tuple(list_models())
 
 
+def _sha256_hex(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+        raise PydanticCustomError("hps", "is not allowed; expected 64 lowercase hex digits")
+    return v
+
+
+Sha256 = Annotated[OptText, AfterValidator(_sha256_hex)]  # a file's (or a folder's content) sha256
 MODEL_ARG = re.compile(r"^[A-Za-z_]\w*$")
 ARGS_PREFIX = "model.args."  # a searchable key per builder argument: model.args.NAME
 
@@ -77,7 +84,7 @@ class ModelConfig(Strict):
                                      "(1: exact counts)")
     args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of your builder "
                                  "(searchable as model.args.NAME)")
-    sha256: OptText = Field(None, description="the sha256 of your builder's file; set, a changed file is refused")
+    sha256: Sha256 = Field(None, description="the sha256 of your builder's file; set, a changed file is refused")
 
     @field_validator("name")
     @classmethod
@@ -102,12 +109,6 @@ class ModelConfig(Strict):
                                           {"key": key})
         return v
 
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
-            raise PydanticCustomError("hps", "is not allowed; expected 64 lowercase hex digits")
-        return v
 
     @field_validator("channel_divisor")
     @classmethod
@@ -140,7 +141,7 @@ class DataConfig(Strict):
     root: Text = Field("~/.cache/hps", description="torchvision dataset folder (downloads land here)")
     path: OptText = Field(None, description="your images: an .npz (x_train N x H x W [x C] uint8, y_train, ...) or a "
                           "folder of <class>/<image> (ImageFolder); relative to the config file")
-    sha256: OptText = Field(None, description="the data's sha256 (an .npz's bytes, a folder's content hash); set, other "
+    sha256: Sha256 = Field(None, description="the data's sha256 (an .npz's bytes, a folder's content hash); set, other "
                             "data is refused")
     val_fraction: Number = Field(0.1, ge=0.0, lt=1.0, description="validation carved from train")
     subset: OptInteger = Field(None, ge=10, description="keep this many training images (stratified)")
@@ -157,12 +158,6 @@ class DataConfig(Strict):
         """The CIFAR named by the config: ``dataset``, else cifar10 when no ``path`` is given."""
         return self.dataset or (None if self.path else "cifar10")
 
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
-            raise PydanticCustomError("hps", "is not allowed; expected 64 lowercase hex digits")
-        return v
 
 
 class OptimizerConfig(Strict):

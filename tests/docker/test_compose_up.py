@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -27,6 +26,7 @@ from optuna.trial import TrialState
 
 from hps.search.record import CHECKPOINT, DATA, RESUMED_FROM, WORKER, reason, stored_figures
 from hps.trainers.data import file_sha256
+from tests.browser import chromium
 from tests.conftest import MINI, REPO, free_port
 from tests.docker import engine as E
 from tests.search.conftest import SMALL
@@ -225,8 +225,6 @@ def test_no_password_in_any_log(stack: dict[str, Any]) -> None:
 
 
 def test_stock_dashboard_through_its_published_port(stack: dict[str, Any]) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     url = stack["dashboard"]
@@ -243,14 +241,7 @@ def test_stock_dashboard_through_its_published_port(stack: dict[str, Any]) -> No
     body = urllib.request.urlopen(f"{url}/artifacts/{sid}/{best._trial_id}/{listed[0]['artifact_id']}", timeout=10).read()
     assert len(body) == stored_figures(best)["model_bytes"]
 
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "chromium and chromedriver: make system-deps installs them"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(flag)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
-    try:
+    with chromium(1400, 1000) as b:
         b.get(f"{url}/dashboard/studies/{sid}")
         deadline = time.time() + 30
         while STUDY not in b.find_element(By.TAG_NAME, "body").text and time.time() < deadline:
@@ -265,5 +256,3 @@ def test_stock_dashboard_through_its_published_port(stack: dict[str, Any]) -> No
         while "Fail" not in (body := b.find_element(By.TAG_NAME, "body").text) and time.time() < deadline:
             time.sleep(0.5)
         assert "Complete" in body and "Pruned" in body and "Fail" in body
-    finally:
-        b.quit()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import chromium
 from tests.conftest import free_port
 from tests.search.conftest import SMALL
 
@@ -53,20 +53,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, mini_npz: Path) -> Itera
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "chromium and chromedriver: make system-deps installs them"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1920,1080"):
-        opts.add_argument(flag)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
-    try:
+    with chromium(1920, 1080) as b:
         yield b
-    finally:
-        b.quit()
 
 
 def _wait(fn: Any, seconds: float = 30) -> Any:

@@ -1,1 +1,0 @@
-"""hps search: YAML spaces -> Optuna studies, budget pruning, export. Imports trainers, never the reverse."""
