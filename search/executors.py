@@ -102,10 +102,19 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
             study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
                            callbacks=[Target(target), budget, FailureGuard()])
             return
-        except OUTAGES:
-            if outage == MAX_STORAGE_OUTAGES:
+        except Exception as e:
+            if not is_outage(e) or outage == MAX_STORAGE_OUTAGES:
                 raise
             time.sleep(5)
+
+
+def is_outage(e: BaseException) -> bool:
+    """The database went away. Optuna 5.0's ``_run_trial`` masks an outage during its tell with an
+    ``UnboundLocalError`` (its ``finally`` reads a variable the failed re-read never set): the
+    outage is that error's context."""
+    if isinstance(e, OUTAGES):
+        return True
+    return isinstance(e, UnboundLocalError) and isinstance(e.__context__, OUTAGES)
 
 
 def settle(study: optuna.Study) -> list[int]:
