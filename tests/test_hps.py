@@ -100,6 +100,7 @@ def test_user_errors_come_before_anything_runs(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "e.db").exists()  # nothing opened, nothing trained
 
 
+@pytest.mark.slow
 def test_train_and_measure_take_a_dict_with_overrides() -> None:
     cfg = {**SMALL["base"], "train": {**SMALL["base"]["train"], "epochs": 1}}
     m = hps.measure(cfg, {"model.width": 0.5})

@@ -146,6 +146,7 @@ def test_a_retry_with_an_unreadable_checkpoint_trains_from_the_start(tmp_path: P
     assert resumed["trial"] == 0 and resumed["epoch"] == 0 and resumed["unreadable"].startswith("UnpicklingError")
 
 
+@pytest.mark.slow
 def test_a_trained_trial_stays_complete_when_its_weights_cannot_be_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hps.search.objective as objective_module
     from hps.search.record import PROBLEM

@@ -33,6 +33,7 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--version"], ["status"], ["status", "ro"], ["status", "ro", "--json"],
                                   ["export", "ro", "-o", "{tmp}/best.yaml"], ["plot", "ro", "-o", "{tmp}/plots"]])
 def test_read_only_commands_do_not_import_torch(small_study: str, tmp_path: Path, args: list[str]) -> None:

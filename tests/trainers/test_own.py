@@ -50,6 +50,7 @@ def _cfg(data: dict[str, Any], **sections: dict[str, Any]) -> Any:
     return config_from_dict(base)
 
 
+@pytest.mark.slow
 def test_a_gray_28px_7_class_npz_trains_with_its_own_statistics(gray7: Path) -> None:
     cfg = _cfg({"path": str(gray7)})
     d = load_data(cfg.data, test=True)
@@ -90,6 +91,7 @@ def test_hue_on_gray_images_is_refused_in_one_line(gray7: Path) -> None:
         train(cfg)
 
 
+@pytest.mark.slow
 def test_an_image_folder_is_decoded_once_and_never_written_into(tmp_path: Path) -> None:
     root = png_folder(tmp_path / "pngs")
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
@@ -109,6 +111,7 @@ def test_an_image_folder_is_decoded_once_and_never_written_into(tmp_path: Path) 
         load_data(pinned.data)  # other content, same names: other data
 
 
+@pytest.mark.slow
 def test_one_tree_is_split_and_mixed_sizes_need_an_image_size(tmp_path: Path) -> None:
     root = png_folder(tmp_path / "one", classes=3, per_class=50, test_per_class=0)
     d = load_data(_cfg({"path": str(root), "test_fraction": 0.2}).data, test=True)
@@ -154,6 +157,7 @@ def test_bad_npz_data_is_one_line_before_training(tmp_path: Path, arrays: dict[s
     assert f"data file {path}: {message}" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_broken_files_and_folders_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = _npz(tmp_path / "good.npz")
     (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:200])
@@ -180,6 +184,7 @@ def test_broken_files_and_folders_are_named(tmp_path: Path, monkeypatch: pytest.
 
 # -- models ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_builder_from_a_file_relative_to_its_config(tmp_path: Path, gray7: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "mycnn.py").write_text(MYCNN)
