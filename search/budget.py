@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from hps.search.errors import SpaceError
-from hps.search.record import human
+from hps.search.record import LIMITS, human
 from hps.trainers import Measurement, TrainConfig, measure, with_overrides
 from hps.trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
 
@@ -63,12 +63,9 @@ class Check:
     def excess(self) -> float:
         """The largest ``(measured - limit) / limit`` over the limits: <= 0 fits the budget."""
         return max(v / (fig - v) if fig - v else 0.0 for v, fig in
-                   ((self.constraints[k], self.figures[_LIMITS[k][0]]) for k in self.constraints))
+                   ((self.constraints[k], self.figures[LIMITS[k][0]]) for k in self.constraints))
 
 
-# budget key -> (figure name, human label)
-_LIMITS = {"max_params": ("params", "params"), "max_model_bytes": ("model_bytes", "model bytes"),
-           "max_macs": ("macs", "MACs"), "max_flops": ("flops", "FLOPs"), "max_epochs": ("epochs", "epochs")}
 
 
 def figures(cfg: TrainConfig, budget: Budget, m: Measurement | None = None) -> dict[str, float]:
@@ -81,7 +78,7 @@ def check(cfg: TrainConfig, budget: Budget) -> Check:
     """Measure ``cfg`` (no training) and compare it with every static limit of ``budget``."""
     figs = figures(cfg, budget)
     constraints, violations = {}, []
-    for key, (fig, label) in _LIMITS.items():
+    for key, (fig, label) in LIMITS.items():
         limit = getattr(budget, key)
         if limit is None:
             continue
@@ -115,7 +112,7 @@ def check_smallest(base: TrainConfig, budget: Budget, candidates: Sequence[Mappi
     """Refuse a space in which even the smallest config breaks a static budget limit.
     ``candidates``: overrides of ``base`` that give the space's smallest configs (one per model
     family it can pick); the space is feasible if any of them is."""
-    if all(getattr(budget, k) is None for k in _LIMITS):
+    if all(getattr(budget, k) is None for k in LIMITS):
         return
     results = []
     for overrides in candidates:

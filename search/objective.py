@@ -234,10 +234,6 @@ def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:
                          "toolkit there, or run with --gpus-per-trial 0")
 
 
-_LIMITS = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops",
-           "max_epochs": "epochs"}
-
-
 def _save_note(trial: optuna.Trial, body: str) -> None:
     from optuna_dashboard import save_note
 
@@ -247,10 +243,10 @@ def _save_note(trial: optuna.Trial, body: str) -> None:
 def _budget_note(screen: Check, budget: Any) -> str:
     """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
     beside the measured figure, then the figures no limit names. The table stays narrow."""
-    from hps.search.record import human
+    from hps.search.record import LIMITS, human
 
     rows = []
-    for key, fig in _LIMITS.items():
+    for key, (fig, _) in LIMITS.items():
         limit = getattr(budget, key)
         if limit is None:
             continue
@@ -259,7 +255,7 @@ def _budget_note(screen: Check, budget: Any) -> str:
     for key in ("max_trial_seconds", "max_gpu_memory_mb"):
         if getattr(budget, key) is not None:
             rows.append(f"| {key} | {getattr(budget, key):g} | checked every epoch | |")
-    limited = {fig for key, fig in _LIMITS.items() if getattr(budget, key) is not None}
+    limited = {fig for key, (fig, _) in LIMITS.items() if getattr(budget, key) is not None}
     for fig, value in screen.figures.items():  # the figures no limit names: measured all the same
         if fig not in limited:
             rows.append(f"| ({fig}) | - | {human(value)} | |")

@@ -21,9 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 # trial user attrs: short scalars, one dashboard column each (the table fits a screen)
 PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
 DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
-# budget limit -> the figure it limits; a study's table shows params and the figures its budget limits
-# (epochs are fixed, or a searched param with a column of its own; every figure is in hps:budget)
-LIMITED = {"max_params": "params", "max_model_bytes": "model_bytes", "max_macs": "macs", "max_flops": "flops"}
+# budget limit -> (the figure it limits, its human label): the static limits the meter checks
+LIMITS = {"max_params": ("params", "params"), "max_model_bytes": ("model_bytes", "model bytes"),
+          "max_macs": ("macs", "MACs"), "max_flops": ("flops", "FLOPs"), "max_epochs": ("epochs", "epochs")}
 
 # trial system attrs: structured values the table does not show
 WARM_START = "hps:warm_start"  # the warm start a queued trial came from (its label)
@@ -74,10 +74,6 @@ def sign(study: optuna.Study | Any) -> int:
     return 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
 
 
-def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 def counts(trials: list[FrozenTrial]) -> dict[str, int]:
     """Trials by state name (``complete``, ``pruned``, ``fail``, ``running``, ``waiting``), non-zero only."""
     out: dict[str, int] = {}
@@ -121,8 +117,10 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
 
 
 def columns(budget: Any) -> list[str]:
-    """The budget figures a study shows as dashboard columns: params, and each figure its budget limits."""
-    return ["params", *(fig for key, fig in LIMITED.items() if getattr(budget, key) is not None and fig != "params")]
+    """The budget figures a study shows as dashboard columns: params, and each size figure its budget
+    limits (epochs are fixed, or a searched param with a column of its own; every figure is in hps:budget)."""
+    return ["params", *(fig for key, (fig, _) in LIMITS.items()
+                        if getattr(budget, key) is not None and fig not in ("params", "epochs"))]
 
 
 def stored_figures(t: FrozenTrial) -> dict[str, float]:

@@ -475,8 +475,8 @@ def _torchvision(dataset: str, root: str, download: bool, train: bool) -> tuple[
 # -- the shape, cheaply ------------------------------------------------------------------------------
 
 def data_shape(cfg: DataConfig) -> Shape:
-    """Classes, channels and side of the data a config names, without loading a named CIFAR or
-    decompressing an .npz's images (the meter and model checks use it)."""
+    """Classes, channels and side of the data a config names, without loading a named CIFAR (a
+    file is read once per process and cached; the meter and model checks use it)."""
     if cfg.name:  # a CIFAR by name: its shape is known (the file is checked when it is loaded)
         return Shape(CLASSES[cfg.name], 3, 32)
     src = resolve_source(cfg)
@@ -487,10 +487,6 @@ def data_shape(cfg: DataConfig) -> Shape:
 def _shape_of(path: str, kind: str, sha: str, image_size: int | None, test_fraction: float, seed: int) -> Shape:
     a = _npz(path) if kind == "npz" else _folder(path, image_size, test_fraction, seed)
     return Shape(_num_classes(a.y, a.classes, path), a.x.shape[3], a.x.shape[1])
-
-
-def num_classes(cfg: DataConfig) -> int:
-    return data_shape(cfg).num_classes
 
 
 def input_side(cfg: DataConfig, shape: Shape) -> int:
