@@ -20,6 +20,7 @@ from typing import Any
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "gp")
 PRUNERS = ("asha", "hyperband", "median", "none")
+PACKAGES = {"cmaes": "cmaes", "gp": "scipy"}  # what a sampler imports only once it samples (hps installs both)
 MANAGED_ARGS = ("seed", "constraints_func")  # hps sets these itself
 MAX_ARG = 100_000  # no sampler or pruner count needs more; larger ones make some hang
 REHEARSAL_SECONDS = 20
@@ -65,6 +66,41 @@ def build_sampler(name: str, args: Mapping[str, Any], trials: int, seed: int) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExperimentalWarning of some samplers' options
         return sampler_class(name)(seed=seed, **sampler_args(name, args, trials))
+
+
+class TrialSeeded:
+    """The space's sampler, built afresh for each trial with the seed ``seed + trial number``.
+    Trial numbers are unique within a study, so workers, and separate ``hps run`` processes
+    sharing a study, never draw the same random points (one seed per process would make two runs
+    started together draw alike), while a study grown from the same state draws the same points
+    again. Optuna's samplers keep their state in the study (CMA-ES, NSGA-II) or hold none beyond
+    caches, so a fresh one per trial samples as the long-lived one would."""
+
+    def __init__(self, name: str, args: Mapping[str, Any], trials: int, seed: int) -> None:
+        self.name, self.args, self.trials, self.seed = name, dict(args), trials, seed
+        self.sampler = build_sampler(name, args, trials, seed)
+
+    def __str__(self) -> str:
+        return str(self.sampler)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        self.sampler = build_sampler(self.name, self.args, self.trials, self.seed + trial.number)
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
 
 
 def build_pruner(name: str, args: Mapping[str, Any], epochs: int) -> Any:

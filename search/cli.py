@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -137,20 +138,22 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
             "--allow-change", help="continue a study whose space, budget, objectives or data changed (recorded; "
                                    "only trials of the new definition are compared)")] = False) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
-    from hps.search.errors import RunFailed
+    from hps.search.errors import RunFailed, Terminated
     from hps.search.run import run as run_study
     from hps.search.space import load_space, parse_overrides
 
-    space = load_space(space_file, parse_overrides(sets))
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM while starting, as later: one line, exit 143
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, stop)
     try:
+        space = load_space(space_file, parse_overrides(sets))
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
                            cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines", allow_change=allow_change)
     except KeyboardInterrupt as e:
-        from hps.search.errors import Terminated
-
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
         err.print(f"{what}; rerun the same command to resume (finished trials are kept, the stopped one is owed)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
     except RunFailed as e:
         if e.result is not None:

@@ -10,19 +10,39 @@ works on that study, each Ray worker opens its own (:mod:`hps.search.ray`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
 import time
-import warnings
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import DEVICE_SECONDS, FAILED, FINISHED, STOPPED, reason, set_study_attr
+from hps.search.errors import Terminated
+from hps.search.record import (
+    DEVICE_SECONDS,
+    FAIL_REASON,
+    FAILED,
+    FINISHED,
+    STOPPED,
+    WHY,
+    WORKER,
+    reason,
+    set_reason,
+    set_study_attr,
+    set_trial_info,
+    trial_info,
+)
 from hps.search.settings import settings
 from hps.search.space import Space
-from hps.search.storage import OUTAGES
+from hps.search.storage import OUTAGES, LostWorker
 
 MAX_FAILS_IN_A_ROW = 3
 MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
@@ -30,7 +50,50 @@ ObjectiveFn = Callable[[optuna.Trial], Any]
 
 
 class Executor(Protocol):
-    def run(self, space: Space, study: optuna.Study, url: str, target: int, objective: ObjectiveFn | None = None) -> None: ...
+    def run(self, space: Space, study: optuna.Study, url: str, target: int, objective: ObjectiveFn | None = None,
+            run: str = "") -> None: ...
+
+
+def new_run() -> str:
+    """A run's id: every trial its workers start carries it (``hps:worker``), so the run can find
+    the trials it left RUNNING (a Ray worker killed under it) and owe exactly those."""
+    return uuid.uuid4().hex[:12]
+
+
+def identity(run: str = "", **extra: Any) -> dict[str, Any]:
+    """Who runs a trial, stored on it as ``hps:worker``: the machine (host name and boot), the process
+    (pid and its start time) and the run. A later run on the same machine can then tell that the
+    process is gone (:func:`gone`) without waiting for heartbeats, which journal files do not have."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "started": _started(pid), "run": run, **extra}
+
+
+@cache
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None  # not Linux: processes are never judged gone, heartbeats decide
+
+
+def _started(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (a reused pid has another), or None if none runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def gone(worker: Any) -> bool:
+    """The process that ran a trial has ended: it ran on this machine (same host name and boot) and
+    its pid runs no more, or runs another process. A worker on another machine is never judged here."""
+    if not isinstance(worker, dict) or worker.get("boot") is None or "pid" not in worker:
+        return False
+    if worker.get("host") != socket.gethostname() or worker["boot"] != _boot_id():
+        return False
+    started = _started(int(worker["pid"]))
+    return started is None or (worker.get("started") is not None and started != worker["started"])
 
 
 def device_seconds(study: optuna.Study) -> float:
@@ -53,15 +116,25 @@ class StudyBudget:
 
 
 class Target:
-    """Stops the study at ``target`` finished (COMPLETE or PRUNED) trials once no trial is WAITING:
-    a queued trial (a warm start, or the retry of a trial whose worker died) is owed work."""
+    """Stops a worker once the study's finished (COMPLETE or PRUNED) trials and the trials other
+    workers are running reach ``target``, and no trial is WAITING (a queued trial, a warm start or
+    the retry of a trial whose worker died, is owed work). Workers and processes sharing a study
+    stop together at the target instead of each finishing one more: a running trial counts unless
+    its worker is gone (:func:`lost`)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
 
     def reached(self, study: optuna.Study) -> bool:
-        states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING))]
-        return TrialState.WAITING not in states and len(states) >= self.target
+        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING, TrialState.RUNNING))
+        if any(t.state == TrialState.WAITING for t in trials):
+            return False
+        finished = sum(t.state in FINISHED for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if running and finished < self.target:
+            stale = lost(study)
+            running = [t for t in running if t._trial_id not in stale]
+        return finished + len(running) >= self.target
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.reached(study):
@@ -89,17 +162,30 @@ class FailureGuard:
 def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, Any] | None = None,
          objective: ObjectiveFn | None = None) -> None:
     """One worker's loop on an opened study: shared by the in-process executor and Ray actors.
-    ``worker`` (host, pid, GPUs) is stored on each trial it runs; ``objective`` replaces the trainer
+    ``worker`` (:func:`identity`, plus GPUs on Ray) is stored on each trial it runs; ``objective`` replaces the trainer
     (benchmarks of the orchestration alone). A database that goes away (a restart) is waited for,
     up to ``MAX_STORAGE_OUTAGES`` times 5 s; the trial in flight then fails through heartbeats."""
     from hps.search.objective import Objective
 
     budget = StudyBudget(space.budget.max_device_hours)
+    worker = worker or identity()
+    train = objective or Objective(space, worker)
+
+    def run_trial(trial: optuna.Trial) -> Any:
+        try:
+            set_trial_info(trial, WORKER, worker)  # first: a later run can tell this process is gone
+            return train(trial)
+        except KeyboardInterrupt as e:  # also before the trainer's objective got to say why
+            if FAIL_REASON not in trial.user_attrs:
+                cause = "terminated" if isinstance(e, Terminated) else "interrupted"
+                set_reason(trial, FAIL_REASON, cause, f"{cause} before it sampled its params")
+            raise
+
     for outage in range(MAX_STORAGE_OUTAGES + 1):
         try:
             if budget.spent(study) or Target(target).reached(study):
                 return
-            study.optimize(objective or Objective(space, worker), timeout=space.spec.study.timeout, catch=(Exception,),
+            study.optimize(run_trial, timeout=space.spec.study.timeout, catch=(Exception,),
                            callbacks=[Target(target), budget, FailureGuard()])
             return
         except Exception as e:
@@ -117,26 +203,83 @@ def is_outage(e: BaseException) -> bool:
     return isinstance(e, UnboundLocalError) and isinstance(e.__context__, OUTAGES)
 
 
-def settle(study: optuna.Study) -> list[int]:
-    """Driver side, after the workers returned: a trial still RUNNING whose worker died after the
-    last ``ask`` is failed here once its heartbeat is stale (its reason stored, its params queued
-    for a retry that the next round takes first), never left RUNNING. Returns the failed numbers."""
-    failed: list[int] = []
-    if not is_heartbeat_enabled(study._storage):
+def lost(study: optuna.Study) -> set[int]:
+    """Ids of the RUNNING trials whose worker is gone: its process ended on this machine
+    (:func:`gone`), or its heartbeat is stale (RDB storages)."""
+    ids = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if gone(trial_info(t, WORKER))}
+    storage = study._storage
+    if is_heartbeat_enabled(storage):
+        ids |= set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+    return ids
+
+
+def settle(study: optuna.Study, run: str | None = None) -> list[int]:
+    """Fail each trial left RUNNING by a worker that is gone (:func:`lost`), its reason stored, and
+    queue its params once more (the retry resumes from its checkpoint); never leave it RUNNING.
+    Safe with other runs settling the same study: only the one that moves a trial from RUNNING to
+    FAIL queues its retry (a journal file is locked meanwhile). Returns the failed trials' numbers.
+
+    The driver calls it before its workers start (what an earlier run left behind, on any storage:
+    journal files have no heartbeats, the process check settles them) and, with its ``run`` id,
+    after they return: it then waits, up to the heartbeat grace, for the trials its own workers
+    left RUNNING (a Ray worker killed under it) to go stale."""
+    failed = _settle_once(study)
+    if run is None:
         return failed
     deadline = time.monotonic() + 2 * settings().heartbeat_seconds + 5
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        failed += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+    while time.monotonic() < deadline and any((trial_info(t, WORKER) or {}).get("run") == run for t in
+                                              study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         time.sleep(1)
+        failed += _settle_once(study)
     return failed
+
+
+def _settle_once(study: optuna.Study) -> list[int]:
+    beat = settings().heartbeat_seconds
+    failed = []
+    with _locked(study):
+        stale = lost(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id not in stale:
+                continue
+            worker = trial_info(t, WORKER) or {}
+            why = (f"its worker's process is gone (pid {worker.get('pid')} on {worker.get('host')}: killed, out of memory "
+                   f"or crashed)" if gone(worker) else
+                   f"no heartbeat from its worker for {2 * beat} s (killed, out of memory or lost); "
+                   f"worker: {worker or 'unknown'}")
+            storage = study._storage
+            try:
+                storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "lost_worker")
+                storage.set_trial_system_attr(t._trial_id, WHY, why)
+                if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except Exception:  # another run settled it first (finished, or the database's write lock)
+                continue
+            LostWorker.retry_once(study, t)
+            failed.append(t.number)
+    return failed
+
+
+@contextlib.contextmanager
+def _locked(study: optuna.Study) -> Iterator[None]:
+    """Runs settling one journal file take turns (its writes cannot refuse a second FAIL the way
+    a database row lock does). RDB storages need no lock: the move to FAIL is atomic there."""
+    path = getattr(getattr(study._storage, "_backend", None), "_file_path", None)  # JournalFileBackend's file
+    if path is None:
+        yield
+        return
+    with open(path, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class InProcessExecutor:
     """Trials one after another in this process (the embedded default), on the driver's study."""
 
-    def run(self, space: Space, study: optuna.Study, url: str, target: int, objective: ObjectiveFn | None = None) -> None:
-        work(space, study, target, objective=objective)
+    def run(self, space: Space, study: optuna.Study, url: str, target: int, objective: ObjectiveFn | None = None,
+            run: str = "") -> None:
+        work(space, study, target, worker=identity(run), objective=objective)

@@ -24,6 +24,7 @@ limit beside the measured figure.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 import warnings
 from typing import Any
@@ -49,7 +50,6 @@ from hps.search.record import (
     PROBLEM,
     PRUNE_REASON,
     STORAGE_DTYPE,
-    WORKER,
     columns,
     set_reason,
     set_trial_info,
@@ -96,10 +96,11 @@ class Objective:
         return {**self.__dict__, "_store": None}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        _release_memory()  # what an earlier trial's exception kept alive goes before this trial builds anything
         try:
             return self._run(trial)
-        except optuna.TrialPruned:
-            raise
+        except optuna.TrialPruned as e:
+            pruned = str(e)
         except KeyboardInterrupt as e:  # Optuna stores the trial as FAIL and re-raises: say why
             if isinstance(e, Terminated):
                 self._explain(trial, FAIL_REASON, "terminated", "terminated (SIGTERM); a rerun runs its params again")
@@ -109,6 +110,10 @@ class Objective:
         except Exception as e:
             self._explain(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
             raise
+        # A new exception, raised outside the handler: the one caught chains (its traceback holds
+        # train()'s frames: model, optimizer, data on the device, activations) and Optuna keeps the
+        # exception it gets in a reference cycle, alive until the next garbage collection.
+        raise optuna.TrialPruned(pruned)
 
     def _explain(self, trial: optuna.Trial, key: str, cause: str, text: str) -> None:
         """Store why the trial ends (:func:`set_reason`) and add it to its dashboard note."""
@@ -139,8 +144,6 @@ class Objective:
             set_trial_info(trial, DEFINITION, space.definition_hash)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
         set_trial_info(trial, DATA, data_identity(cfg))
-        if self.worker:
-            set_trial_info(trial, WORKER, self.worker)
         set_trial_info(trial, STORAGE_DTYPE, budget.storage_dtype)  # kept weights and exports use it
         screen = check(cfg, budget)
         set_trial_info(trial, BUDGET, screen.figures)
@@ -211,6 +214,11 @@ class Objective:
             return self._prune(trial, "diverged", str(e))
         except torch.cuda.OutOfMemoryError:
             return self._prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
+        except RuntimeError as e:  # cuDNN and cuBLAS report a failed allocation as a plain RuntimeError
+            if not _alloc_failure(e):
+                raise
+            return self._prune(trial, "cuda_oom", f"CUDA out of memory in {str(e).split(':')[0][:80]} "
+                                                  f"(batch {cfg.train.batch_size}, width {cfg.model.width:g})")
         finally:
             ckpt.finish(keep=interrupted)
             finish()
@@ -223,6 +231,22 @@ class Objective:
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
         return value
+
+
+def _alloc_failure(e: RuntimeError) -> bool:
+    """A GPU library's failed allocation (the memory limit, as a config's fault), not a bug."""
+    text = str(e)
+    return any(s in text for s in ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA out of memory",
+                                   "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "cudaErrorMemoryAllocation"))
+
+
+def _release_memory() -> None:
+    """Collect what earlier trials left in reference cycles (Optuna holds a failed trial's exception
+    in one) and hand the CUDA cache back: the next trial's memory figures are its own."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _check_gpu(device: str, worker: dict[str, Any] | None) -> None:

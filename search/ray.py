@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from hps.search.errors import RunFailed, StudyError
-from hps.search.settings import forwarded
+from hps.search.settings import forwarded, settings
 from hps.search.space import Space
 
 POOL_SIZE = 1
@@ -33,23 +33,31 @@ POOL_SIZE = 1
 class TrialWorker:
     """One trial slot. ``run`` returns when the study has ``target`` finished trials."""
 
-    def run(self, space: Space, url: str, target: int, index: int, objective: Any = None) -> dict[str, Any]:
+    def run(self, space: Space, url: str, target: int, index: int, objective: Any = None, run: str = "",
+            share: float = 0.0) -> dict[str, Any]:
         import optuna
 
-        from hps.search.executors import MAX_STORAGE_OUTAGES, work
+        from hps.search.executors import MAX_STORAGE_OUTAGES, identity, work
         from hps.search.storage import OUTAGES, dispose, get_storage
         from hps.search.study import load_study, open_study
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         ctx = ray.get_runtime_context()
-        info = {"host": socket.gethostname(), "node": ctx.get_node_id()[:12], "pid": os.getpid(),
-                "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if not ray.get_gpu_ids():  # Ray 2.60 leaves an actor that asked for no GPU seeing them all (ray#54868)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        elif 0 < share < 1:  # a trial sharing a GPU keeps to its share: one trial's leak is not the others' OOM
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.set_per_process_memory_fraction(share)
+        info = identity(run, node=ctx.get_node_id()[:12], gpus=[str(g) for g in ray.get_gpu_ids()],
+                        cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
         for outage in range(MAX_STORAGE_OUTAGES + 1):  # the database may be restarting: wait for it
             storage = None
             try:
                 storage = get_storage(url, pool_size=POOL_SIZE)
                 load_study(space.name, storage)  # the driver created it
-                study = open_study(space, storage, index=index + 1)
+                study = open_study(space, storage)
                 work(space, study, target, worker=info, objective=objective)
                 return info
             except OUTAGES:
@@ -77,9 +85,23 @@ class RayExecutor:
         """Refuse, before anything runs, a storage that workers on other machines cannot share."""
         if not url.startswith("postgresql") and self.address != "local":
             raise StudyError("SQLite and journal files work on one machine only; give --storage postgresql://... for a cluster")
+        if self.address in ("local", "auto"):
+            return
+        host, _, port = self.address.removeprefix("ray://").rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise StudyError(f"--ray {self.address}: expected local, auto, HOST:PORT (a head's GCS, 6379) or "
+                             "ray://HOST:PORT (Ray Client, 10001)")
+        try:  # Ray itself would retry for 100 s, then print a traceback
+            socket.create_connection((host.strip("[]"), int(port)), timeout=settings().connect_timeout).close()
+        except OSError as e:
+            raise StudyError(f"--ray {self.address}: no Ray cluster answers there ({e.strerror or e}); start one "
+                             "(ray start --head), or use --ray local for a private one") from None
 
-    def _connect(self, attempts: int = 3) -> None:
-        """Ray Client's per-driver server sometimes dies while starting (a gRPC race inside Ray,
+    def connect(self, attempts: int = 3) -> None:
+        """Join (or start) the cluster. The driver does it before it handles SIGTERM: ``ray.init``
+        installs Ray's own SIGTERM handler, which aborts the process (exit -6) instead of stopping the run.
+
+        Ray Client's per-driver server sometimes dies while starting (a gRPC race inside Ray,
         seen in a few of the test runs here): a new connection gets a new one, so try again."""
         if ray.is_initialized():
             return
@@ -93,32 +115,36 @@ class RayExecutor:
             except ConnectionError as e:
                 ray.shutdown()
                 if attempt == attempts or not self.address.startswith("ray://"):
-                    raise
+                    raise StudyError(f"--ray {self.address}: {str(e).splitlines()[0]}") from None
                 print(f"Ray Client connection failed ({str(e).splitlines()[0]}); retrying ({attempt}/{attempts - 1})",
                       file=sys.stderr, flush=True)
                 time.sleep(2 * attempt)
 
-    def run(self, space: Space, study: Any, url: str, target: int, objective: Any = None) -> None:
+    def run(self, space: Space, study: Any, url: str, target: int, objective: Any = None, run: str = "") -> None:
         self.check(url)
-        self._connect()
+        self.connect()
         from hps.search.executors import settle
         from hps.search.storage import OUTAGES
 
+        if self.gpus == 0 and space.base.train.device != "cpu" and (gpus := ray.cluster_resources().get("GPU", 0)):
+            raise StudyError(f"--ray {self.address}: the cluster has {gpus:g} GPUs but --gpus-per-trial is 0, so Ray would "
+                             "give no trial a GPU and every trial on a node would share its first one; give --gpus-per-trial 1 "
+                             "(0.5 puts two trials on a GPU), or set train.device: cpu")
         for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
-            self._round(space, url, target, objective)
+            self._round(space, url, target, objective, run)
             try:
-                if not settle(study):
+                if not settle(study, run):
                     break
             except OUTAGES as e:  # the database is away: the next run settles them
                 print(f"could not check for trials left RUNNING: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
                 break
 
-    def _round(self, space: Space, url: str, target: int, objective: Any) -> None:
+    def _round(self, space: Space, url: str, target: int, objective: Any, run: str) -> None:
         opts: dict[str, Any] = {"num_cpus": self.cpus}
         if self.gpus > 0:
             opts["num_gpus"] = self.gpus
         actors = [TrialWorker.options(**opts).remote() for _ in range(self.workers)]  # type: ignore[attr-defined]
-        pending = {a.run.remote(space, url, target, i, objective): a for i, a in enumerate(actors)}
+        pending = {a.run.remote(space, url, target, i, objective, run, self.gpus): a for i, a in enumerate(actors)}
         errors: list[str] = []
         try:
             while pending:

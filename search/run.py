@@ -21,7 +21,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import RunFailed, StudyError, Terminated
-from hps.search.record import FAIL_REASON, FAILED, FINISHED, best_feasible, counts, reason, stop_reasons, study_attrs
+from hps.search.record import (
+    FAIL_REASON,
+    FAILED,
+    FINISHED,
+    WHY,
+    WORKER,
+    best_feasible,
+    counts,
+    reason,
+    stop_reasons,
+    study_attrs,
+    trial_info,
+)
 from hps.search.settings import settings
 from hps.search.space import Space, load_space
 from hps.search.storage import artifact_store, dispose, get_storage, redact, storage_url
@@ -83,7 +95,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
     before anything trains. A ``KeyboardInterrupt`` stops the run; finished trials are kept and a
     rerun resumes."""
-    from hps.search.executors import Executor, InProcessExecutor
+    from hps.search.executors import Executor, InProcessExecutor, new_run, settle
     from hps.search.progress import view
     from hps.trainers import load_data
 
@@ -110,19 +122,28 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     artifact_store()  # the artifact store is reachable before anything trains
     store = get_storage(url)
     study = None
+    run_id = new_run()
     try:
         study = open_study(space, store, driver=True, allow_change=allow_change)
         begin_run(study)
-        before = len(study.get_trials(deepcopy=False, states=FINISHED))
         out = echo or sys.stdout
-        print(f"study {space.name} on {redact(url)}: {before} finished, {max(target - before, 0)} owed", file=out, flush=True)
+        settled = settle(study)  # what an earlier run left RUNNING: failed with its reason, its params owed
+        before = len(study.get_trials(deepcopy=False, states=FINISHED))
+        print(f"study {space.name} on {redact(url)}: {before} finished, {max(target - before, 0)} owed"
+              + (f"; trials {', '.join(map(str, settled))} were left running by a run that is gone: retried" if settled else ""),
+              file=out, flush=True)
+        if (connect := getattr(executor, "connect", None)) is not None:
+            connect()  # Ray, before our SIGTERM handler: ray.init installs its own
         with view(progress, study, target, out), _sigterm_as_interrupt():
-            executor.run(space, study, url, target, objective)
+            executor.run(space, study, url, target, objective, run_id)
         result = summarise(study, url, target)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated) or _SIGTERM.is_set()  # Ray's wait turns ours into a KeyboardInterrupt
         if study is not None:
-            owe_interrupted(study)
+            owe_interrupted(study, run_id, "terminated" if terminated else "interrupted")
         dispose(store)
+        if terminated and not isinstance(e, Terminated):
+            raise Terminated() from None
         raise
     except BaseException:
         dispose(store)
@@ -133,6 +154,9 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     return result
 
 
+_SIGTERM = threading.Event()
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (``docker stop``, a scheduler) stops the run as Ctrl-C does: :class:`Terminated`."""
@@ -141,7 +165,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        _SIGTERM.set()
         raise Terminated()
+
+    _SIGTERM.clear()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -150,21 +177,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def owe_interrupted(study: optuna.Study) -> list[int]:
-    """Queue again the params of each trial an interrupt stopped (Ctrl-C, SIGTERM), once: the next
-    run trains them, resuming from the stopped trial's checkpoint (as a killed worker's retry does).
-    Returns the numbers of the trials owed."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
+def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -> list[int]:
+    """Queue again, once, the params of each trial this run's interrupt stopped (Ctrl-C, SIGTERM):
+    the next run trains them, resuming from the stopped trial's checkpoint (as a killed worker's
+    retry does). A trial of this run still RUNNING (a Ray worker, killed with the run) is failed
+    first, with ``cause`` as its reason. Only this run's trials: runs sharing the study never owe
+    one twice. Returns the numbers of the trials owed."""
+    from hps.search.storage import LostWorker
+
     owed = []
-    for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) in ("interrupted", "terminated") \
-                and t.number not in retried and t.params:
-            study.add_trial(optuna.trial.create_trial(
-                state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-                system_attrs={"failed_trial": t.number, "retry_history": [t.number]},
-                intermediate_values=t.intermediate_values))
-            owed.append(t.number)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+        if (trial_info(t, WORKER) or {}).get("run") != run or not t.params:
+            continue
+        if t.state == TrialState.RUNNING:
+            signal_name = "SIGTERM" if cause == "terminated" else "Ctrl-C / SIGINT"
+            text = f"{cause} ({signal_name}) with its run; a rerun runs its params again"
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, cause)
+                study._storage.set_trial_system_attr(t._trial_id, WHY, text)
+                if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except Exception:  # it finished meanwhile
+                continue
+        elif t.user_attrs.get(FAIL_REASON) not in ("interrupted", "terminated"):
+            continue
+        LostWorker.retry_once(study, t)
+        owed.append(t.number)
     return owed
 
 

@@ -10,6 +10,7 @@ smallest config against the budget, the sampler and pruner in a rehearsal of a f
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -21,10 +22,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from hps.search.algorithms import (
+    PACKAGES,
     PRUNERS,
     SAMPLERS,
+    TrialSeeded,
     build_pruner,
-    build_sampler,
     check_args,
     pruner_class,
     rehearse,
@@ -254,10 +256,10 @@ class Space:
     def multi_objective(self) -> bool:
         return len(self.spec.objectives) > 1
 
-    def make_sampler(self, seed_offset: int = 0) -> Any:
-        """``seed_offset`` keeps workers, and resumed runs, from redrawing the same random points."""
+    def make_sampler(self) -> Any:
+        """The space's sampler, seeded per trial (:class:`TrialSeeded`): no two workers or runs draw alike."""
         s = self.spec.study
-        return build_sampler(s.sampler.name, s.sampler.args, s.trials, s.seed + seed_offset)
+        return TrialSeeded(s.sampler.name, s.sampler.args, s.trials, s.seed)
 
     def make_pruner(self) -> Any:
         s = self.spec.study
@@ -651,9 +653,18 @@ def _rehearse(space: Space) -> None:
 
     def fail(part: str, exc: BaseException) -> SpaceError:
         named = getattr(study, part)
+        if isinstance(exc, ImportError) and getattr(exc, "name", None):  # cmaes needs its own package
+            module = str(exc.name).split(".")[0]
+            return SpaceError(f"{space.source}: study.{part}: {named.name} needs the package {module!r}, which is not "
+                              f"installed: pip install {module}, or choose another {part}")
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return SpaceError(f"{space.source}: study.{part}: {named.name} with args {show(named.args)} fails: {line}")
 
+    if (package := PACKAGES.get(study.sampler.name)) is not None:
+        try:
+            importlib.import_module(package)  # GP imports scipy only after its random start-up trials
+        except ImportError as e:
+            raise fail("sampler", e) from None
     parts = {}
     for part, make in (("sampler", space.make_sampler), ("pruner", space.make_pruner)):
         try:

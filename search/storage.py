@@ -56,7 +56,7 @@ def redact(url: str) -> str:
 def _heartbeat_kw() -> dict[str, Any]:
     beat = settings().heartbeat_seconds
     return {"heartbeat_interval": beat, "grace_period": 2 * beat,
-            "heartbeat_stale_trial_callback": _LostWorker()}
+            "heartbeat_stale_trial_callback": LostWorker()}
 
 
 def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool = True) -> BaseStorage:
@@ -112,20 +112,23 @@ OUTAGES: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError, 
                                         sqlalchemy.exc.InterfaceError, StorageUnavailable)
 
 
-class _LostWorker:
+class LostWorker:
     """Optuna's stale-trial callback (the trial is FAIL once its worker stops beating): store why
     on the failed trial, then retry its params once as a new WAITING trial."""
-
-    def __init__(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = (f"no heartbeat from its worker for {2 * settings().heartbeat_seconds} s (killed, out of memory or "
                   f"lost); worker: {trial_info(trial, WORKER, 'unknown')}")
         record_reason(study._storage, trial._trial_id, reason)
-        self.retry(study, trial)
+        self.retry_once(study, trial)
+
+    @staticmethod
+    def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
+        """Queue ``trial``'s params again (a WAITING trial that resumes from its checkpoint), unless
+        it is itself a retry: a config that kills its worker twice is not tried a third time."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)(study, trial)
 
 
 def record_reason(storage: BaseStorage, trial_id: int, reason: str, cause: str = "lost_worker") -> None:

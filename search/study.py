@@ -18,24 +18,19 @@ if TYPE_CHECKING:  # hps status and export load studies without the trainer (tor
     from hps.search.space import Space
 
 
-def open_study(space: Space, storage: BaseStorage, *, index: int = 0, driver: bool = False,
+def open_study(space: Space, storage: BaseStorage, *, driver: bool = False,
                allow_change: bool = False) -> optuna.Study:
-    """Create the space's study, or load it to resume. The sampler's seed moves with the trials
-    already run and with ``index`` (one per worker), so no two workers and no resumed run redraw
-    the same random points.
+    """Create the space's study, or load it to resume. The sampler is seeded per trial number, so
+    no two workers, runs or resumed runs draw the same random points.
 
     The driver (``driver=True``) also checks what defines the trials (:meth:`Space.definition`)
     against the study's: a rerun whose definition differs is refused (:class:`DefinitionChanged`,
     listing what changed) unless ``allow_change``, which records the change; trials then run under
     the new definition and only they are compared. It stores the space and enqueues each warm
     start once (one added to the space later is enqueued on the next run)."""
-    try:
-        ran = storage.get_n_trials(storage.get_study_id_from_name(space.name))
-    except KeyError:
-        ran = 0
     study = optuna.create_study(study_name=space.name, storage=storage, load_if_exists=True,
                                 directions=space.directions,  # type: ignore[arg-type]
-                                sampler=space.make_sampler(ran + 7919 * index), pruner=space.make_pruner())
+                                sampler=space.make_sampler(), pruner=space.make_pruner())
     if [d.name.lower() for d in study.directions] != space.directions:
         raise StudyError(f"study {space.name!r} exists with directions "
                          f"{[d.name.lower() for d in study.directions]}, the space asks {space.directions}")

@@ -83,6 +83,16 @@ def check_augment(cfg: AugmentConfig, channels: int) -> None:
         raise ConfigError(f"augment.hue: {cfg.hue:g} shifts colours, but the images have one channel; set it to 0")
 
 
+def reflect_pad(images: Tensor, pad: int) -> Tensor:
+    """``F.pad(images, (pad,) * 4, mode="reflect")`` for uint8 images, by gathering rows and
+    columns: no float copy of the training set (4x its size: 1.7-2.1 GB of one-off peak on a GPU,
+    which the caching allocator then keeps and ``max_gpu_memory_mb`` would measure)."""
+    side = images.shape[-1]
+    i = torch.arange(-pad, side + pad, device=images.device).abs()
+    i = torch.where(i > side - 1, 2 * (side - 1) - i, i)
+    return images.index_select(-2, i).index_select(-1, i)
+
+
 class Augmenter:
     """Holds the (padded) training images; ``batch(idx)`` returns normalised float images."""
 
@@ -99,7 +109,7 @@ class Augmenter:
         self.jitter, self.gray_p, self.cutout = 0.8 * extra, 0.4 * extra, round(self.side * extra)
         self.images = images
         if self.pad:  # pad once, crop per batch by indexing
-            self.images = F.pad(images.float(), (self.pad,) * 4, mode="reflect").to(torch.uint8)
+            self.images = reflect_pad(images, self.pad)
         shape = (1, self.channels, 1, 1)
         self.mean = torch.tensor(mean, device=self.device).view(shape) * 255
         self.inv_std = 1 / (torch.tensor(std, device=self.device).view(shape) * 255)

@@ -3,6 +3,7 @@ with one line and exit 130, the trial it stopped says why."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hps.search.record import reason
-from tests.search.conftest import hps, write_space
+from tests.search.conftest import hps, trials, write_space
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,37 @@ def test_an_interrupt_stops_a_run_in_one_line_and_the_rerun_resumes_the_trial(
     assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == list(range(1, 7))
     assert retry.system_attrs["hps:resumed_from"]["trial"] == 0 and retry.system_attrs["hps:resumed_from"]["epoch"] >= 2
     assert not list((tmp_path / "art").glob("checkpoint-*"))  # both trials' checkpoints gone once the retry finished
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_a_journal_file_is_settled_by_the_next_run(tmp_path: Path, study_name: str) -> None:
+    """SIGKILL (the OOM killer, a lost container) leaves the trial RUNNING, and a journal file has no
+    heartbeats to end it. The next run sees that the process is gone: the trial becomes FAIL with
+    why, and its params are trained again, resuming from its checkpoint."""
+    url = str(tmp_path / "studies.log")
+    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
+    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
+           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until the first trial has saved a checkpoint after epoch 2
+        time.sleep(0.2)
+        with contextlib.suppress(KeyError):
+            ts = trials(url, study_name)
+            if ts and (ts[0].system_attrs.get("hps:checkpoint") or {}).get("epoch", 0) >= 2:
+                break
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert trials(url, study_name)[0].state == TrialState.RUNNING  # nothing else would ever end it
+    again = subprocess.run([*cmd, "--trials", "1"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "trials 0 were left running by a run that is gone: retried" in again.stdout.splitlines()[0]
+    killed, retry = trials(url, study_name)
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"] == "lost_worker"
+    assert reason(killed).startswith(f"its worker's process is gone (pid {proc.pid} on ")
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params and retry.system_attrs["failed_trial"] == 0
+    assert retry.system_attrs["hps:resumed_from"]["epoch"] >= 2 and sorted(retry.intermediate_values) == list(range(1, 7))
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hps.search.errors import RunFailed
+from hps.search.errors import RunFailed, StudyError
 from hps.search.record import CHECKPOINT, FAILED, RESUMED_FROM, WEIGHTS, WORKER, reason, study_attrs
 from hps.search.run import run
 from hps.search.space import load_space
@@ -89,7 +91,7 @@ def test_two_concurrent_trials_on_two_nodes(tmp_path: Path, connected: str, stud
     run(space, PG_URL, trials=6, ray=connected, workers=4, cpus_per_trial=1, progress="none")  # the cluster default
     ts = _trials(study_name)
     finished = [t for t in ts if t.state in FINISHED]
-    assert 6 <= len(finished) <= 6 + 3  # in-flight trials finish when the target is reached
+    assert 6 <= len(finished) <= 7  # workers count each other's running trials; two asking at one instant make 7
     workers = {(t.system_attrs[WORKER]["node"], t.system_attrs[WORKER]["pid"]) for t in finished}
     assert len({node for node, _ in workers}) == 2 and len(workers) == 4  # both nodes, four slots
     spans = sorted((t.datetime_start, t.datetime_complete) for t in finished)
@@ -106,6 +108,26 @@ def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, st
 
     gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
     assert {w["node"] for w in info} == {gpu_node[:12]}  # four half-GPU slots share the 2 fake GPUs there
+
+
+def test_gpus_per_trial_0_on_a_gpu_cluster_is_refused_unless_trials_run_on_the_cpu(tmp_path: Path, connected: str,
+                                                                                   study_name: str) -> None:
+    """Ray 2.60 sets no CUDA_VISIBLE_DEVICES for an actor that asks for no GPU: every trial on a GPU
+    node would train on its GPU 0 while Ray counted none. Refused in one line before anything runs;
+    a space that trains on the CPU runs, its workers seeing no GPU."""
+    base = copy.deepcopy(SMALL["base"])
+    base["train"]["device"] = "auto"
+    space = load_space(write_space(tmp_path, study_name, study__trials=2, warm_start=[], base=base))
+    with pytest.raises(StudyError) as e:
+        run(space, PG_URL, trials=2, ray=connected, workers=2, gpus_per_trial=0, cpus_per_trial=0.5, progress="none")
+    assert str(e.value) == (f"--ray {connected}: the cluster has 2 GPUs but --gpus-per-trial is 0, so Ray would give no "
+                            "trial a GPU and every trial on a node would share its first one; give --gpus-per-trial 1 (0.5 "
+                            "puts two trials on a GPU), or set train.device: cpu")
+    assert _trials(study_name) == []
+    space = load_space(write_space(tmp_path, study_name, study__trials=2, warm_start=[]))  # device: cpu
+    run(space, PG_URL, trials=2, ray=connected, workers=2, gpus_per_trial=0, cpus_per_trial=0.5, progress="none")
+    info = [t.system_attrs[WORKER] for t in _trials(study_name)]
+    assert info and all(w["cuda_visible"] == "" and w["gpus"] == [] for w in info)
 
 
 def test_a_gpu_share_without_cuda_fails_with_why(tmp_path: Path, connected: str, study_name: str) -> None:
@@ -311,3 +333,89 @@ def test_an_own_model_file_reaches_the_workers_and_the_tools_agree(tmp_path: Pat
                              capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "the model code changed since this config was made (retrain with --allow-model-change" in refused.stderr
+
+
+def test_soak_three_runs_on_one_study_killed_and_stopped_at_random(tmp_path: Path, connected: str, study_name: str) -> None:
+    """Three ``hps run`` processes on one PostgreSQL study (two in-process, one through Ray with two
+    workers), SIGKILLed and SIGTERMed at random for two minutes (and Ray workers SIGKILLed under
+    their driver), each restarted as a supervisor would; then all three run to a common target.
+    At the end: no trial RUNNING or WAITING, no params trained twice outside a retry (and no trial
+    retried twice), every FAIL with its reason, every COMPLETE with its value and whole curve, and
+    the counts add up: the target, give or take trials asked at one instant."""
+    path = write_space(tmp_path, study_name, warm_start=[], budget={},
+                       base={"model": {"name": "airnet", "width": 0.25}, "data": {"subset": 1000, "val_fraction": 0.2},
+                             "optimizer": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 2, "batch_size": 100, "device": "cpu"}},
+                       space={"model.width": {"low": 0.125, "high": 0.5}, "optimizer.lr": {"low": 1e-3, "high": 0.2, "log": True}})
+    env = {"HPS_STORAGE": PG_URL, "RAY_AUTH_MODE": "disabled", "HPS_HEARTBEAT_SECONDS": "1", "HPS_CHECKPOINT_SECONDS": "0",
+           "HPS_ARTIFACTS": str(tmp_path / "art")}
+    extra = {"a": [], "b": [], "ray": ["--ray", connected, "--workers", "2"]}
+
+    def start(kind: str, trials: int = 10_000) -> subprocess.Popen[str]:
+        return _hps("run", str(path), "--no-live", "--trials", str(trials), *extra[kind], env=env, start_new_session=True)
+
+    procs = {kind: start(kind) for kind in extra}
+    _wait_finished(study_name, 2, 180)
+    rng = random.Random(7)
+    actions = ["kill:a", "term:b", "kill-worker:ray", "term:ray", "kill:ray"]  # each at least once, then at random
+    rng.shuffle(actions)
+    done: list[str] = []
+    end = time.time() + 120
+    try:
+        while time.time() < end or actions:
+            time.sleep(rng.uniform(5, 10))
+            action = actions.pop() if actions else rng.choice(["kill:a", "kill:b", "term:a", "term:b", "kill:ray",
+                                                                "term:ray", "kill-worker:ray"])
+            how, _, kind = action.partition(":")
+            proc = procs[kind]
+            assert proc.poll() is None, proc.communicate()[0][-3000:]  # nobody reached 10,000 trials or gave up
+            if how == "kill-worker":
+                running = [t for t in _trials(study_name) if t.state == TrialState.RUNNING and "node" in (t.system_attrs.get(WORKER) or {})]
+                if not running:
+                    continue
+                os.kill(running[0].system_attrs[WORKER]["pid"], signal.SIGKILL)
+            else:
+                if how == "kill":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=120)
+                assert proc.returncode == (-signal.SIGKILL if how == "kill" else 143), out[-3000:]
+                if how == "term":
+                    assert "terminated (SIGTERM); rerun the same command" in " ".join(out.split()), out[-3000:]
+                    assert "Traceback" not in out, out[-3000:]
+                procs[kind] = start(kind)
+            done.append(action)
+        for proc in procs.values():  # stop the chaos: a clean stop, then all three to one target
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=120)
+        target = len([t for t in _trials(study_name) if t.state in FINISHED]) + 8
+        procs = {kind: start(kind, target) for kind in extra}
+        for proc in procs.values():
+            out, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, out[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert {"kill:a", "term:b", "kill-worker:ray", "term:ray", "kill:ray"} <= set(done)
+    ts = _trials(study_name)
+    by_state = {s: [t for t in ts if t.state == s] for s in TrialState}
+    assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
+    finished = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]
+    assert target <= len(finished) <= target + 2, (target, len(finished))
+    assert sum(len(v) for v in by_state.values()) == len(ts)
+    for t in by_state[TrialState.FAIL]:
+        assert t.user_attrs.get("fail_reason") in ("interrupted", "terminated", "lost_worker"), t
+        assert reason(t), t
+    for t in by_state[TrialState.COMPLETE]:
+        assert t.values and sorted(t.intermediate_values) == [1, 2], t
+    fresh = [json.dumps(t.params, sort_keys=True) for t in ts if "failed_trial" not in t.system_attrs]
+    assert len(fresh) == len(set(fresh))  # no params drawn twice
+    retried = [t.system_attrs["failed_trial"] for t in ts if "failed_trial" in t.system_attrs]
+    assert len(retried) == len(set(retried))  # no trial retried twice
+    for t in ts:
+        if "failed_trial" in t.system_attrs:
+            assert t.params == ts[t.system_attrs["failed_trial"]].params
+            assert ts[t.system_attrs["failed_trial"]].state == TrialState.FAIL
+    ray_stopped = [t for t in by_state[TrialState.FAIL] if "node" in (t.system_attrs.get(WORKER) or {})]
+    assert {t.user_attrs["fail_reason"] for t in ray_stopped} >= {"lost_worker"}

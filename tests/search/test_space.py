@@ -1,6 +1,8 @@
 """Space files: the shipped ones load; bad ones fail with one line naming file, key, value, allowed."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +333,16 @@ def test_a_condition_that_can_never_hold_is_refused(tmp_path: Path, when: dict[s
     with pytest.raises(SpaceError) as e:
         load_space(write(tmp_path, data))
     assert message in str(e.value) and "so the key would never be searched" in str(e.value)
+
+
+@pytest.mark.parametrize(("sampler", "module"), [("cmaes", "cmaes"), ("gp", "scipy")])
+def test_every_listed_sampler_runs_and_a_missing_package_is_one_line(tmp_path: Path, sampler: str, module: str) -> None:
+    """Both are installed with hps (cmaes and gp were listed, but their packages were not). Where a
+    package is missing anyway (a trimmed environment), the space says which, in one line."""
+    data = patched(**{"study/sampler": {"name": sampler}})
+    assert load_space(write(tmp_path, data)).spec.study.sampler.name == sampler  # rehearsed: 4 trials drawn
+    code = (f"import sys; sys.modules[{module!r}] = None\n"  # as if not installed
+            "from hps import load_space\ntry:\n    load_space(sys.argv[1])\nexcept Exception as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.yaml")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (f"{tmp_path / 's.yaml'}: study.sampler: {sampler} needs the package {module!r}, which is "
+                                  f"not installed: pip install {module}, or choose another sampler")

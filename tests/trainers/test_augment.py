@@ -202,3 +202,25 @@ def test_image_size_resizes_on_the_device_after_augmentation() -> None:
     jsd = config_from_dict({"augment": {"policy": "augmix", "augmix_jsd": True}}).augment
     views = Augmenter(jsd, d.train.x, d.mean, d.std, torch.Generator(), size=64).views(idx)
     assert [v.shape[-1] for v in views] == [64, 64, 64]
+
+
+@pytest.mark.parametrize(("side", "pad", "channels"), [(32, 4, 3), (28, 3, 1), (8, 7, 3)])
+def test_padding_keeps_uint8_and_equals_reflect(monkeypatch: pytest.MonkeyPatch, side: int, pad: int, channels: int) -> None:
+    """The training set is padded without a float copy of it (on a GPU that copy was a 1.7-2.1 GB
+    one-off peak): no float conversion happens, and the result is reflect padding's."""
+    images = torch.randint(0, 256, (5, channels, side, side), dtype=torch.uint8)
+    expected = torch.nn.functional.pad(images.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
+
+    def no_float(*_: object, **__: object) -> None:
+        raise AssertionError("a float copy of the training set")
+
+    monkeypatch.setattr(torch.Tensor, "float", no_float)
+    strength = pad * 32 / (8 * side)  # the strength whose pad is `pad`
+    aug = Augmenter(config_from_dict({"augment": {"policy": "basic", "strength": min(strength, 0.5)}}).augment,
+                    images, (0.5,) * channels, (0.25,) * channels, torch.Generator().manual_seed(0))
+    monkeypatch.undo()
+    assert aug.images.dtype == torch.uint8 and torch.equal(aug.images, torch.nn.functional.pad(
+        images.float(), (aug.pad,) * 4, mode="reflect").to(torch.uint8))
+    from hps.trainers.augment import reflect_pad
+
+    assert torch.equal(reflect_pad(images, pad), expected)
