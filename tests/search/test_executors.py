@@ -115,6 +115,7 @@ def test_the_target_counts_trials_other_workers_are_running_unless_their_worker_
         assert not Target(3).reached(study)
 
 
+@pytest.mark.slow  # two CLI processes
 def test_ray_at_an_address_where_nothing_listens_is_one_line_at_once(tmp_path: Path) -> None:
     """Ray itself retried for 100 s and then printed a traceback."""
     import yaml

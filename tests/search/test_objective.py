@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 import torch
 from torch import nn
 
@@ -16,6 +17,7 @@ import hps
 from hps.search.record import PRUNE_REASON, reason
 from tests.search.conftest import SMALL
 
+pytestmark = pytest.mark.slow  # real training runs
 MADE: list[weakref.ref[nn.Module]] = []
 
 
