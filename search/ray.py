@@ -159,6 +159,8 @@ class RayExecutor:
         finally:
             for a in actors:
                 ray.kill(a)
+            if pending:  # stopped early: wait for the kills, so nothing of theirs writes after the driver settles
+                ray.wait(list(pending), num_returns=len(pending), timeout=30)
         if errors and len(errors) == len(actors):
             raise RunFailed(f"every Ray worker failed; first error: {errors[0]}")
 

@@ -115,7 +115,10 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
-        gen.set_state(saved["rng"]["augment"])
+        if saved["rng"].get("device", "cpu") == device.type:
+            gen.set_state(saved["rng"]["augment"])
+        else:  # saved on another kind of device (a retry landed elsewhere): that generator's state does not fit
+            gen.manual_seed(tc.seed + saved["step"])
         torch.set_rng_state(saved["rng"]["torch"])
         if device.type == "cuda" and saved["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
@@ -125,7 +128,8 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     def state() -> dict[str, Any]:
         return {"epoch": epoch, "step": step, "history": history, "config": config_to_dict(cfg),
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"augment": gen.get_state(), "torch": torch.get_rng_state(), "python": rng.getstate(),
+                "rng": {"device": device.type, "augment": gen.get_state(), "torch": torch.get_rng_state(),
+                        "python": rng.getstate(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
 
     for epoch in range(first, tc.epochs + 1):

@@ -195,6 +195,34 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one() -> None:
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
+def test_a_checkpoint_from_another_kind_of_device_resumes() -> None:
+    """A retry that lands on another kind of device (a CUDA trial's retry on a CPU worker): the
+    augmentation generator's saved state is a CUDA one (16 bytes, not the CPU's 5,056), which
+    set_state refused. The retry resumes at the next epoch with a generator seeded from the step."""
+    cfg = config_from_dict(tiny_config(train={"epochs": 2}, augment={"strength": 1.0}))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise Killed
+
+    first = MemoryCheckpoint()
+    with pytest.raises(Killed):
+        train(cfg, kill_at_2, checkpoint=first)
+    import io
+
+    saved = first.load()
+    assert saved["rng"]["device"] == "cpu"
+    saved["rng"].update(device="cuda", augment=torch.zeros(16, dtype=torch.uint8))  # as a CUDA generator saves it
+    buf = io.BytesIO()
+    torch.save(saved, buf)
+    seen: list[int] = []
+    resumed = train(cfg, lambda e, m: seen.append(e), checkpoint=MemoryCheckpoint(buf.getvalue()))
+    assert seen == [2] and len(resumed.history) == 2
+
+
 def test_augmix_jsd_trains_on_three_views() -> None:
     """augment.augmix_jsd: each step sees the clean image and two AugMix views; the loss is the
     clean CE plus 12 x JSD (tests/trainers/test_augment.py checks the term); the meter counts 3x
