@@ -138,14 +138,11 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
             "--allow-change", help="continue a study whose space, budget, objectives or data changed (recorded; "
                                    "only trials of the new definition are compared)")] = False) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
-    from hps.search.errors import RunFailed, Terminated
+    from hps.search.errors import RunFailed, Terminated, on_sigterm
     from hps.search.run import run as run_study
     from hps.search.space import load_space, parse_overrides
 
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM while starting, as later: one line, exit 143
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM while starting, as later: one line, exit 143
     try:
         space = load_space(space_file, parse_overrides(sets))
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
+# Set by hps's SIGTERM handler. The handler raises Terminated too, but a signal that lands in a
+# garbage-collector or weakref callback has its exception swallowed ("Exception ignored in ..."):
+# trials check this flag at each epoch and before they start, so the stop is never lost.
+TERMINATING = threading.Event()
+
 
 class SpaceError(ValueError):
     """A bad space file; the message names the file, key, value and what is allowed."""
@@ -26,6 +33,12 @@ class RunFailed(StudyError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what ``docker stop`` sends), handled as Ctrl-C: the running trial stops and is owed again."""
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    """hps's SIGTERM handler: remember it (:data:`TERMINATING`) and stop as Ctrl-C does."""
+    TERMINATING.set()
+    raise Terminated()
 
 
 def user_error_types() -> tuple[type[Exception], ...]:

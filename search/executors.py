@@ -25,7 +25,7 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.errors import Terminated
+from hps.search.errors import TERMINATING, Terminated
 from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
@@ -173,6 +173,8 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
 
     def run_trial(trial: optuna.Trial) -> Any:
         try:
+            if TERMINATING.is_set():  # a SIGTERM whose exception a gc callback swallowed
+                raise Terminated()
             set_trial_info(trial, WORKER, worker)  # first: a later run can tell this process is gone
             return train(trial)
         except KeyboardInterrupt as e:  # also before the trainer's objective got to say why

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.errors import RunFailed, StudyError, Terminated
+from hps.search.errors import TERMINATING, RunFailed, StudyError, Terminated, on_sigterm
 from hps.search.record import (
     FAIL_REASON,
     FAILED,
@@ -138,7 +138,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
             executor.run(space, study, url, target, objective, run_id)
         result = summarise(study, url, target)
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated) or _SIGTERM.is_set()  # Ray's wait turns ours into a KeyboardInterrupt
+        terminated = isinstance(e, Terminated) or TERMINATING.is_set()  # Ray's wait turns ours into a KeyboardInterrupt
         if study is not None:
             owe_interrupted(study, run_id, "terminated" if terminated else "interrupted")
         dispose(store)
@@ -154,9 +154,6 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     return result
 
 
-_SIGTERM = threading.Event()
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (``docker stop``, a scheduler) stops the run as Ctrl-C does: :class:`Terminated`."""
@@ -164,13 +161,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum: int, frame: Any) -> None:
-        _SIGTERM.set()
-        raise Terminated()
-
-    _SIGTERM.clear()
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    TERMINATING.clear()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
