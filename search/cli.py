@@ -139,11 +139,12 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
                                    "only trials of the new definition are compared)")] = False) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
     from hps.search.errors import RunFailed, Terminated, on_sigterm
-    from hps.search.run import run as run_study
-    from hps.search.space import load_space, parse_overrides
 
-    signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM while starting, as later: one line, exit 143
+    signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM while starting (imports take seconds), as later: one line, 143
     try:
+        from hps.search.run import run as run_study
+        from hps.search.space import load_space, parse_overrides
+
         space = load_space(space_file, parse_overrides(sets))
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
                            cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines", allow_change=allow_change)

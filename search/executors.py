@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -178,12 +179,14 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
             set_trial_info(trial, WORKER, worker)  # first: a later run can tell this process is gone
             return train(trial)
         except KeyboardInterrupt as e:  # also before the trainer's objective got to say why
-            if FAIL_REASON not in trial.user_attrs:
-                cause = "terminated" if isinstance(e, Terminated) else "interrupted"
-                set_reason(trial, FAIL_REASON, cause, f"{cause} before it sampled its params")
+            with contextlib.suppress(Exception):  # (another run may have settled the trial meanwhile)
+                if FAIL_REASON not in trial.user_attrs:
+                    cause = "terminated" if isinstance(e, Terminated) else "interrupted"
+                    set_reason(trial, FAIL_REASON, cause, f"{cause} before it sampled its params")
             raise
 
-    for outage in range(MAX_STORAGE_OUTAGES + 1):
+    outages = 0
+    while True:
         try:
             if budget.spent(study) or Target(target).reached(study):
                 return
@@ -191,9 +194,26 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
                            callbacks=[Target(target), budget, FailureGuard()])
             return
         except Exception as e:
-            if not is_outage(e) or outage == MAX_STORAGE_OUTAGES:
+            if settled_elsewhere(e):  # the trial was failed under this worker, its retry queued: carry on
+                print("a trial of this worker was failed by another run (its heartbeat came late: is the machine "
+                      "overloaded?); its params are queued again", file=sys.stderr, flush=True)
+                continue
+            if not is_outage(e) or outages == MAX_STORAGE_OUTAGES:
                 raise
+            outages += 1
             time.sleep(5)
+
+
+def settled_elsewhere(e: BaseException) -> bool:
+    """Another run failed this worker's running trial (its heartbeat was stale to them: a starved
+    heartbeat thread on an overloaded machine), so Optuna cannot tell it: not this worker's end.
+    Optuna 5.0 raises "Cannot tell a FAIL trial", or, when the objective had returned, masks that
+    with an ``AssertionError`` ("Should not reach", its ``finally``): the error is then the context."""
+    for err in (e, e.__context__):
+        if isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or (
+                isinstance(err, ValueError) and str(err).startswith("Cannot tell a ")):
+            return True
+    return False
 
 
 def is_outage(e: BaseException) -> bool:

@@ -161,7 +161,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    TERMINATING.clear()
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield

@@ -115,6 +115,9 @@ class Augmenter:
         self.inv_std = 1 / (torch.tensor(std, device=self.device).view(shape) * 255)
         self.policy = _named_policy(cfg) if cfg.policy not in ("none", "basic") else None
         self._ar = torch.arange(self.side, device=self.device)
+        # constants on the device once: a host tensor copied in per step is a host sync on CUDA
+        self._yiq, self._yiq_inv = _YIQ.to(self.device), _YIQ_INV.to(self.device)
+        self._corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=self.device)
         self.warp = bool(cfg.pick_one or cfg.rotate or cfg.translate)
 
     def _crop_flip(self, idx: Tensor) -> Tensor:
@@ -218,7 +221,7 @@ class Augmenter:
         """torchvision's RandomPerspective (p 0.5) per image: each corner moves inwards by up to
         ``perspective`` x half the side; the homography maps output to input pixels."""
         g, dev, d = self.gen, self.device, self.cfg.perspective
-        start = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=dev).expand(n, 4, 2)
+        start = self._corners.expand(n, 4, 2)
         on = (torch.rand(n, generator=g, device=dev) < 0.5).view(n, 1, 1)
         end = start - start * torch.rand(n, 4, 2, generator=g, device=dev) * d * on  # towards the centre
         a = torch.zeros(n, 8, 8, device=dev)
@@ -227,7 +230,7 @@ class Augmenter:
         a[:, 1::2, 3], a[:, 1::2, 4], a[:, 1::2, 5] = xs, ys, 1.0
         a[:, 0::2, 6], a[:, 0::2, 7] = -xs * us, -ys * us
         a[:, 1::2, 6], a[:, 1::2, 7] = -xs * vs, -ys * vs
-        h = torch.linalg.solve(a, torch.stack([us, vs], 2).reshape(n, 8))
+        h = torch.linalg.solve_ex(a, torch.stack([us, vs], 2).reshape(n, 8))[0]  # solve() syncs to check for errors
         h = torch.cat([h, torch.ones(n, 1, device=dev)], 1).view(n, 3, 3)
         lin = (self._ar.float() + 0.5) / (self.side / 2) - 1  # pixel centres in [-1, 1]
         yy, xx = torch.meshgrid(lin, lin, indexing="ij")
@@ -242,7 +245,7 @@ class Augmenter:
         cos, sin = angle.cos(), angle.sin()
         rot = torch.zeros(n, 3, 3, device=self.device)
         rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1.0, cos, -sin, sin, cos
-        m = _YIQ_INV.to(self.device) @ rot @ _YIQ.to(self.device)
+        m = self._yiq_inv @ rot @ self._yiq
         return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 255)
 
     def _cutout(self, x: Tensor, n: int) -> Tensor:

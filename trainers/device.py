@@ -12,9 +12,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None means plain fp32. ``auto`` is bf16 on CUDA devices that support it, fp32 elsewhere."""
+    """None means plain fp32. ``auto`` is bf16 on CUDA devices that run it natively (Ampere and
+    later), fp32 elsewhere: torch counts emulated bf16 as supported, and a T4 would pick it and run slower."""
     if precision == "auto":
         # a CUDA config measured on a machine without CUDA (the meter) counts as bf16
-        ok = device.type == "cuda" and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+        ok = device.type == "cuda" and (not torch.cuda.is_available()
+                                        or torch.cuda.is_bf16_supported(including_emulation=False))
         return torch.bfloat16 if ok else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -53,6 +53,8 @@ def state_dict_at(model: nn.Module | dict[str, torch.Tensor], dtype: str = "fp32
         raise ValueError(f"storage dtype {dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
+        if not v.is_meta:  # saved from CUDA, each tensor carries its "cuda:0" location: bytes model_bytes never counted
+            v = v.detach().cpu()
         if not v.is_floating_point():
             out[k] = v
         elif dtype == "int8" and v.is_meta:  # the layout alone, for the meter

@@ -129,7 +129,8 @@ def _normalize(name: str) -> str:
 def wheelhouse() -> Path:
     """This machine's wheels for everything the images install, as a PEP 503 ``simple/`` tree."""
     wheels, simple = CACHE / "wheels", CACHE / "simple"
-    stamp = CACHE / "wheels.done"
+    wanted = hashlib.sha256(((REPO / "pyproject.toml").read_text() + repr(MIRRORED)).encode()).hexdigest()[:10]
+    stamp = CACHE / f"wheels-{wanted}.done"  # a dependency added to pyproject.toml is downloaded too
     if not stamp.exists():
         wheels.mkdir(parents=True, exist_ok=True)
         run(sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels), *MIRRORED, timeout=1800)

@@ -158,6 +158,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                             "ray", "status", "--address=ray-head:6379", check=False, timeout=120)
             seen["right_token"] = s.compose("run", "--rm", "--no-deps", "search", "ray", "status",
                                             "--address=ray-head:6379", check=False, timeout=120)
+            # train.compile: inductor builds its kernels with a C compiler at run time, which the image carries
+            seen["compiled"] = s.compose(
+                "run", "--rm", "--no-deps", "search", "hps", "run", "spaces/compose-test.yaml", "--no-live",
+                "--set", "study.name=compiled", "--set", "study.trials=1", "--set", "warm_start=[]",
+                "--set", "fixed.train.compile=true", "--set", "fixed.train.epochs=1", "--set", "budget.max_epochs=1",
+                "--set", "fixed.data.subset=500", check=False, timeout=900)
+            storage = s.storage()
+            try:
+                seen["compiled_trials"] = optuna.load_study(study_name="compiled", storage=storage).get_trials()
+            except KeyError:
+                seen["compiled_trials"] = []
+            finally:
+                storage.engine.dispose()
             seen["dashboard"] = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
             s.wait("the dashboard", lambda: urllib.request.urlopen(f"{seen['dashboard']}/api/studies", timeout=3), 120, "dashboard")
             seen["stack"] = s
@@ -200,6 +213,15 @@ def test_down_and_up_resume_without_rerunning(stack: dict[str, Any]) -> None:
     retried |= {t.system_attrs["failed_trial"] for t in stack["trials"] if "failed_trial" in t.system_attrs}
     points = [tuple(sorted(t.params.items())) for t in stack["trials"] if t.state in FINISHED and t.number not in retried]
     assert len(points) == len(set(points))
+
+
+def test_compiled_trials_train_in_the_worker_image(stack: dict[str, Any]) -> None:
+    """``train.compile: true`` in the image's Python: inductor compiles its kernels with the image's
+    C compiler (the image had none: every such trial failed)."""
+    out = stack["compiled"]
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    (t,) = stack["compiled_trials"]
+    assert t.state == TrialState.COMPLETE and t.system_attrs["hps:config"]["train"]["compile"] is True
 
 
 def test_export_through_compose_run(stack: dict[str, Any]) -> None:

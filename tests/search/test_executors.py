@@ -133,3 +133,22 @@ def test_ray_at_an_address_where_nothing_listens_is_one_line_at_once(tmp_path: P
     bad = hps("run", str(tmp_path / "s.yaml"), "--storage", "postgresql://postgres@127.0.0.1:5432/test", "--ray", "head",
               timeout=60)
     assert bad.stderr.strip().startswith("error: --ray head: expected local, auto, HOST:PORT")
+
+
+def _failed_under_it(trial: optuna.Trial) -> float:
+    """An objective whose first trial another run fails while it runs (its heartbeat late to them)."""
+    if trial.number == 0:
+        trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return 0.5
+
+
+def test_a_worker_whose_trial_another_run_failed_carries_on(tmp_path: Path) -> None:
+    """A starved heartbeat thread (an overloaded machine) can make another run fail a live trial;
+    Optuna then cannot tell it ("Cannot tell a FAIL trial"), which ended the whole run with a
+    traceback. The worker goes on with the next trial."""
+    import hps
+    from tests.search.conftest import SMALL
+
+    space = {**SMALL, "study": {**SMALL["study"], "name": "late"}, "warm_start": []}
+    result = hps.run(space, f"sqlite:///{tmp_path / 's.db'}", trials=3, objective=_failed_under_it, progress="none")
+    assert result.finished == 3 and result.study.trials[0].state == TrialState.FAIL

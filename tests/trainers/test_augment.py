@@ -224,3 +224,24 @@ def test_padding_keeps_uint8_and_equals_reflect(monkeypatch: pytest.MonkeyPatch,
     from hps.trainers.augment import reflect_pad
 
     assert torch.equal(reflect_pad(images, pad), expected)
+
+
+@pytest.mark.parametrize("op", [{"perspective": 0.3}, {"hue": 0.2}, {"rotate": 30.0, "grayscale": 0.2}])
+def test_a_step_copies_nothing_from_the_host(monkeypatch: pytest.MonkeyPatch, op: dict) -> None:
+    """On CUDA a host tensor copied to the device, or an op that checks its result on the host
+    (``linalg.solve``), waits for the GPU: a batch builds no tensor from host data and moves none."""
+    aug, _ = geo(**op)
+    idx = torch.arange(64)
+    aug.gen.manual_seed(0)
+    reference = aug.batch(idx)
+
+    def host(*_: object, **__: object) -> None:
+        raise AssertionError("host data copied in during a step")
+
+    monkeypatch.setattr(torch, "tensor", host)
+    monkeypatch.setattr(torch.Tensor, "to", host)
+    monkeypatch.setattr(torch.linalg, "solve", host)
+    aug.gen.manual_seed(0)
+    out = aug.batch(idx)
+    monkeypatch.undo()
+    assert torch.equal(out, reference)

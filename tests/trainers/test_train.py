@@ -283,3 +283,43 @@ def test_a_finetune_stage_trains_at_its_lr_and_alpha(monkeypatch: pytest.MonkeyP
     # the lr of each epoch's last step (3 of 4): the main cosine spans epochs 1-2, the stage epoch 3
     assert history[1]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 1.75 / 2)))
     assert history[2]["lr"] == pytest.approx(0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+EVAL_BATCHES: list[int] = []
+
+
+class _Recording(torch.nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            EVAL_BATCHES.append(x.shape[0])
+        return self.head(x.mean((2, 3)))
+
+
+def recording(num_classes: int, in_channels: int) -> torch.nn.Module:
+    return _Recording(num_classes, in_channels)
+
+
+def test_evaluation_runs_at_the_training_batch_size() -> None:
+    """Evaluating 1,000 images at once could be a trial's memory peak, above what the meter
+    counts for training (branchnet at 128 px: about 10 GiB): evaluation uses the training batch."""
+    EVAL_BATCHES.clear()
+    raw = tiny_config(data={"subset": 500, "val_fraction": 0.2}, train={"epochs": 1, "batch_size": 40})
+    cfg = config_from_dict({**raw, "model": {"name": "tests.trainers.test_train:recording"}})
+    train(cfg)
+    assert EVAL_BATCHES[-3:] == [40, 40, 20]  # 100 validation images
+
+
+def test_auto_precision_is_bf16_only_where_the_gpu_runs_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch counts emulated bf16 as supported: a T4 (no native bf16) would pick it and run slower."""
+    from hps.trainers.device import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)  # a T4
+    assert autocast_dtype("auto", cuda) is None and autocast_dtype("bf16", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert autocast_dtype("auto", cuda) == torch.bfloat16
