@@ -125,7 +125,10 @@ class LostWorker:
     @staticmethod
     def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
         """Queue ``trial``'s params again (a WAITING trial that resumes from its checkpoint), unless
-        it is itself a retry: a config that kills its worker twice is not tried a third time."""
+        it is itself a retry (a config that kills its worker twice is not tried a third time) or it
+        had sampled nothing yet (a retry would be a new draw the run makes anyway)."""
+        if not trial.params:
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)(study, trial)
