@@ -412,7 +412,8 @@ def test_soak_three_runs_on_one_study_killed_and_stopped_at_random(tmp_path: Pat
         assert reason(t), t
     for t in by_state[TrialState.COMPLETE]:
         assert t.values and sorted(t.intermediate_values) == [1, 2], t
-    fresh = [json.dumps(t.params, sort_keys=True) for t in ts if "failed_trial" not in t.system_attrs]
+    fresh = [json.dumps(t.params, sort_keys=True) for t in ts if "failed_trial" not in t.system_attrs
+             and t.params]  # (a trial stopped before it drew anything has none)
     twice = [[(t.number, t.state.name, t.user_attrs.get("fail_reason"), sorted(t.system_attrs),
                (t.system_attrs.get(WORKER) or {}).get("pid"), str(t.datetime_start)) for t in ts
               if json.dumps(t.params, sort_keys=True) == p] for p in {p for p in fresh if fresh.count(p) > 1}]
