@@ -49,7 +49,8 @@ def write_space(tmp_path: Path, name: str, **changes: Any) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgres", "journal"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow),
+                        pytest.param("journal", marks=pytest.mark.slow)])  # the fast subset: SQLite
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield {"sqlite": f"sqlite:///{tmp_path / 'hps.db'}", "postgres": PG_URL,
            "journal": str(tmp_path / "studies.log")}[request.param]

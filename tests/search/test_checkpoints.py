@@ -53,6 +53,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"url": url, "study": s, "artifacts": tmp / "artifacts", "tmp": tmp}
 
 
+@pytest.mark.slow  # the module's 6-trial study
 def test_the_best_k_keep_their_weights_and_no_checkpoint_remains(study: dict) -> None:
     s: optuna.Study = study["study"]
     done = sorted(s.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
@@ -67,6 +68,7 @@ def test_the_best_k_keep_their_weights_and_no_checkpoint_remains(study: dict) ->
         assert [m["filename"] for m in live] == (["weights.pt"] if t in done[:2] else [])
 
 
+@pytest.mark.slow  # the module's 6-trial study
 def test_export_writes_the_weights_at_the_storage_dtype_and_they_score_the_trial(study: dict) -> None:
     s: optuna.Study = study["study"]
     out = study["tmp"] / "best.yaml"
@@ -98,6 +100,7 @@ def test_stored_weights_load_back_at_every_storage_dtype(dtype: str) -> None:
     assert saved_bytes(stored) < saved_bytes(state_dict_at(model, "fp32"))
 
 
+@pytest.mark.slow  # the module's 6-trial study
 def test_the_stock_dashboard_lists_and_serves_the_weights(study: dict) -> None:
     s: optuna.Study = study["study"]
     best = s.best_trial

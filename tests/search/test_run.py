@@ -164,6 +164,7 @@ def dashboard_json(url: str, study_name: str, artifacts: Path) -> dict[str, Any]
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_multi_objective_pareto_study(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'mo.db'}"
     path = write_space(tmp_path, study_name, objectives=["val_acc", "params"],

@@ -335,6 +335,7 @@ def test_a_condition_that_can_never_hold_is_refused(tmp_path: Path, when: dict[s
     assert message in str(e.value) and "so the key would never be searched" in str(e.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sampler", "module"), [("cmaes", "cmaes"), ("gp", "scipy")])
 def test_every_listed_sampler_runs_and_a_missing_package_is_one_line(tmp_path: Path, sampler: str, module: str) -> None:
     """Both are installed with hps (cmaes and gp were listed, but their packages were not). Where a

@@ -57,6 +57,7 @@ def test_divergence_is_a_clear_error() -> None:
         train(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adam", "adamw", "radam"])
 def test_other_optimizers_and_schedules_train(name: str) -> None:
     cfg = config_from_dict(tiny_config(optimizer={"name": name, "lr": 2e-3}, train={"epochs": 1},
@@ -195,6 +196,7 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one() -> None:
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_kind_of_device_resumes() -> None:
     """A retry that lands on another kind of device (a CUDA trial's retry on a CPU worker): the
     augmentation generator's saved state is a CUDA one (16 bytes, not the CPU's 5,056), which
