@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 
-# Set by hps's SIGTERM handler. The handler raises Terminated too, but a signal that lands in a
+# Set by hps's SIGTERM and SIGINT handlers. Each handler raises too, but a signal that lands in a
 # garbage-collector or weakref callback has its exception swallowed ("Exception ignored in ..."):
-# trials check this flag at each epoch and before they start, so the stop is never lost.
+# trials check these flags before they start and at each epoch (:func:`check_stop`), so a stop is
+# never lost.
 TERMINATING = threading.Event()
+INTERRUPTED = threading.Event()
 
 
 class SpaceError(ValueError):
@@ -39,6 +41,20 @@ def on_sigterm(signum: int, frame: object) -> None:
     """hps's SIGTERM handler: remember it (:data:`TERMINATING`) and stop as Ctrl-C does."""
     TERMINATING.set()
     raise Terminated()
+
+
+def on_sigint(signum: int, frame: object) -> None:
+    """hps's SIGINT handler (Ctrl-C, a notebook's stop button): remember it and raise as Python does."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt()
+
+
+def check_stop() -> None:
+    """Raise the stop a signal asked for, if its own exception was swallowed."""
+    if TERMINATING.is_set():
+        raise Terminated()
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt()
 
 
 def user_error_types() -> tuple[type[Exception], ...]:

@@ -11,6 +11,7 @@ works on that study, each Ray worker opens its own (:mod:`hps.search.ray`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 import socket
@@ -26,7 +27,7 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.errors import TERMINATING, Terminated
+from hps.search.errors import Terminated, check_stop
 from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
@@ -131,8 +132,8 @@ class Target:
         if any(t.state == TrialState.WAITING for t in trials):
             return False
         finished = sum(t.state in FINISHED for t in trials)
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if running and finished < self.target:
+        running = [t for t in trials if t.state == TrialState.RUNNING and trial_info(t, WORKER)]  # (a worker records
+        if running and finished < self.target:                                                  # itself at once)
             stale = lost(study)
             running = [t for t in running if t._trial_id not in stale]
         return finished + len(running) >= self.target
@@ -174,8 +175,7 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
 
     def run_trial(trial: optuna.Trial) -> Any:
         try:
-            if TERMINATING.is_set():  # a SIGTERM whose exception a gc callback swallowed
-                raise Terminated()
+            check_stop()  # a signal whose exception a gc callback swallowed
             set_trial_info(trial, WORKER, worker)  # first: a later run can tell this process is gone
             return train(trial)
         except KeyboardInterrupt as e:  # also before the trainer's objective got to say why
@@ -225,11 +225,17 @@ def is_outage(e: BaseException) -> bool:
     return isinstance(e, UnboundLocalError) and isinstance(e.__context__, OUTAGES)
 
 
+NEVER_STARTED_AFTER = 60  # seconds: a worker records itself on its trial within milliseconds of asking for it
+
+
 def lost(study: optuna.Study) -> set[int]:
     """Ids of the RUNNING trials whose worker is gone: its process ended on this machine
-    (:func:`gone`), or its heartbeat is stale (RDB storages)."""
+    (:func:`gone`), its heartbeat is stale (RDB storages), or it never recorded itself (a run
+    stopped between Optuna creating the trial and running it)."""
+    now = datetime.datetime.now()
     ids = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-           if gone(trial_info(t, WORKER))}
+           if gone(trial_info(t, WORKER)) or (not trial_info(t, WORKER) and t.datetime_start is not None
+                                               and (now - t.datetime_start).total_seconds() > NEVER_STARTED_AFTER)}
     storage = study._storage
     if is_heartbeat_enabled(storage):
         ids |= set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
@@ -268,8 +274,8 @@ def _settle_once(study: optuna.Study) -> list[int]:
             worker = trial_info(t, WORKER) or {}
             why = (f"its worker's process is gone (pid {worker.get('pid')} on {worker.get('host')}: killed, out of memory "
                    f"or crashed)" if gone(worker) else
-                   f"no heartbeat from its worker for {2 * beat} s (killed, out of memory or lost); "
-                   f"worker: {worker or 'unknown'}")
+                   "it never started: its run stopped between creating it and running it" if not worker else
+                   f"no heartbeat from its worker for {2 * beat} s (killed, out of memory or lost); worker: {worker}")
             storage = study._storage
             try:
                 if rdb_backend(storage) is not None:  # claim it first: a worker only late to beat may still finish it

@@ -34,7 +34,7 @@ import torch
 
 from hps.search.budget import Check, check, over
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
-from hps.search.errors import TERMINATING, StudyError, Terminated
+from hps.search.errors import StudyError, Terminated, check_stop
 from hps.search.record import (
     BEST_EPOCH,
     BEST_VALUE,
@@ -170,8 +170,7 @@ class Objective:
             torch.cuda.reset_peak_memory_stats()
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
-            if TERMINATING.is_set():  # a SIGTERM whose exception a gc callback swallowed
-                raise Terminated()
+            check_stop()  # a signal whose exception a gc callback swallowed
             value = metrics[metric]
             set_trial_info(trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics["images_per_s"], 1)})
             if not best or sign * value > sign * best["value"]:

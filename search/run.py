@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.errors import TERMINATING, RunFailed, StudyError, Terminated, on_sigterm
+from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
 from hps.search.record import (
     FAIL_REASON,
     FAILED,
@@ -134,7 +134,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
               file=out, flush=True)
         if (connect := getattr(executor, "connect", None)) is not None:
             connect()  # Ray, before our SIGTERM handler: ray.init installs its own
-        with view(progress, study, target, out), _sigterm_as_interrupt():
+        with view(progress, study, target, out), _signals_as_interrupt():
             executor.run(space, study, url, target, objective, run_id)
         result = summarise(study, url, target)
     except KeyboardInterrupt as e:
@@ -155,17 +155,24 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``docker stop``, a scheduler) stops the run as Ctrl-C does: :class:`Terminated`."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, a scheduler) stops the run as Ctrl-C does (:class:`Terminated`),
+    and both signals are also remembered (:func:`check_stop`): one that lands in a garbage-collector
+    callback has its exception swallowed. A SIGINT the process ignores (started in the background)
+    stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
+    INTERRUPTED.clear()  # a notebook's earlier stop is history
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -> list[int]:

@@ -152,3 +152,25 @@ def test_a_worker_whose_trial_another_run_failed_carries_on(tmp_path: Path) -> N
     space = {**SMALL, "study": {**SMALL["study"], "name": "late"}, "warm_start": []}
     result = hps.run(space, f"sqlite:///{tmp_path / 's.db'}", trials=3, objective=_failed_under_it, progress="none")
     assert result.finished == 3 and result.study.trials[0].state == TrialState.FAIL
+
+
+def test_a_trial_that_never_started_neither_blocks_the_target_nor_stays_running(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt between Optuna creating a trial and hps running it leaves a RUNNING trial with
+    no worker and no heartbeat: nothing would ever end it, and counted as running it made a rerun
+    stop one trial short of its target. It does not count, and once it is older than a worker
+    takes to record itself it is settled (FAIL, why stored; nothing drawn, so nothing retried)."""
+    import hps.search.executors as executors
+
+    with opened(str(tmp_path / "n.log")) as storage:
+        study = optuna.create_study(storage=storage, direction="maximize")
+        for _ in range(2):
+            _trial(study, TrialState.COMPLETE, None)
+        n = study.ask().number  # nothing drawn, no worker recorded
+        assert not Target(3).reached(study)
+        assert settle(study) == []  # too young to judge
+        monkeypatch.setattr(executors, "NEVER_STARTED_AFTER", -1)
+        assert settle(study) == [n]
+        t = study.get_trials()[n]
+        assert t.state == TrialState.FAIL and reason(t) == "it never started: its run stopped between creating it and running it"
+        assert [x.state for x in study.get_trials()].count(TrialState.WAITING) == 0
