@@ -14,6 +14,7 @@ storages, one for the live view).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -131,7 +132,7 @@ class RayExecutor:
                              "give no trial a GPU and every trial on a node would share its first one; give --gpus-per-trial 1 "
                              "(0.5 puts two trials on a GPU), or set train.device: cpu")
         for _ in range(3):  # a retry queued by settle() (a worker died after the last ask) runs in the next round
-            self._round(space, url, target, objective, run)
+            self._round(space, study, url, target, objective, run)
             try:
                 if not settle(study, run):
                     break
@@ -139,7 +140,10 @@ class RayExecutor:
                 print(f"could not check for trials left RUNNING: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
                 break
 
-    def _round(self, space: Space, url: str, target: int, objective: Any, run: str) -> None:
+    def _round(self, space: Space, study: Any, url: str, target: int, objective: Any, run: str) -> None:
+        from hps.search.executors import settle
+        from hps.search.storage import OUTAGES
+
         opts: dict[str, Any] = {"num_cpus": self.cpus}
         if self.gpus > 0:
             opts["num_gpus"] = self.gpus
@@ -148,7 +152,11 @@ class RayExecutor:
         errors: list[str] = []
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=settings().heartbeat_seconds)
+                if not done:  # while its workers train, the driver fails what a lost worker left (workers only
+                    with contextlib.suppress(*OUTAGES):  # look between their trials) and queues it again
+                        settle(study)
+                    continue
                 for ref in done:
                     pending.pop(ref)
                     try:
