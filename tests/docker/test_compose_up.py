@@ -162,6 +162,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             seen["compiled"] = s.compose(
                 "run", "--rm", "--no-deps", "search", "hps", "run", "spaces/compose-test.yaml", "--no-live",
                 "--set", "study.name=compiled", "--set", "study.trials=1", "--set", "warm_start=[]",
+                "--set", "space.model.width=null",  # the base's width, within the budget: the trial trains
                 "--set", "fixed.train.compile=true", "--set", "fixed.train.epochs=1", "--set", "budget.max_epochs=1",
                 "--set", "fixed.data.subset=500", check=False, timeout=900)
             storage = s.storage()
