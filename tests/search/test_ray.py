@@ -186,8 +186,9 @@ def test_sigkill_a_worker_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, 
     assert len(killed) == 1
     ts = _trials(study_name, url)
     dead = ts[killed[0]]
-    assert dead.state == TrialState.FAIL  # through the heartbeat, with the reason stored
-    assert reason(dead).startswith("no heartbeat from its worker for ")
+    assert dead.state == TrialState.FAIL  # with the reason stored: on one machine the driver sees the process gone
+    assert reason(dead).startswith((f"its worker's process is gone (pid {dead.system_attrs[WORKER]['pid']} on ",
+                                    "no heartbeat from its worker for "))
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
     retry, k = retries[0], dead.system_attrs[CHECKPOINT]["epoch"]
