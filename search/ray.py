@@ -34,7 +34,7 @@ POOL_SIZE = 1
 class TrialWorker:
     """One trial slot. ``run`` returns when the study has ``target`` finished trials."""
 
-    def run(self, space: Space, url: str, target: int, index: int, objective: Any = None, run: str = "",
+    def run(self, space: Space, url: str, target: int, objective: Any = None, run: str = "",
             share: float = 0.0) -> dict[str, Any]:
         import optuna
 
@@ -148,7 +148,7 @@ class RayExecutor:
         if self.gpus > 0:
             opts["num_gpus"] = self.gpus
         actors = [TrialWorker.options(**opts).remote() for _ in range(self.workers)]  # type: ignore[attr-defined]
-        pending = {a.run.remote(space, url, target, i, objective, run, self.gpus): a for i, a in enumerate(actors)}
+        pending = {a.run.remote(space, url, target, objective, run, self.gpus): a for a in actors}
         errors: list[str] = []
         try:
             while pending:
