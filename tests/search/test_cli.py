@@ -49,6 +49,25 @@ def test_read_only_commands_do_not_import_torch(small_study: str, tmp_path: Path
         assert (tmp_path / "best.yaml").read_text().startswith("model: {name: resnet18, width: 0.5}")
 
 
+def _six_epochs_checkpointed_at_2(tmp_path: Path, study_name: str,
+                                  url: str) -> tuple[subprocess.Popen[str], list[str], dict[str, str]]:
+    """``hps run`` of one six-epoch trial (a warm start), returned once it has saved its checkpoint
+    after epoch 2: (the process, its command, its environment)."""
+    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
+    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
+           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        with contextlib.suppress(KeyError):  # the study does not exist yet
+            ts = trials(url, study_name)
+            if ts and (ts[0].system_attrs.get("hps:checkpoint") or {}).get("epoch", 0) >= 2:
+                break
+    return proc, cmd, env
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "cause", "line"), [
     (signal.SIGINT, 130, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again"),
@@ -60,20 +79,7 @@ def test_an_interrupt_stops_a_run_in_one_line_and_the_rerun_resumes_the_trial(
     with the signal as its reason, its params are owed, the command prints one line and exits
     130/143; the rerun trains the owed params, resuming from the stopped trial's checkpoint."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
-    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
-    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
-           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # until the first trial has saved a checkpoint after epoch 2
-        time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name=study_name, storage=url).trials
-        except KeyError:
-            continue
-        if trials and (trials[0].system_attrs.get("hps:checkpoint") or {}).get("epoch", 0) >= 2:
-            break
+    proc, cmd, env = _six_epochs_checkpointed_at_2(tmp_path, study_name, url)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert out.startswith(f"study {study_name} on sqlite:")
@@ -97,18 +103,7 @@ def test_a_run_killed_on_a_journal_file_is_settled_by_the_next_run(tmp_path: Pat
     heartbeats to end it. The next run sees that the process is gone: the trial becomes FAIL with
     why, and its params are trained again, resuming from its checkpoint."""
     url = str(tmp_path / "studies.log")
-    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
-    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
-    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
-           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # until the first trial has saved a checkpoint after epoch 2
-        time.sleep(0.2)
-        with contextlib.suppress(KeyError):
-            ts = trials(url, study_name)
-            if ts and (ts[0].system_attrs.get("hps:checkpoint") or {}).get("epoch", 0) >= 2:
-                break
+    proc, cmd, env = _six_epochs_checkpointed_at_2(tmp_path, study_name, url)
     proc.kill()
     proc.communicate(timeout=60)
     assert trials(url, study_name)[0].state == TrialState.RUNNING  # nothing else would ever end it
