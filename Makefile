@@ -38,7 +38,7 @@ docker-deps: system-deps
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; }
 
 test: lint system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 # `docker compose up` for real on a Docker engine this starts (as root; its own dirs under
 # ~/.cache/hps-docker, stopped by pid): builds the images against a local pip mirror, runs a study

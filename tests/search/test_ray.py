@@ -371,7 +371,8 @@ def test_soak_three_runs_on_one_study_killed_and_stopped_at_random(tmp_path: Pat
             assert proc.poll() is None, proc.communicate()[0][-3000:]  # nobody reached 10,000 trials or gave up
             if how == "kill-worker":
                 running = [t for t in _trials(study_name) if t.state == TrialState.RUNNING and "node" in (t.system_attrs.get(WORKER) or {})]
-                if not running:
+                if not running:  # (the driver is between trials or starting): try it again next round
+                    actions.append(action)
                     continue
                 os.kill(running[0].system_attrs[WORKER]["pid"], signal.SIGKILL)
             else:
