@@ -15,11 +15,11 @@ grayscale leave them as they are.
 
 So s <= 0.5 is geometric only (the standard flip + pad-4 crop at 0.5); above it photometric ops
 and cutout grow. The named policies (``randaugment``, ``trivialaugment``, ``autoaugment``,
-``augmix``) run torchvision's v2 transform on top of flip + pad-4 crop. torchvision draws one
-random decision per call, so they are applied per group of ``POLICY_GROUP`` images (per-group
-randomness; cost measured in BENCHMARKS.md). Their magnitude follows s: RandAugment magnitude
-round(30 s), AugMix severity 1 + round(9 s); TrivialAugment and AutoAugment are applied to a
-fraction s of the groups. MixUp/CutMix (:func:`mix`) act per batch with lambda ~ Beta(alpha, alpha).
+``augmix``) run on top of flip + pad-4 crop, each image drawing its own ops, batched on the
+device (:mod:`hps.trainers.policies`; cost measured in BENCHMARKS.md). Their magnitude follows s:
+RandAugment magnitude round(30 s), AugMix severity 1 + round(9 s); TrivialAugment and AutoAugment
+are applied to a fraction s of the images. MixUp/CutMix (:func:`mix`) act per batch with
+lambda ~ Beta(alpha, alpha).
 
 Explicit ops, each drawn per image after the policy (0 / empty: off): ``pick_one`` (one of
 resized_crop / affine / flip per image), ``rotate`` and ``translate`` (one batched affine
@@ -39,8 +39,7 @@ from torch import Tensor
 
 from hps.trainers.config import AugmentConfig
 from hps.trainers.errors import ConfigError
-
-POLICY_GROUP = 8
+from hps.trainers.policies import Policy
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> Tensor:
@@ -57,7 +56,8 @@ def _affine(n: int, degrees: float, translate: float, gen: torch.Generator, devi
     t = _uniform(2 * n, -translate, translate, gen, device).view(n, 2) * 2  # normalised coords span 2
     m = torch.zeros(n, 3, 3, device=device)
     m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
-    m[:, :2, 2], m[:, 2, 2] = t, 1.0
+    m[:, :2, 2] = t
+    m[:, 2, 2].fill_(1.0)  # (`m[...] = 1.0` copies a host scalar in: a sync on CUDA)
     return m
 
 
@@ -69,7 +69,8 @@ def _resized_crop(n: int, gen: torch.Generator, device: torch.device) -> Tensor:
     cx = _uniform(n, -1.0, 1.0, gen, device) * (1 - w)
     cy = _uniform(n, -1.0, 1.0, gen, device) * (1 - h)
     m = torch.zeros(n, 3, 3, device=device)
-    m[:, 0, 0], m[:, 1, 1], m[:, 0, 2], m[:, 1, 2], m[:, 2, 2] = w, h, cx, cy, 1.0
+    m[:, 0, 0], m[:, 1, 1], m[:, 0, 2], m[:, 1, 2] = w, h, cx, cy
+    m[:, 2, 2].fill_(1.0)
     return m
 
 
@@ -113,7 +114,8 @@ class Augmenter:
         shape = (1, self.channels, 1, 1)
         self.mean = torch.tensor(mean, device=self.device).view(shape) * 255
         self.inv_std = 1 / (torch.tensor(std, device=self.device).view(shape) * 255)
-        self.policy = _named_policy(cfg) if cfg.policy not in ("none", "basic") else None
+        self.policy = Policy(cfg.policy, cfg.strength, self.side, self.channels, gen, self.device) \
+            if cfg.policy not in ("none", "basic") else None
         self._ar = torch.arange(self.side, device=self.device)
         # constants on the device once: a host tensor copied in per step is a host sync on CUDA
         self._yiq, self._yiq_inv = _YIQ.to(self.device), _YIQ_INV.to(self.device)
@@ -145,7 +147,7 @@ class Augmenter:
     def _finish(self, x: Tensor) -> Tensor:
         n = len(x)
         if self.policy is not None:
-            x = torch.cat([self.policy(c) for c in x.split(POLICY_GROUP)])
+            x = self.policy(x)
         x = x.float()
         if self.warp:
             x = self._warp(x, n)
@@ -226,8 +228,9 @@ class Augmenter:
         end = start - start * torch.rand(n, 4, 2, generator=g, device=dev) * d * on  # towards the centre
         a = torch.zeros(n, 8, 8, device=dev)
         xs, ys, us, vs = start[..., 0], start[..., 1], end[..., 0], end[..., 1]
-        a[:, 0::2, 0], a[:, 0::2, 1], a[:, 0::2, 2] = xs, ys, 1.0
-        a[:, 1::2, 3], a[:, 1::2, 4], a[:, 1::2, 5] = xs, ys, 1.0
+        a[:, 0::2, 0], a[:, 0::2, 1], a[:, 1::2, 3], a[:, 1::2, 4] = xs, ys, xs, ys
+        a[:, 0::2, 2].fill_(1.0)
+        a[:, 1::2, 5].fill_(1.0)
         a[:, 0::2, 6], a[:, 0::2, 7] = -xs * us, -ys * us
         a[:, 1::2, 6], a[:, 1::2, 7] = -xs * vs, -ys * vs
         h = torch.linalg.solve_ex(a, torch.stack([us, vs], 2).reshape(n, 8))[0]  # solve() syncs to check for errors
@@ -244,7 +247,8 @@ class Augmenter:
         angle = _uniform(n, -self.cfg.hue, self.cfg.hue, self.gen, self.device) * 2 * math.pi
         cos, sin = angle.cos(), angle.sin()
         rot = torch.zeros(n, 3, 3, device=self.device)
-        rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1.0, cos, -sin, sin, cos
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        rot[:, 0, 0].fill_(1.0)
         m = self._yiq_inv @ rot @ self._yiq
         return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 255)
 
@@ -256,19 +260,6 @@ class Augmenter:
         dy, dx = self._ar.view(1, s, 1) - cy + lo, self._ar.view(1, 1, s) - cx + lo
         rows, cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
         return x.masked_fill((rows & cols).unsqueeze(1), 0.0)
-
-
-def _named_policy(cfg: AugmentConfig) -> torch.nn.Module:
-    from torchvision.transforms import v2
-
-    s = cfg.strength
-    if cfg.policy == "randaugment":
-        return v2.RandAugment(num_ops=2, magnitude=round(30 * s), num_magnitude_bins=31)
-    if cfg.policy == "augmix":
-        return v2.AugMix(severity=1 + round(9 * s))
-    inner = v2.TrivialAugmentWide() if cfg.policy == "trivialaugment" else \
-        v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-    return v2.RandomApply([inner], p=s)
 
 
 def jsd_loss(clean: Tensor, aug1: Tensor, aug2: Tensor) -> Tensor:
