@@ -65,3 +65,32 @@ def test_memory_estimate_grows_with_batch() -> None:
     small = measure(config_from_dict({"train": {"batch_size": 32}}))
     big = measure(config_from_dict({"train": {"batch_size": 256}}))
     assert big.train_memory_mb > 4 * small.train_memory_mb > 0
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8"])
+def test_weights_kept_from_a_gpu_have_the_bytes_the_meter_counted(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """``torch.save`` writes each tensor's location: saved from CUDA, a "cuda:0" per tensor, bytes
+    ``model_bytes`` never counted (mobilenet_v3 could end over ``max_model_bytes``). Emulated here:
+    the model's storages are tagged as on "cuda:0", as torch.save tags a GPU's, and ``.cpu()`` copies
+    them off; the kept file (``state_dict_at``) then has exactly the meter's bytes."""
+    model = create_model("mobilenet_v3", width=0.5)
+    on_gpu = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+
+    def tag(storage: torch.UntypedStorage) -> str | None:  # a new string per tensor, as torch's CUDA tagger
+        return str(torch.device("cuda", 0)) if storage.data_ptr() in on_gpu else None
+
+    def to_host(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if t.untyped_storage().data_ptr() in on_gpu else t
+
+    torch.serialization.register_package(0, tag, lambda obj, _location: obj)
+    try:
+        monkeypatch.setattr(torch.Tensor, "cpu", to_host)
+        raw = io.BytesIO()
+        torch.save(model.state_dict(), raw)
+        kept = io.BytesIO()
+        torch.save(state_dict_at(model, dtype), kept)
+    finally:
+        torch.serialization._package_registry[:] = [p for p in torch.serialization._package_registry if p[1] is not tag]
+    m = measure(config_from_dict({"model": {"name": "mobilenet_v3", "width": 0.5}}))
+    assert len(kept.getvalue()) == m.model_bytes[dtype]
+    assert len(raw.getvalue()) > m.model_bytes["fp32"]  # the emulation shows the defect: the location strings
