@@ -34,7 +34,6 @@ from hps.search.record import (
     FAILED,
     FINISHED,
     STOPPED,
-    WHY,
     WORKER,
     reason,
     set_reason,
@@ -44,7 +43,7 @@ from hps.search.record import (
 )
 from hps.search.settings import settings
 from hps.search.space import Space
-from hps.search.storage import OUTAGES, LostWorker, rdb_backend, record_reason
+from hps.search.storage import OUTAGES, LostWorker, fail_running
 
 MAX_FAILS_IN_A_ROW = 3
 MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
@@ -276,18 +275,7 @@ def _settle_once(study: optuna.Study) -> list[int]:
                    f"or crashed)" if gone(worker) else
                    "it never started: its run stopped between creating it and running it" if not worker else
                    f"no heartbeat from its worker for {2 * beat} s (killed, out of memory or lost); worker: {worker}")
-            storage = study._storage
-            try:
-                if rdb_backend(storage) is not None:  # claim it first: a worker only late to beat may still finish it
-                    if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                        continue
-                    record_reason(storage, t._trial_id, why)
-                else:  # a journal file: locked, and only trials whose process is surely gone
-                    storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "lost_worker")
-                    storage.set_trial_system_attr(t._trial_id, WHY, why)
-                    if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                        continue
-            except Exception:  # another run settled it first (finished, or the database's write lock)
+            if not fail_running(study._storage, t._trial_id, why, "lost_worker"):  # another run settled it, or it finished
                 continue
             LostWorker.retry_once(study, t)
             failed.append(t.number)

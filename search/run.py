@@ -25,7 +25,6 @@ from hps.search.record import (
     FAIL_REASON,
     FAILED,
     FINISHED,
-    WHY,
     WORKER,
     best_feasible,
     counts,
@@ -181,7 +180,7 @@ def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -
     retry does). A trial of this run still RUNNING (a Ray worker, killed with the run) is failed
     first, with ``cause`` as its reason. Only this run's trials: runs sharing the study never owe
     one twice. Returns the numbers of the trials owed."""
-    from hps.search.storage import LostWorker
+    from hps.search.storage import LostWorker, fail_running
 
     owed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
@@ -190,12 +189,7 @@ def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -
         if t.state == TrialState.RUNNING:
             signal_name = "SIGTERM" if cause == "terminated" else "Ctrl-C / SIGINT"
             text = f"{cause} ({signal_name}) with its run; a rerun runs its params again"
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, cause)
-                study._storage.set_trial_system_attr(t._trial_id, WHY, text)
-                if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    continue
-            except Exception:  # it finished meanwhile
+            if not fail_running(study._storage, t._trial_id, text, cause):  # it finished meanwhile
                 continue
         elif t.user_attrs.get(FAIL_REASON) not in ("interrupted", "terminated"):
             continue

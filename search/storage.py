@@ -26,7 +26,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import StudyError
 from hps.search.record import FAIL_REASON, WHY, WORKER, trial_info
@@ -151,6 +151,24 @@ def record_reason(storage: BaseStorage, trial_id: int, reason: str, cause: str =
                     conn.execute(table.insert().values(trial_id=trial_id, key=key, value_json=json.dumps(value)))
     except Exception as e:  # the retry matters more than the note
         warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
+
+
+def fail_running(storage: BaseStorage, trial_id: int, why: str, cause: str) -> bool:
+    """Move a RUNNING trial to FAIL with ``cause`` and ``why`` stored on it; False when it is no
+    longer RUNNING (it finished, or another run failed it first). On a database the move comes
+    first (atomic: a worker only late to report may still finish the trial), then the reason; on a
+    journal file (no such claim; callers hold its lock) the reason first, then the move."""
+    try:
+        if rdb_backend(storage) is not None:
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                return False
+            record_reason(storage, trial_id, why, cause)
+            return True
+        storage.set_trial_user_attr(trial_id, FAIL_REASON, cause)
+        storage.set_trial_system_attr(trial_id, WHY, why)
+        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except Exception:  # it finished meanwhile (Optuna refuses writes to finished trials), or lost the database's lock
+        return False
 
 
 def rdb_backend(storage: BaseStorage) -> RDBStorage | None:
