@@ -117,15 +117,14 @@ class Policy:
 
     def _augmix(self, x: Tensor) -> Tensor:
         """m x + (1 - m) sum_i w_i chain_i(x), m ~ Beta(1, 1), w ~ Dirichlet(1, 1, 1), each chain
-        1-3 ops (drawn per image) at a magnitude bin below the severity; truncated to uint8."""
+        1-3 ops (drawn per image and chain) at a magnitude bin below the severity; truncated to uint8."""
         n = len(x)
         m = self._rand(n)
         e = -torch.log1p(-torch.rand(n, 3, generator=self.gen, device=self.device))  # Exp(1): Dirichlet(1, 1, 1)
         w = e / e.sum(1, keepdim=True).clamp_min(1e-12) * (1 - m)[:, None]
-        depth = self._randint(3, n) + 1
         mixed = m.view(n, 1, 1, 1) * x.float()
         for i in range(3):
-            aug = x
+            aug, depth = x, self._randint(3, n) + 1  # each chain's depth drawn on its own, as torchvision's
             for k in range(3):
                 op = torch.where(depth > k, self._draw_op(n), 0)
                 aug = self._apply(aug, op, self._table[op, self._randint(self.severity, n)])
