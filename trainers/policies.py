@@ -74,6 +74,7 @@ class Policy:
         self.bins = 31 if name in ("randaugment", "trivialaugment") else 10
         ops = {"randaugment": OPS[:-1], "trivialaugment": OPS[:-1], "augmix": OPS[1:-1], "autoaugment": OPS[1:]}[name]
         self.ops = ops
+        self._colors = [OPS.index(o) for o in ops if o not in _GEOMETRIC and o != "Identity"]  # one kernel each
         self._choices = torch.tensor([OPS.index(o) for o in ops], device=device)
         self._table = magnitudes(name, self.bins, side).to(device)
         self._signed = torch.tensor([o in _SIGNED for o in OPS], device=device)
@@ -137,14 +138,13 @@ class Policy:
         flip = (self._rand(n) <= 0.5) & self._signed[op]
         mag = torch.where(flip, -magnitude, magnitude)
         m, xf = mag.view(n, 1, 1, 1), x.float()
-        colors = [OPS.index(o) for o in self.ops if o not in _GEOMETRIC and o != "Identity"]
         if self.select:  # every op on the whole batch, each image's result picked on the device
             out = torch.where(self._geometric[op].view(n, 1, 1, 1), self._warp(xf, op, mag), x)
-            for k in colors:
+            for k in self._colors:
                 out = torch.where((op == k).view(n, 1, 1, 1), self._color(OPS[k], x, xf, m), out)
             return out
         out = x.clone()  # on the CPU a host sync costs nothing: each op on the images that drew it
-        for k, i in [(-1, self._geometric[op].nonzero()[:, 0])] + [(k, (op == k).nonzero()[:, 0]) for k in colors]:
+        for k, i in [(-1, self._geometric[op].nonzero()[:, 0])] + [(k, (op == k).nonzero()[:, 0]) for k in self._colors]:
             if len(i):
                 out[i] = self._warp(xf[i], op[i], mag[i]) if k < 0 else self._color(OPS[k], x[i], xf[i], m[i])
         return out

@@ -69,7 +69,6 @@ def _six_epochs_checkpointed_at_2(tmp_path: Path, study_name: str,
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "cause", "line"), [
     (signal.SIGINT, 130, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again"),
     (signal.SIGTERM, 143, "terminated", "terminated (SIGTERM); a rerun runs its params again"),
