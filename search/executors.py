@@ -50,6 +50,11 @@ MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
 ObjectiveFn = Callable[[optuna.Trial], Any]
 
 
+class SettledElsewhere(optuna.TrialPruned):
+    """Another run failed this worker's running trial (:func:`settled_elsewhere`). Raised as a
+    prune so that Optuna logs one line for it, not the traceback of the write that found it."""
+
+
 class Executor(Protocol):
     def run(self, space: Space, study: optuna.Study, url: str, target: int, objective: ObjectiveFn | None = None,
             run: str = "") -> None: ...
@@ -177,6 +182,8 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
             check_stop()  # a signal whose exception a gc callback swallowed
             set_trial_info(trial, WORKER, worker)  # first: a later run can tell this process is gone
             return train(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # a report, attr or note on a trial failed under it
+            raise SettledElsewhere(f"trial {trial.number} was failed by another run while this worker ran it") from None
         except KeyboardInterrupt as e:  # also before the trainer's objective got to say why
             with contextlib.suppress(Exception):  # (another run may have settled the trial meanwhile)
                 if FAIL_REASON not in trial.user_attrs:

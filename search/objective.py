@@ -107,6 +107,8 @@ class Objective:
             else:
                 self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:  # another run failed it under this worker: nothing to store
+            raise
         except Exception as e:
             self._explain(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
             raise

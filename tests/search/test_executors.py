@@ -5,6 +5,7 @@ storages (a SQLite file, the local PostgreSQL, a journal file)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,40 @@ def test_a_worker_whose_trial_another_run_failed_carries_on(tmp_path: Path) -> N
     space = {**SMALL, "study": {**SMALL["study"], "name": "late"}, "warm_start": []}
     result = hps.run(space, f"sqlite:///{tmp_path / 's.db'}", trials=3, objective=_failed_under_it, progress="none")
     assert result.finished == 3 and result.study.trials[0].state == TrialState.FAIL
+
+
+def _failed_then_reports(trial: optuna.Trial) -> float:
+    """The same, but the objective goes on writing to its trial (a report, an attr), as training does."""
+    if trial.number == 0:
+        trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        trial.set_user_attr("curve", [0.1])
+    return 0.5
+
+
+def test_a_trial_failed_under_its_worker_ends_in_one_line_not_a_traceback(tmp_path: Path,
+                                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """A write to a trial that another run failed raised ``UpdateFinishedTrialError`` in the
+    objective, and Optuna logged its whole traceback (the soak test's CI failure); the run goes on
+    and says it in one line."""
+    import hps
+    from tests.search.conftest import SMALL
+
+    space = {**SMALL, "study": {**SMALL["study"], "name": "late"}, "warm_start": []}
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("optuna").addHandler(handler)  # (Optuna's own handler holds the stderr of its first use)
+    try:
+        result = hps.run(space, f"sqlite:///{tmp_path / 's.db'}", trials=3, objective=_failed_then_reports, progress="none")
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    err = capfd.readouterr().err
+    assert result.finished == 3 and result.study.trials[0].state == TrialState.FAIL
+    assert [r.exc_info for r in logged if r.exc_info] == []
+    assert [r.getMessage() for r in logged if "Trial 0 failed" in r.getMessage()] == [
+        "Trial 0 failed with parameters: {} because of the following error: "
+        "SettledElsewhere('trial 0 was failed by another run while this worker ran it')."]
+    assert "a trial of this worker was failed by another run" in err
 
 
 def test_a_trial_that_never_started_neither_blocks_the_target_nor_stays_running(tmp_path: Path,
