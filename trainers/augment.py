@@ -84,14 +84,22 @@ def check_augment(cfg: AugmentConfig, channels: int) -> None:
         raise ConfigError(f"augment.hue: {cfg.hue:g} shifts colours, but the images have one channel; set it to 0")
 
 
+REFLECT_CHUNK = 4096
+
+
 def reflect_pad(images: Tensor, pad: int) -> Tensor:
     """``F.pad(images, (pad,) * 4, mode="reflect")`` for uint8 images, by gathering rows and
     columns: no float copy of the training set (4x its size: 1.7-2.1 GB of one-off peak on a GPU,
-    which the caching allocator then keeps and ``max_gpu_memory_mb`` would measure)."""
+    which the caching allocator then keeps and ``max_gpu_memory_mb`` would measure). Chunks of
+    4,096 images: the rows-padded intermediate of the whole set was another 0.67x the result
+    (207 MB on 45,000 images padded by 8, seen on an H200)."""
     side = images.shape[-1]
     i = torch.arange(-pad, side + pad, device=images.device).abs()
     i = torch.where(i > side - 1, 2 * (side - 1) - i, i)
-    return images.index_select(-2, i).index_select(-1, i)
+    out = images.new_empty((*images.shape[:-2], side + 2 * pad, side + 2 * pad))
+    for a in range(0, len(images), REFLECT_CHUNK):
+        out[a:a + REFLECT_CHUNK] = images[a:a + REFLECT_CHUNK].index_select(-2, i).index_select(-1, i)
+    return out
 
 
 class Augmenter:

@@ -320,6 +320,28 @@ def test_padding_keeps_uint8_and_equals_reflect(monkeypatch: pytest.MonkeyPatch,
     assert torch.equal(reflect_pad(images, pad), expected)
 
 
+def test_padding_goes_through_the_set_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding the rows of the whole set first left an intermediate 0.67x the padded set's size
+    (207 MB beside its 311 MB on 45,000 images, seen on an H200): each step pads a chunk, and the
+    chunks, boundaries included, give reflect padding's result."""
+    import hps.trainers.augment as augment
+
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    seen: list[int] = []
+    index_select = torch.Tensor.index_select
+
+    def counted(self: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+        seen.append(len(self))
+        return index_select(self, dim, index)
+
+    monkeypatch.setattr(augment, "REFLECT_CHUNK", 2)
+    monkeypatch.setattr(torch.Tensor, "index_select", counted)
+    out = augment.reflect_pad(images, 3)
+    monkeypatch.undo()
+    assert seen == [2, 2, 2, 2, 1, 1]
+    assert torch.equal(out, torch.nn.functional.pad(images.float(), (3,) * 4, mode="reflect").to(torch.uint8))
+
+
 @pytest.mark.parametrize("op", [{"perspective": 0.3}, {"hue": 0.2}, {"rotate": 30.0, "grayscale": 0.2}])
 def test_a_step_copies_nothing_from_the_host(monkeypatch: pytest.MonkeyPatch, op: dict) -> None:
     """On CUDA a host tensor copied to the device, or an op that checks its result on the host
