@@ -1,9 +1,10 @@
 """What only a GPU can show: hps's CUDA paths checked on a real one, and the figures a GPU session records.
 
     python bench/gpu.py tile SRC.npz DST.npz [--times 10]   # 50,000 training images from the mini set
-    python bench/gpu.py checks                              # the CUDA paths, one line each: PASS/FAIL name: figures
+    python bench/gpu.py checks [--only a,b]                 # the CUDA paths: one JSON line each, ok true/false
     python bench/gpu.py airbench [--runs 3]                 # airbench's train94 on this GPU (the airbench package)
     python bench/gpu.py study [--procs 1,2,4]               # trials/hour with 1, 2, 4 `hps run` processes on one GPU
+    python bench/gpu.py profile [--model airnet]            # one step taken apart; train()'s epoch vs the floor's
 
 ``bench/gpu.sh`` runs them all, with the trainer bench, as one script on a GPU machine. Every
 part prints JSON lines (``{"check": ...}``, ``{"airbench": ...}``, ``{"study": ...}``) that
@@ -290,6 +291,101 @@ def hps_airnet(runs: int) -> None:
          images_per_s_median=round(statistics.median(rates)), val_acc=accs)
 
 
+# ---------------------------------------------------------------------------------------------- profile
+
+def profile(model_name: str, width: float, batch: int, rounds: int, out: Path) -> None:
+    """Where hps's step spends what the floor's does not: one step's parts timed apart (CUDA,
+    bf16 autocast, channels_last), interleaved round by round, medians; and the CUDA kernels of
+    10 hps steps by total time (``profile-<model>.txt``)."""
+    import contextlib
+
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from hps.trainers.optim import build_optimizer
+
+    cfg = config_from_dict({"model": {"name": model_name, "width": width}, "data": {"val_fraction": 0.1},
+                            "train": {"batch_size": batch, "device": CUDA.type, "precision": "bf16"}})
+    d = load_data(cfg.data, CUDA)
+    torch.backends.cudnn.benchmark = True
+    model = create_model(model_name, width=width).to(CUDA).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg.optimizer)
+    cast = torch.autocast(CUDA.type, dtype=torch.bfloat16) if CUDA.type == "cuda" else contextlib.nullcontext()
+    aug = Augmenter(cfg.augment, d.train.x, d.mean, d.std, torch.Generator(CUDA).manual_seed(0))
+    n = len(d.train.x) // batch
+    order = torch.randperm(len(d.train.x), device=CUDA)
+    idxs = [order[i * batch:(i + 1) * batch] for i in range(n)]
+    mean = torch.tensor(d.mean, device=CUDA).view(1, -1, 1, 1) * 255
+    std = torch.tensor(d.std, device=CUDA).view(1, -1, 1, 1) * 255
+    pre = [((d.train.x[i].float() - mean) / std) for i in idxs]
+    ys = [d.train.y[i] for i in idxs]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with cast:
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    parts: dict[str, Callable[[int], Any]] = {
+        "floor_step": lambda i: step(pre[i], ys[i]),
+        "augment_only": lambda i: aug.batch(idxs[i]),
+        "hps_step": lambda i: step(aug.batch(idxs[i]), d.train.y[idxs[i]]),
+        "model_step_on_a_uint8_batch": lambda i: step((d.train.x[idxs[i]].float() - mean) / std, ys[i]),
+    }
+
+    def timed(fn: Callable[[int], Any]) -> tuple[float, float]:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        enqueued = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n * 1e3, enqueued / n * 1e3
+
+    for fn in parts.values():
+        timed(fn)  # warm: cuDNN's autotuning, the allocator
+    seen: dict[str, list[tuple[float, float]]] = {k: [] for k in parts}
+    for r in range(rounds):
+        names = list(parts)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seen[name].append(timed(parts[name]))
+    emit("profile", model_name, width=width, batch=batch, steps=n, rounds=rounds,
+         ms_per_step_median={k: round(statistics.median(t for t, _ in v), 3) for k, v in seen.items()},
+         cpu_enqueue_ms_per_step_median={k: round(statistics.median(c for _, c in v), 3) for k, v in seen.items()})
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for i in range(10):
+            parts["hps_step"](i)
+        torch.cuda.synchronize()
+    key = "cuda_time_total" if CUDA.type == "cuda" else "cpu_time_total"
+    (out / f"profile-{model_name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=40))
+
+    # train()'s own epoch against the floor's, both under the profiler: host-side calls per step
+    def floor_epoch() -> None:
+        for i in range(n):
+            parts["floor_step"](i)
+        torch.cuda.synchronize()
+
+    one = cfg.replace("train", epochs=1)
+    train(one, data=d)  # warm
+    tables = {}
+    epochs: dict[str, Callable[[], Any]] = {"floor": floor_epoch, "train": lambda: train(one, data=d)}
+    for name, epoch in epochs.items():
+        with torch_profile(activities=activities) as prof:
+            epoch()
+        avg = prof.key_averages()
+        tables[name] = avg.table(sort_by="self_cpu_time_total", row_limit=30)
+        calls = {e.key: e.count for e in avg}
+        emit("profile", f"{model_name}_{name}_epoch", steps=n,
+             launches_per_step=round(sum(c for k, c in calls.items() if "LaunchKernel" in k) / n, 1),
+             aten_calls_per_step=round(sum(c for k, c in calls.items() if k.startswith("aten::")) / n, 1),
+             self_cpu_ms_per_step=round(sum(e.self_cpu_time_total for e in avg) / 1e3 / n, 3))
+    (out / f"profile-{model_name}-epochs.txt").write_text("\n\n".join(f"== {k}\n{v}" for k, v in tables.items()))
+
+
 # ------------------------------------------------------------------------------------------------ study
 
 def study(procs: list[int], trials: int, out: Path, model: str = "resnet18", width: float = 0.5, epochs: int = 2,
@@ -342,6 +438,12 @@ def main() -> None:
     c.add_argument("--only", default=",".join(CHECKS))
     a = sub.add_parser("airbench")
     a.add_argument("--runs", type=int, default=3)
+    f = sub.add_parser("profile")
+    f.add_argument("--model", default="airnet")
+    f.add_argument("--width", type=float, default=1.0)
+    f.add_argument("--batch", type=int, default=1024)
+    f.add_argument("--rounds", type=int, default=5)
+    f.add_argument("--out", default=".")
     s = sub.add_parser("study")
     s.add_argument("--procs", default="1,2,4")
     s.add_argument("--trials", type=int, default=8)
@@ -358,6 +460,8 @@ def main() -> None:
     elif args.cmd == "airbench":
         hps_airnet(args.runs)
         airbench(args.runs)
+    elif args.cmd == "profile":
+        profile(args.model, args.width, args.batch, args.rounds, Path(args.out))
     else:
         study([int(x) for x in args.procs.split(",")], args.trials, Path(args.out), args.model, args.width, args.epochs,
               args.subset)

@@ -4,7 +4,7 @@
 #     bash bench/gpu.sh OUT MINI.npz [AIRBENCH_DIR]
 # hps runs from the checkout (PYTHONPATH=src) on the machine's own torch; airbench's train94 (the
 # package, KellerJordan/cifar10-airbench) is the baseline where AIRBENCH_DIR holds it. The mini set
-# is tiled to 50,000 images (timings do not depend on which images). About 7 minutes on an H200;
+# is tiled to 50,000 images (timings do not depend on which images). About 8 minutes on an H200;
 # each part has its own time limit, so one that hangs leaves the others' figures.
 set -u
 out=$1 mini=$2 airbench=${3:-}
@@ -18,11 +18,16 @@ step env
   nproc; } 2>&1 | tee "$out/env.txt"
 python3 bench/gpu.py tile "$mini" /tmp/c50k.npz --times 10 || exit 1
 step trainer-bench
+# floor and hps interleaved on their own: a small net's step is bound by the host launching its
+# kernels, and the DataLoader's worker processes slow whatever runs beside them; then the DataLoader
 for m in "airnet 1.0 1024" "resnet18 1.0 512"; do
   set -- $m
   timeout 100 python3 bench/trainer.py --model "$1" --width "$2" --batch "$3" --precision bf16 --device cuda \
-    --epochs 2 --rounds 3 --workers 12 2>&1 | tee "$out/trainer-$1.json"
+    --epochs 2 --rounds 5 --methods floor,hps 2>&1 | tee "$out/trainer-$1.json"
+  timeout 60 python3 bench/trainer.py --model "$1" --width "$2" --batch "$3" --precision bf16 --device cuda \
+    --epochs 2 --rounds 1 --methods floor,dataloader --workers 12 2>&1 | tee -a "$out/trainer-$1.json"
 done
+timeout 60 python3 bench/gpu.py profile --model airnet --batch 1024 --rounds 3 --out "$out" 2>&1 | grep '^{' | tee "$out/profile.jsonl"
 step airbench
 [ -n "$airbench" ] && timeout 120 python3 bench/gpu.py airbench --runs 3 2>&1 | tee "$out/airbench.jsonl"
 step study
