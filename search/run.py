@@ -94,7 +94,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
     before anything trains. A ``KeyboardInterrupt`` stops the run; finished trials are kept and a
     rerun resumes."""
-    from hps.search.executors import Executor, InProcessExecutor, new_run, settle
+    from hps.search.executors import Executor, InProcessExecutor, new_run, settle, settle_unstarted
     from hps.search.progress import view
     from hps.trainers import load_data
 
@@ -135,6 +135,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
             connect()  # Ray, before our SIGTERM handler: ray.init installs its own
         with view(progress, study, target, out), _signals_as_interrupt():
             executor.run(space, study, url, target, objective, run_id)
+            settle_unstarted(study)  # no trial left RUNNING by a run killed before it started one
         result = summarise(study, url, target)
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated) or TERMINATING.is_set()  # Ray's wait turns ours into a KeyboardInterrupt

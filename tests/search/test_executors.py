@@ -189,6 +189,28 @@ def test_a_trial_failed_under_its_worker_ends_in_one_line_not_a_traceback(tmp_pa
     assert "a trial of this worker was failed by another run" in err
 
 
+def test_a_run_leaves_no_trial_running_that_a_killed_run_never_started(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run SIGKILLed between Optuna's ask and hps's first write leaves a RUNNING trial with no
+    worker and no heartbeat, judged lost only once older than a worker takes to record itself. A
+    run that met it too young (its start-up settling, stubbed here) ended with it still RUNNING
+    when nothing ran after (the soak test's last CI failure); a run now waits for it and settles it."""
+    import hps
+    import hps.search.executors as executors
+    from tests.search.conftest import SMALL
+
+    space = {**SMALL, "study": {**SMALL["study"], "name": "unstarted"}, "warm_start": []}
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    hps.run(space, url, trials=2, objective=_failed_under_it, progress="none")
+    n = optuna.load_study(study_name="unstarted", storage=url).ask().number  # the killed run's: no worker, nothing drawn
+    monkeypatch.setattr(executors, "settle", lambda study, run=None: [])  # the start-up settling found it too young
+    monkeypatch.setattr(executors, "NEVER_STARTED_AFTER", 2)
+    result = hps.run(space, url, trials=2, objective=_failed_under_it, progress="none")
+    t = result.study.trials[n]
+    assert t.state == TrialState.FAIL and reason(t) == "it never started: its run stopped between creating it and running it"
+    assert not [x for x in result.study.trials if x.state == TrialState.RUNNING]
+
+
 def test_a_trial_that_never_started_neither_blocks_the_target_nor_stays_running(tmp_path: Path,
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupt between Optuna creating a trial and hps running it leaves a RUNNING trial with
