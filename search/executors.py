@@ -276,20 +276,22 @@ def settle_unstarted(study: optuna.Study) -> list[int]:
     that long, and settle it, rather than leave it RUNNING when no run comes after this one."""
     failed: list[int] = []
     deadline, said = time.monotonic() + NEVER_STARTED_AFTER + 5, False
-    while True:
-        with contextlib.suppress(*OUTAGES):  # the database is away: the next run settles it
-            failed += _settle_once(study)
+    while time.monotonic() < deadline:
+        try:
             unstarted = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                          if not trial_info(t, WORKER)]
-            if unstarted and time.monotonic() < deadline:
-                if not said:
-                    print(f"trial {', '.join(map(str, unstarted))}: created by a run that stopped before starting it; "
-                          f"settled once it is {NEVER_STARTED_AFTER} s old (its params are not lost: it drew none)",
-                          file=sys.stderr, flush=True)
-                    said = True
-                time.sleep(1)
-                continue
-        return failed
+            if not unstarted:
+                break
+            if not said:
+                print(f"trial {', '.join(map(str, unstarted))}: created by a run that stopped before starting it; "
+                      f"settled once it is {NEVER_STARTED_AFTER} s old (its params are not lost: it drew none)",
+                      file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1)
+            failed += _settle_once(study)
+        except OUTAGES:  # the database is away: the next run settles it
+            break
+    return failed
 
 
 def _settle_once(study: optuna.Study) -> list[int]:
