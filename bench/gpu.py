@@ -299,9 +299,9 @@ def profile(model_name: str, width: float, batch: int, rounds: int, out: Path) -
     10 hps steps by total time (``profile-<model>.txt``)."""
     import contextlib
 
-    import torch.nn.functional as F
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
+    from trainer import floor_step  # bench/trainer.py, beside this script
 
     from hps.trainers.optim import build_optimizer
 
@@ -322,12 +322,7 @@ def profile(model_name: str, width: float, batch: int, rounds: int, out: Path) -
     ys = [d.train.y[i] for i in idxs]
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        x = x.contiguous(memory_format=torch.channels_last)
-        with cast:
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        floor_step(model, opt, x, y, cast, True)
 
     parts: dict[str, Callable[[int], Any]] = {
         "floor_step": lambda i: step(pre[i], ys[i]),

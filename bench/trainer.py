@@ -34,19 +34,26 @@ from hps.trainers.device import autocast_dtype, resolve_device
 from hps.trainers.optim import build_optimizer
 
 
+def floor_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cast: Any,
+               channels_last: bool) -> None:
+    """One step of the floor: a batch made elsewhere through the model and optimizer, nothing else
+    (``bench/gpu.py profile`` steps the same)."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with cast:
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def _step_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Any, device: torch.device,
                cast: Any, channels_last: bool) -> float:
     model.train()
     n, t0 = 0, time.perf_counter()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with cast:
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        floor_step(model, opt, x, y, cast, channels_last)
         n += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
