@@ -5,6 +5,8 @@
     python bench/gpu.py airbench [--runs 3]                 # airbench's train94 on this GPU (the airbench package)
     python bench/gpu.py study [--procs 1,2,4]               # trials/hour with 1, 2, 4 `hps run` processes on one GPU
     python bench/gpu.py profile [--model airnet]            # one step taken apart; train()'s epoch vs the floor's
+    python bench/gpu.py ray [--per-gpu 1,4]                 # trials/hour with N Ray trials sharing one GPU, GPU busy %
+    python bench/gpu.py graphs [--runs 3]                   # airbench's recipe: eager vs compile (reduce-overhead)
 
 ``bench/gpu.sh`` runs them all, with the trainer bench, as one script on a GPU machine. Every
 part prints JSON lines (``{"check": ...}``, ``{"airbench": ...}``, ``{"study": ...}``) that
@@ -422,6 +424,94 @@ def study(procs: list[int], trials: int, out: Path, model: str = "resnet18", wid
              best=round(s.best_value, 4), distinct_params=len({tuple(sorted(t.params.items())) for t in done}))
 
 
+# -------------------------------------------------------------------------------------------------- ray
+
+class GpuSampler:
+    """The GPU's utilisation sampled by nvidia-smi every ``every`` seconds in a thread."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import threading
+
+        self.every, self.stop = every, threading.Event()
+        self.samples: list[tuple[float, float]] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout.split()
+            if out:
+                self.samples.append((time.perf_counter(), float(out[0])))
+
+    def __enter__(self) -> GpuSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def busy(self, start: float, end: float) -> float | None:
+        """Mean utilisation (%) between two perf_counter instants."""
+        inside = [u for t, u in self.samples if start <= t <= end]
+        return round(statistics.mean(inside), 1) if inside else None
+
+
+def ray_study(per_gpu: list[int], trials: int, epochs: int, model: str, width: float) -> None:
+    """A real study on Ray workers (``--ray local --gpus-per-trial 1/N``): N trials share the GPU.
+    Each trial records what Ray gave it (``hps:worker``: CUDA_VISIBLE_DEVICES, the GPU ids, the
+    memory fraction); trials/hour from the first trial's start to the last one's end, and the GPU's
+    utilisation over that span."""
+    import ray
+
+    import hps
+
+    for n in per_gpu:
+        space = _study_space(f"ray-{n}")
+        space["base"].update(model={"name": model, "width": width}, data={"val_fraction": 0.1},
+                             train={"epochs": epochs, "batch_size": 256, "device": CUDA.type, "precision": "bf16"})
+        space["space"] = {"optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}}
+        space["study"]["trials"] = trials
+        with GpuSampler() as gpu:
+            t0 = time.perf_counter()
+            result = hps.run(space, f"sqlite:///{tempfile.mkdtemp()}/r.db", ray="local", workers=n,
+                             gpus_per_trial=1 / n, progress="none")
+            wall = time.perf_counter() - t0
+        ray.shutdown()
+        done = [t for t in result.study.trials if t.state.name == "COMPLETE" and t.datetime_complete]
+        first = min(t.datetime_start for t in done)
+        last = max(t.datetime_complete for t in done)
+        span = (last - first).total_seconds()
+        workers = [t.system_attrs.get("hps:worker", {}) for t in done]
+        emit("ray", f"{n}_per_gpu", complete=len(done), wall_seconds=round(wall, 1), span_seconds=round(span, 1),
+             trials_per_hour=round(len(done) / span * 3600), gpu_busy_pct=gpu.busy(t0 + wall - span, t0 + wall),
+             cuda_visible=sorted({str(w.get("cuda_visible")) for w in workers}),
+             memory_fraction=sorted({str(w.get("memory_fraction")) for w in workers}))
+
+
+def graphs(runs: int) -> None:
+    """airbench's recipe length with hps's trainer, eager against ``compile_mode: reduce-overhead``
+    (CUDA graphs: one launch a step instead of ~170): each run's wall (the compile included) and its
+    median epoch's images/s, interleaved."""
+    base = {"model": {"name": "airnet", "width": 1.0}, "data": {"val_fraction": 0.02},
+            "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.85, "nesterov": True},
+            "augment": {"policy": "basic", "strength": 0.25},
+            "train": {"epochs": 10, "batch_size": 1024, "device": CUDA.type, "precision": "bf16", "label_smoothing": 0.2}}
+    modes = {"eager": {}, "graphs": {"compile": True, "compile_mode": "reduce-overhead"}}
+    rows: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for _ in range(runs):
+        for mode, extra in modes.items():
+            cfg = config_from_dict({**base, "train": {**base["train"], **extra}}, mode)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            r = train(cfg)
+            torch.cuda.synchronize()
+            rows[mode].append((time.perf_counter() - t0, statistics.median(h["images_per_s"] for h in r.history)))
+    for mode, vals in rows.items():
+        emit("graphs", mode, wall_seconds=[round(w, 2) for w, _ in vals],
+             images_per_s_median=round(statistics.median(i for _, i in vals)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -447,6 +537,14 @@ def main() -> None:
     s.add_argument("--width", type=float, default=0.5)
     s.add_argument("--epochs", type=int, default=2)
     s.add_argument("--subset", type=int, default=None)
+    r = sub.add_parser("ray")
+    r.add_argument("--per-gpu", default="1,4")
+    r.add_argument("--trials", type=int, default=8)
+    r.add_argument("--epochs", type=int, default=1)
+    r.add_argument("--model", default="resnet18")
+    r.add_argument("--width", type=float, default=0.5)
+    g = sub.add_parser("graphs")
+    g.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     if args.cmd == "tile":
         tile(args.src, args.dst, args.times)
@@ -455,6 +553,10 @@ def main() -> None:
     elif args.cmd == "airbench":
         hps_airnet(args.runs)
         airbench(args.runs)
+    elif args.cmd == "ray":
+        ray_study([int(x) for x in args.per_gpu.split(",")], args.trials, args.epochs, args.model, args.width)
+    elif args.cmd == "graphs":
+        graphs(args.runs)
     elif args.cmd == "profile":
         profile(args.model, args.width, args.batch, args.rounds, Path(args.out))
     else:

@@ -9,7 +9,8 @@ The YAML keys are a public contract (``hps retrain`` takes exported files unchan
                 finetune_epochs, finetune_lr, finetune_eta_min}
     augment:   {strength, policy, mixup_alpha, cutmix_alpha, augmix_jsd, pick_one, rotate, translate,
                 perspective, hue, grayscale, finetune_mixup_alpha}
-    train:     {epochs, batch_size, label_smoothing, precision, channels_last, compile, seed, device}
+    train:     {epochs, batch_size, label_smoothing, precision, channels_last, compile, compile_mode, seed,
+               device}
 
 Every error is a :class:`ConfigError` whose message is one line naming the file, the dotted key,
 the value and what is allowed (:mod:`trainers.validation` formats it).
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from hps.trainers.errors import ConfigError
@@ -52,6 +53,7 @@ POLICIES = ("none", "basic", "randaugment", "trivialaugment", "autoaugment", "au
 PICK_ONE_OPS = ("resized_crop", "affine", "flip")
 DATASETS = ("cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 CHANNEL_DIVISORS = (1, 2, 4, 8)
 # Top-level keys that a config file may carry and the trainer ignores (export writes them).
 IGNORED_SECTIONS = ("provenance",)
@@ -220,6 +222,9 @@ class TrainSection(Strict):
     precision: Annotated[Text, one_of(PRECISIONS)] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     channels_last: Flag = True
     compile: Flag = False
+    compile_mode: Annotated[Text, one_of(COMPILE_MODES)] = Field(
+        "default", description="torch.compile's mode when compile is on: reduce-overhead captures the step in CUDA "
+        "graphs (a small net on a fast GPU is bound by launching its kernels), at a compile cost a short trial may not repay")
     seed: Integer = Field(0, ge=0)
     device: Text = Field("auto", description="auto, cpu, cuda or cuda:N")
 
@@ -228,6 +233,13 @@ class TrainSection(Strict):
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
             raise PydanticCustomError("hps", "is not allowed; choose one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+    @field_validator("compile_mode")
+    @classmethod
+    def _compile_mode(cls, v: str, info: ValidationInfo) -> str:
+        if v != "default" and not info.data.get("compile"):
+            raise PydanticCustomError("hps", "has no effect unless train.compile is true")
         return v
 
 

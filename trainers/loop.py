@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if tc.compile:  # each trial compiles anew: a long-lived worker would reach dynamo's recompile limit after a
         torch._dynamo.reset()  # few trials, and later trials would run uncompiled without a word
-    step_model: nn.Module = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
+    step_model: nn.Module = torch.compile(model, mode=tc.compile_mode) if tc.compile else model  # type: ignore[assignment]
     opt = build_optimizer(model, cfg.optimizer)
     dtype, cast = _autocast(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -11,7 +11,8 @@ CONTRACT = {
     "optimizer": {"name", "lr", "momentum", "nesterov", "weight_decay"},
     "schedule": {"name", "warmup_epochs"},
     "augment": {"strength", "policy", "mixup_alpha", "cutmix_alpha"},
-    "train": {"epochs", "batch_size", "label_smoothing", "precision", "channels_last", "compile", "seed", "device"},
+    "train": {"epochs", "batch_size", "label_smoothing", "precision", "channels_last", "compile", "compile_mode", "seed",
+              "device"},
 }
 
 
@@ -67,6 +68,8 @@ BAD = [
     ({"train": {"device": 0}}, "bad.yaml: train.device: 0 is not allowed; expected a string"),
     ({"train": {"precision": "fp8"}}, "bad.yaml: train.precision: 'fp8' is not allowed; choose one of auto, fp32, bf16, fp16"),
     ({"train": {"device": "tpu"}}, "bad.yaml: train.device: 'tpu' is not allowed; choose one of auto, cpu, cuda, cuda:N"),
+    ({"train": {"compile_mode": "reduce-overhead"}}, "bad.yaml: train.compile_mode: 'reduce-overhead' has no effect unless train.compile is true"),
+    ({"train": {"compile": True, "compile_mode": "fast"}}, "bad.yaml: train.compile_mode: 'fast' is not allowed; choose one of default, reduce-overhead"),
     ({"data": {"dataset": "mnist"}}, "bad.yaml: data.dataset: 'mnist' is not allowed; choose one of cifar10, cifar100"),
     ({"data": {"val_fraction": 1}}, "bad.yaml: data.val_fraction: 1 is out of range; allowed >= 0 and < 1"),
     ({"data": {"sha256": "abc"}}, "bad.yaml: data.sha256: 'abc' is not allowed; expected 64 lowercase hex digits"),
