@@ -58,6 +58,7 @@ from hps.search.space import Space, suggest
 from hps.search.storage import artifact_store
 from hps.trainers import (
     ConfigError,
+    EpochLimit,
     TrainingDiverged,
     config_to_dict,
     data_identity,
@@ -173,8 +174,8 @@ class Objective:
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             check_stop()  # a signal whose exception a gc callback swallowed
-            value = metrics[metric]
-            set_trial_info(trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics["images_per_s"], 1)})
+            value = _value(metrics, metric)
+            set_trial_info(trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics.get("images_per_s", 0.0), 1)})
             if not best or sign * value > sign * best["value"]:
                 best.update(value=value, epoch=epoch)
             if not space.multi_objective:
@@ -215,6 +216,8 @@ class Objective:
             return self._prune(trial, f"pruner:{space.spec.study.pruner.name}", str(e))
         except TrainingDiverged as e:
             return self._prune(trial, "diverged", str(e))
+        except EpochLimit as e:  # a training function of the user's ran past the epochs the budget checked
+            return self._prune(trial, "over:epochs", str(e))
         except torch.cuda.OutOfMemoryError:
             return self._prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
         except RuntimeError as e:  # cuDNN and cuBLAS report a failed allocation as a plain RuntimeError
@@ -225,7 +228,7 @@ class Objective:
         finally:
             ckpt.finish(keep=interrupted)
             finish()
-        value = result.history[-1][metric]
+        value = _value(result.history[-1], metric)
         if result.model is not None and not space.multi_objective:
             try:  # a trained trial is never lost to keeping its weights: it stays COMPLETE, the problem recorded
                 keep_if_best(trial, value, sign > 0, state_dict_at(result.model, budget.storage_dtype), store)
@@ -234,6 +237,11 @@ class Objective:
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
         return value
+
+
+def _value(metrics: dict[str, float], metric: str) -> float:
+    """The objective's figure of an epoch: hps's loop names it; a training function reports it as ``value``."""
+    return metrics[metric] if metric in metrics else metrics["value"]
 
 
 def _alloc_failure(e: RuntimeError) -> bool:

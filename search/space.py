@@ -46,7 +46,17 @@ from hps.trainers import (
     with_overrides,
 )
 from hps.trainers.augment import check_augment
-from hps.trainers.config import ARGS_PREFIX, MODEL_ARG, check_value, flat_keys, key_type, read_yaml, resolve_paths
+from hps.trainers.config import (
+    ARGS_PREFIX,
+    ARGS_PREFIXES,
+    args_key,
+    check_value,
+    flat_keys,
+    key_type,
+    read_yaml,
+    resolve_paths,
+)
+from hps.trainers.custom import load_fn, pin_fn
 from hps.trainers.data import data_identity, data_shape, pin_data
 from hps.trainers.models.check import check_knobs, check_model, pin_model
 from hps.trainers.validation import Flag, Integer, OptNumber, OptText, Strict, Text, error_line, show
@@ -342,9 +352,9 @@ def _set(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
         raise SpaceError(f"{where}: {top} is {show(section)}, not a mapping")
     if top in ("fixed", "space"):
         parts = rest.split(".")
-        n = 3 if rest.startswith(ARGS_PREFIX) else 2  # model.args.NAME is one key
+        n = 3 if rest.startswith(ARGS_PREFIXES) else 2  # model.args.NAME and train.args.NAME are one key each
         trainer_key, field = ".".join(parts[:n]), ".".join(parts[n:])
-        if trainer_key not in flat_keys() and not (n == 3 and MODEL_ARG.match(parts[2] if len(parts) > 2 else "")):
+        if trainer_key not in flat_keys() and args_key(trainer_key) is None:
             raise SpaceError(f"{where}: {trainer_key!r} is not a trainer key; allowed: {', '.join(flat_keys())}")
         if top == "fixed" or not field:
             if top == "space" and value is None:
@@ -418,6 +428,11 @@ def _check_model_and_data(spec: SpaceFile, base: TrainConfig, source: str) -> Tr
         side = base.data.image_size or shape.side
         check_model(base, shape.num_classes, shape.channels, side)
         check_augment(base.augment, shape.channels)
+        if base.train.fn is not None:  # the user's training function: found, and callable with every argument searched
+            searched = {k.removeprefix("train.args."): d.values_to_check()[0] for k, d in spec.space.items()
+                        if k.startswith("train.args.")}
+            load_fn(base.replace("train", args={**base.train.args, **searched}))
+            base = pin_fn(base)
         hue = spec.space.get("augment.hue")
         if hue is not None and shape.channels == 1 and any(v for v in hue.values_to_check()):
             raise ConfigError("space.augment.hue: hue shifts colours, but the images have one channel; do not search it")
@@ -428,12 +443,14 @@ def _check_model_and_data(spec: SpaceFile, base: TrainConfig, source: str) -> Tr
 
 
 def model_sources(base: TrainConfig) -> dict[str, tuple[str, str]]:
-    """sha256 -> (file name, text) of the user's model file the space builds: shipped with the space
-    to Ray workers, which build from it when their disk lacks that file (or holds another version)."""
-    where, colon, _ = base.model.name.rpartition(":")
-    if not colon or not where.endswith(".py") or base.model.sha256 is None:
-        return {}
-    return {base.model.sha256: (Path(where).name, Path(where).read_text())}
+    """sha256 -> (file name, text) of the user's model file and training function's file: shipped
+    with the space to Ray workers, which run them when their disk lacks a file (or holds another version)."""
+    out = {}
+    for ref, sha in ((base.model.name, base.model.sha256), (base.train.fn, base.train.fn_sha256)):
+        where, colon, _ = (ref or "").rpartition(":")
+        if colon and where.endswith(".py") and sha is not None:
+            out[sha] = (Path(where).name, Path(where).read_text())
+    return out
 
 
 def _check_fit(spec: SpaceFile, base: TrainConfig, source: str) -> None:
@@ -490,10 +507,13 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
     checked: dict[str, Dist] = {}
     for key, dist in spec.space.items():
         where = f"{source}: space.{key}"
-        if key.startswith(ARGS_PREFIX):  # an argument of the user's builder (check_knobs: it takes it)
-            if not MODEL_ARG.match(key.removeprefix(ARGS_PREFIX)) or dist.kind == "fit" or dist.when is not None:
-                raise SpaceError(f"{where}: a builder argument takes a range or choices (no fit, no when), named as a "
-                                 "Python argument")
+        if key.startswith(ARGS_PREFIXES):  # an argument of the user's builder or training function
+            if args_key(key) is None or dist.kind == "fit" or dist.when is not None:
+                raise SpaceError(f"{where}: a builder's or training function's argument takes a range or choices "
+                                 "(no fit, no when), named as a Python argument")
+            if key.startswith("train.args.") and base.train.fn is None:
+                raise SpaceError(f"{where}: train.args are the arguments of your training function; set train.fn "
+                                 "in base first")
             kind = dist.type or dist.kind
             if dist.type is None and kind == "float" and all(b is None or float(b).is_integer()
                                                              for b in (dist.low, dist.high, dist.step)):
@@ -501,7 +521,7 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
             checked[key] = dist.model_copy(update={"type": kind})
             continue
         if key not in keys:
-            raise SpaceError(f"{where}: not a trainer key; allowed: {', '.join(keys)}, {ARGS_PREFIX}NAME")
+            raise SpaceError(f"{where}: not a trainer key; allowed: {', '.join(keys)}, {ARGS_PREFIX}NAME, train.args.NAME")
         if key.startswith(NOT_SEARCHABLE) and key not in SEARCHABLE_DATA:
             raise SpaceError(f"{where}: not searchable (it decides the data or the machine, so trials would be scored "
                              "on different terms); set it in base or fixed")

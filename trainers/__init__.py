@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from hps.trainers.errors import ConfigError, DataError, DataMismatch, TrainingDiverged
+from hps.trainers.errors import ConfigError, DataError, DataMismatch, EpochLimit, TrainFnError, TrainingDiverged
 
 _WHERE = {
     "TrainConfig": "config", "config_from_dict": "config", "config_to_dict": "config", "dump_config": "config",
@@ -17,11 +17,12 @@ _WHERE = {
     "data_identity": "data", "load_data": "data", "pin_data": "data",
     "Measurement": "meter", "measure": "meter", "saved_bytes": "meter", "state_dict_at": "meter",
     "create_model": "models", "list_models": "models", "register_model": "models", "round_channels": "models",
-    "Checkpoint": "loop", "TrainResult": "loop", "retrain": "loop", "train": "loop",
+    "Checkpoint": "loop", "TrainResult": "loop", "retrain": "loop", "train": "loop", "Context": "custom",
 }
 
 if TYPE_CHECKING:
     from hps.trainers.config import TrainConfig, config_from_dict, config_to_dict, dump_config, load_config, with_overrides
+    from hps.trainers.custom import Context
     from hps.trainers.data import data_identity, load_data, pin_data
     from hps.trainers.loop import Checkpoint, TrainResult, retrain, train
     from hps.trainers.meter import Measurement, measure, saved_bytes, state_dict_at
@@ -38,7 +39,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Checkpoint", "ConfigError", "DataError", "DataMismatch", "Measurement", "TrainConfig", "TrainResult", "TrainingDiverged",
+    "Checkpoint", "ConfigError", "Context", "DataError", "DataMismatch", "EpochLimit", "Measurement", "TrainConfig",
+    "TrainFnError", "TrainResult", "TrainingDiverged",
     "config_from_dict", "config_to_dict", "create_model", "data_identity", "dump_config", "list_models", "load_config",
     "load_data", "measure", "pin_data", "register_model", "retrain", "round_channels", "saved_bytes", "state_dict_at",
     "train", "with_overrides",

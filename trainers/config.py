@@ -10,7 +10,7 @@ The YAML keys are a public contract (``hps retrain`` takes exported files unchan
     augment:   {strength, policy, mixup_alpha, cutmix_alpha, augmix_jsd, pick_one, rotate, translate,
                 perspective, hue, grayscale, finetune_mixup_alpha}
     train:     {epochs, batch_size, label_smoothing, precision, channels_last, compile, compile_mode, seed,
-               device}
+               device, fn, args, fn_sha256}
 
 Every error is a :class:`ConfigError` whose message is one line naming the file, the dotted key,
 the value and what is allowed (:mod:`trainers.validation` formats it).
@@ -74,6 +74,27 @@ def _sha256_hex(v: str | None) -> str | None:
 Sha256 = Annotated[OptText, AfterValidator(_sha256_hex)]  # a file's (or a folder's content) sha256
 MODEL_ARG = re.compile(r"^[A-Za-z_]\w*$")
 ARGS_PREFIX = "model.args."  # a searchable key per builder argument: model.args.NAME
+ARGS_PREFIXES = (ARGS_PREFIX, "train.args.")  # ... and per argument of the user's training function
+
+
+def args_key(key: str) -> tuple[str, str] | None:
+    """``("model", NAME)`` for ``model.args.NAME``, ``("train", NAME)`` for ``train.args.NAME``, else None."""
+    for prefix in ARGS_PREFIXES:
+        name = key.removeprefix(prefix)
+        if name != key and MODEL_ARG.match(name):
+            return prefix.split(".")[0], name
+    return None
+
+
+def _check_args(v: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of a user's builder or training function: Python names, plain values."""
+    for key, value in v.items():
+        if not MODEL_ARG.match(str(key)):
+            raise PydanticCustomError("hps", "key {key!r} is not allowed; arguments are Python names", {"key": key})
+        if not _plain(value):
+            raise PydanticCustomError("hps", "{key}: expected a number, string, bool, null or a list of them",
+                                      {"key": key})
+    return v
 
 
 class ModelConfig(Strict):
@@ -102,14 +123,7 @@ class ModelConfig(Strict):
     @field_validator("args")
     @classmethod
     def _args(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key, value in v.items():
-            if not MODEL_ARG.match(str(key)):
-                raise PydanticCustomError("hps", "key {key!r} is not allowed; builder arguments are Python names",
-                                          {"key": key})
-            if not _plain(value):
-                raise PydanticCustomError("hps", "{key}: expected a number, string, bool, null or a list of them",
-                                          {"key": key})
-        return v
+        return _check_args(v)
 
 
     @field_validator("channel_divisor")
@@ -227,6 +241,28 @@ class TrainSection(Strict):
         "graphs (a small net on a fast GPU is bound by launching its kernels), at a compile cost a short trial may not repay")
     seed: Integer = Field(0, ge=0)
     device: Text = Field("auto", description="auto, cpu, cuda or cuda:N")
+    fn: OptText = Field(None, description="your own training function instead of hps's loop: package.module:function "
+                        "or path/to/file.py:function (relative to the config file); called with a context (ctx.model, "
+                        "ctx.data, ctx.report, ctx.checkpoint)")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of your training function "
+                                 "(ctx.args; searchable as train.args.NAME)")
+    fn_sha256: Sha256 = Field(None, description="the sha256 of your training function's file; set, a changed file "
+                              "is refused")
+
+    @field_validator("fn")
+    @classmethod
+    def _fn(cls, v: str | None) -> str | None:
+        from hps.trainers.models._registry import is_reference
+
+        if v is not None and not is_reference(v):
+            raise PydanticCustomError("hps", "is not allowed; name your training function as package.module:function "
+                                      "or path/to/file.py:function")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _train_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_args(v)
 
     @field_validator("device")
     @classmethod
@@ -354,18 +390,20 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def resolve_paths(cfg: TrainConfig, folder: str | Path) -> TrainConfig:
-    """The config with a relative ``data.path`` and a relative model file (``file.py:function``)
-    made absolute against ``folder`` (the folder of the file that names them), so a config means the
+    """The config with a relative ``data.path`` and a relative model or training-function file
+    (``file.py:function``) made absolute against ``folder`` (the folder of the file that names them), so a config means the
     same wherever it is run from."""
     if cfg.data.path is not None:
         path = Path(cfg.data.path).expanduser()
         if not path.is_absolute():
             cfg = cfg.replace("data", path=str((Path(folder) / path).resolve()))
-    where, colon, fn = cfg.model.name.rpartition(":")
-    if colon and where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_absolute():
-            cfg = cfg.replace("model", name=f"{(Path(folder) / path).resolve()}:{fn}")
+    for section, key in (("model", "name"), ("train", "fn")):
+        ref = getattr(getattr(cfg, section), key)
+        where, colon, fn = (ref or "").rpartition(":")
+        if colon and where.endswith(".py"):
+            path = Path(where).expanduser()
+            if not path.is_absolute():
+                cfg = cfg.replace(section, **{key: f"{(Path(folder) / path).resolve()}:{fn}"})
     return cfg
 
 
@@ -396,7 +434,8 @@ def key_type(key: str) -> str:
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
-    return ConfigError(f"{source}: {key}: not a trainer key; allowed: {', '.join(flat_keys())}, model.args.NAME")
+    return ConfigError(f"{source}: {key}: not a trainer key; allowed: {', '.join(flat_keys())}, model.args.NAME, "
+                       "train.args.NAME")
 
 
 def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str, Any],
@@ -406,10 +445,11 @@ def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str,
         k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
     allowed = flat_keys()
     for key, value in overrides.items():
-        if key.startswith(ARGS_PREFIX) and MODEL_ARG.match(key.removeprefix(ARGS_PREFIX)):
-            if not isinstance(data.get("model"), dict):
-                data["model"] = {}
-            data["model"]["args"] = {**(data["model"].get("args") or {}), key.removeprefix(ARGS_PREFIX): value}
+        if (arg := args_key(key)) is not None:
+            section, name = arg
+            if not isinstance(data.get(section), dict):
+                data[section] = {}
+            data[section]["args"] = {**(data[section].get("args") or {}), name: value}
             continue
         if key not in allowed:
             raise _unknown_key(key, source)
@@ -422,8 +462,8 @@ def with_overrides(cfg: TrainConfig | Mapping[str, Any], overrides: Mapping[str,
 
 def check_value(key: str, value: Any, source: str = "<value>") -> Any:
     """Validate one dotted key's value on its own (type, choices, range); returns it coerced."""
-    if key.startswith(ARGS_PREFIX):  # a builder argument: any plain value; the builder decides
-        if not MODEL_ARG.match(key.removeprefix(ARGS_PREFIX)) or not _plain(value):
+    if key.startswith(ARGS_PREFIXES):  # a builder's or training function's argument: any plain value
+        if args_key(key) is None or not _plain(value):
             raise ConfigError(f"{source}: {key}: {show(value)} is not allowed; expected a number, string, bool or list")
         return value
     if key not in flat_keys():

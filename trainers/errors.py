@@ -22,3 +22,13 @@ class TrainingDiverged(RuntimeError):
 class ModelError(ConfigError):
     """A model the config names cannot be built as asked: its code fails to import, is not a
     builder, raises, or returns the wrong output; the message names the file and the cause."""
+
+
+class TrainFnError(RuntimeError):
+    """The user's training function (``train.fn``) did something hps cannot score: it raised, never
+    reported, reported out of order or a non-finite value, or returned the wrong thing; the message
+    is one line with the file:line where it was raised."""
+
+
+class EpochLimit(RuntimeError):
+    """A training function reported an epoch beyond ``train.epochs``, the epochs the budget checked."""

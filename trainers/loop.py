@@ -24,6 +24,7 @@ from torch import nn
 
 from hps.trainers.augment import JSD_WEIGHT, Augmenter, jsd_loss, mix
 from hps.trainers.config import TrainConfig, config_to_dict, dump_config, load_config, read_yaml, with_overrides
+from hps.trainers.custom import Context, load_fn, pin_fn, run_fn
 from hps.trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from hps.trainers.device import autocast_dtype, resolve_device
 from hps.trainers.errors import ModelError, TrainingDiverged
@@ -91,10 +92,12 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     t_start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)
-    cfg = pin_model(pin_data(cfg))  # the result records the data and the model code it ran on
+    cfg = pin_fn(pin_model(pin_data(cfg)))  # the result records the data and the code it ran on
     data = data or load_data(cfg.data, device, test=test)
     channels, side = data.train.x.shape[1], cfg.data.image_size or data.train.x.shape[-1]
     check_model(cfg, data.num_classes, channels, side)  # a user's builder: refused before training
+    if tc.fn is not None:  # the user's own loop, under the same budget, pruner and checkpoints
+        return _train_fn(cfg, data, device, report, checkpoint, test, t_start)
     if device.type == "cuda":  # shapes are fixed within a trial: cuDNN times its kernels once and keeps the fastest
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(tc.seed)
@@ -215,6 +218,25 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
     return out
 
 
+def _train_fn(cfg: TrainConfig, data: Data, device: torch.device, report: Report | None,
+              checkpoint: Checkpoint | None, test: bool, t_start: float) -> TrainResult:
+    """``train.fn``'s run: the model built as hps's loop builds it, the data and hps's augmentation
+    handed over in a :class:`Context`, the function's reports made the result's history."""
+    fn, source = load_fn(cfg)
+    tc = cfg.train
+    channels, side = data.train.x.shape[1], cfg.data.image_size or data.train.x.shape[-1]
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    model = _on_device(cfg.model.build(data.num_classes, channels, side), device, tc.channels_last)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _, cast = _autocast(tc.precision, device)
+    aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen, side)
+    ctx = Context(cfg, model, data, device, aug, gen, cast, report, checkpoint)
+    trained = run_fn(ctx, fn, source)
+    test_acc = ctx.evaluate(trained, "test")[1] if test and data.test is not None else None
+    return TrainResult(cfg, ctx.history, params, time.perf_counter() - t_start, test_acc, trained)
+
+
 def _on_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
@@ -273,7 +295,7 @@ def retrain(config_path: str | Path, out_dir: str | Path | None = None, *, test:
         path = cfg.data.path if cfg.data.path and Path(cfg.data.path).expanduser().exists() else None
         cfg = cfg.replace("data", sha256=None, path=path)
     if allow_model_change:
-        cfg = cfg.replace("model", sha256=None)
+        cfg = cfg.replace("model", sha256=None).replace("train", fn_sha256=None)
     try:
         result = train(cfg, report, test=test)
     except ModelError as e:

@@ -12,7 +12,7 @@ CONTRACT = {
     "schedule": {"name", "warmup_epochs"},
     "augment": {"strength", "policy", "mixup_alpha", "cutmix_alpha"},
     "train": {"epochs", "batch_size", "label_smoothing", "precision", "channels_last", "compile", "compile_mode", "seed",
-              "device"},
+              "device", "fn", "args", "fn_sha256"},
 }
 
 

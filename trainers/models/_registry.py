@@ -115,32 +115,33 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _load_file(path: Path, sha256: str | None, name: str) -> ModuleType:
+def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name") -> ModuleType:
     here = path if path.is_file() else None
     if sha256 is not None and (here is None or file_sha256(here) != sha256):
         copy = _COPIES.get(sha256)
         if copy is None:
             found = f"has sha256 {file_sha256(here)[:12]}" if here else "is missing"
-            raise ModelError(f"model.name {name!r}: {path} {found}, not the recorded model.sha256 {sha256[:12]}; "
-                             "the model code changed since this config was made (retrain with --allow-model-change "
-                             "to build the file as it is now)")
+            pinned = "model.sha256" if key == "model.name" else "train.fn_sha256"
+            raise ModelError(f"{key} {name!r}: {path} {found}, not the recorded {pinned} {sha256[:12]}; "
+                             "the code changed since this config was made (retrain with --allow-model-change "
+                             "to run the file as it is now)")
         here = Path(copy)
     if here is None:
-        raise ModelError(f"model.name {name!r}: {path}: no such file")
+        raise ModelError(f"{key} {name!r}: {path}: no such file")
     digest = file_sha256(here)
     module_name = f"hps_user_model_{digest[:16]}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, here)
     if spec is None or spec.loader is None:
-        raise ModelError(f"model.name {name!r}: {here}: not a Python file")
+        raise ModelError(f"{key} {name!r}: {here}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[module_name]
-        raise ModelError(f"model.name {name!r}: importing {here} failed: {_cause(e)}") from None
+        raise ModelError(f"{key} {name!r}: importing {here} failed: {_cause(e)}") from None
     return module
 
 
@@ -163,24 +164,33 @@ def model_entry(name: str, sha256: str | None = None) -> ModelEntry:
         except Exception as e:
             raise ModelError(f"model.name {name!r}: its entry point {eps[name].value} failed to load: {_cause(e)}") from None
         return ModelEntry(name, _callable(fn, name), f"entry point {eps[name].value}", _module_file(fn))
-    m = _REFERENCE.match(name)
-    if m is None:
+    if _REFERENCE.match(name) is None:
         raise ModelError(f"model.name {name!r} is not allowed; choose one of {', '.join(list_models())}, or give your own "
                          "builder as package.module:function or path/to/file.py:function")
+    fn, source = load_reference(name, sha256)
+    return ModelEntry(name, _callable(fn, name), (inspect.getdoc(fn) or "your builder").splitlines()[0], source)
+
+
+def load_reference(name: str, sha256: str | None = None, key: str = "model.name") -> tuple[Any, str | None]:
+    """The object ``package.module:function`` or ``path/to/file.py:function`` names, and its source
+    file; a file must have ``sha256`` when one is given (else its shipped copy is used). Errors are
+    one line naming ``key``."""
+    m = _REFERENCE.match(name)
+    if m is None:
+        raise ModelError(f"{key} {name!r} is not allowed; expected package.module:function or path/to/file.py:function")
     where, fn_name = m.group("where"), m.group("fn")
     if where.endswith(".py"):
-        module = _load_file(Path(where).expanduser(), sha256, name)
+        module = _load_file(Path(where).expanduser(), sha256, name, key)
     else:
         try:
             module = importlib.import_module(where)
         except Exception as e:
-            raise ModelError(f"model.name {name!r}: cannot import {where}: {_cause(e)}") from None
+            raise ModelError(f"{key} {name!r}: cannot import {where}: {_cause(e)}") from None
     if not hasattr(module, fn_name):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))[:8]
-        raise ModelError(f"model.name {name!r}: {getattr(module, '__file__', where)} has no {fn_name!r}; "
+        raise ModelError(f"{key} {name!r}: {getattr(module, '__file__', where)} has no {fn_name!r}; "
                          f"callables there: {', '.join(found) or 'none'}")
-    fn = _callable(getattr(module, fn_name), name)
-    return ModelEntry(name, fn, (inspect.getdoc(fn) or "your builder").splitlines()[0], getattr(module, "__file__", None))
+    return getattr(module, fn_name), getattr(module, "__file__", None)
 
 
 def _callable(fn: Any, name: str) -> ModelFn:
