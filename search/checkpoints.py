@@ -67,7 +67,8 @@ class TrialCheckpoint:
         try:
             with self.store.open_reader(saved["id"]) as f:
                 state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
-            if not isinstance(state, dict) or not {"model", "optimizer", "history", "epoch", "rng"} <= set(state):
+            if not isinstance(state, dict) or not {"history", "epoch", "rng"} <= set(state) or not (
+                    {"model", "optimizer"} <= set(state) or "user" in state):  # hps's loop, or a train.fn's
                 raise ValueError("not a training state")
         except ArtifactNotFound:
             return None

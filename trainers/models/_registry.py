@@ -121,9 +121,9 @@ def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name
         copy = _COPIES.get(sha256)
         if copy is None:
             found = f"has sha256 {file_sha256(here)[:12]}" if here else "is missing"
-            pinned = "model.sha256" if key == "model.name" else "train.fn_sha256"
+            pinned, code = ("model.sha256", "model") if key == "model.name" else ("train.fn_sha256", "training")
             raise ModelError(f"{key} {name!r}: {path} {found}, not the recorded {pinned} {sha256[:12]}; "
-                             "the code changed since this config was made (retrain with --allow-model-change "
+                             f"the {code} code changed since this config was made (retrain with --allow-model-change "
                              "to run the file as it is now)")
         here = Path(copy)
     if here is None:
