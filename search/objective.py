@@ -35,6 +35,7 @@ import torch
 from hps.search.budget import Check, check, over
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
 from hps.search.errors import StudyError, Terminated, check_stop
+from hps.search.loggers import Callbacks
 from hps.search.record import (
     BEST_EPOCH,
     BEST_VALUE,
@@ -46,6 +47,7 @@ from hps.search.record import (
     DEFINITION,
     DEVICE_SECONDS,
     FAIL_REASON,
+    HISTORY,
     LIVE,
     PROBLEM,
     PRUNE_REASON,
@@ -86,6 +88,7 @@ class Objective:
         self.space, self.worker = space, worker
         self._store: Any = None
         self._budget_note = ""
+        self._callbacks = Callbacks()
 
     def store(self) -> Any:
         """The artifact store for checkpoints and weights (``$HPS_ARTIFACTS``), opened once per process."""
@@ -98,20 +101,26 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         _release_memory()  # what an earlier trial's exception kept alive goes before this trial builds anything
+        self._callbacks = Callbacks(self.space.callbacks)
         try:
-            return self._run(trial)
+            value = self._run(trial)
+            self._callbacks.end(trial, "complete", value)
+            return value
         except optuna.TrialPruned as e:
             pruned = str(e)
+            self._callbacks.end(trial, "pruned", pruned)
         except KeyboardInterrupt as e:  # Optuna stores the trial as FAIL and re-raises: say why
             if isinstance(e, Terminated):
                 self._explain(trial, FAIL_REASON, "terminated", "terminated (SIGTERM); a rerun runs its params again")
             else:
                 self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
+            self._callbacks.end(trial, "fail", type(e).__name__)
             raise
         except optuna.exceptions.UpdateFinishedTrialError:  # another run failed it under this worker: nothing to store
             raise
         except Exception as e:
             self._explain(trial, FAIL_REASON, f"error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:500])
+            self._callbacks.end(trial, "fail", f"{type(e).__name__}: {e}"[:500])
             raise
         # A new exception, raised outside the handler: the one caught chains (its traceback holds
         # train()'s frames: model, optimizer, data on the device, activations) and Optuna keeps the
@@ -167,6 +176,7 @@ class Objective:
 
         metric, sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
         best: dict[str, float] = {}
+        history: list[dict[str, float]] = []
         start = time.perf_counter()
         cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
         if cuda:
@@ -176,6 +186,9 @@ class Objective:
             check_stop()  # a signal whose exception a gc callback swallowed
             value = _value(metrics, metric)
             set_trial_info(trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics.get("images_per_s", 0.0), 1)})
+            history.append({k: round(float(v), 6) for k, v in metrics.items()})
+            set_trial_info(trial, HISTORY, history)  # every figure of every epoch (the dashboard shows the curve)
+            self._callbacks.epoch(trial, epoch, metrics)
             if not best or sign * value > sign * best["value"]:
                 best.update(value=value, epoch=epoch)
             if not space.multi_objective:

@@ -31,6 +31,7 @@ PROBLEM = "hps:problem"  # what went wrong after a trial trained (its value stan
 WHY = "hps:why"  # the whole reason a trial was pruned or failed, one line (its dashboard note says it too)
 CONFIG, DATA, WORKER = "hps:config", "hps:data", "hps:worker"
 BUDGET = "hps:budget"  # every figure the meter measured: params, model_bytes, macs, flops, epochs, train_memory_mb
+HISTORY = "hps:history"  # every figure of every epoch: val_acc/val_loss, train_loss, lr, images_per_s, ...
 LIVE = "hps:live"  # {epoch, images_per_s} of the last epoch: the live view reads it
 CHECKPOINT, RESUMED_FROM = "hps:checkpoint", "hps:resumed_from"
 WEIGHTS, STORAGE_DTYPE = "hps:weights", "hps:storage_dtype"  # the kept weights' artifact id; their dtype

@@ -13,7 +13,7 @@ import dataclasses
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
+from hps.search.loggers import Callbacks, from_spec
 from hps.search.record import (
     FAIL_REASON,
     FAILED,
@@ -58,6 +59,13 @@ class RunResult:
     def finished(self) -> int:
         return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
 
+    def dataframe(self) -> Any:
+        """One row per trial (a ``pandas.DataFrame``): state, value, params, the fitted width, budget
+        figures, seconds and reasons (:func:`hps.search.frame.trials_frame`)."""
+        from hps.search.frame import trials_frame
+
+        return trials_frame(self.study)
+
     def __str__(self) -> str:
         states = ", ".join(f"{v} {k}" for k, v in self.counts.items()) or "no trials"
         best = (f"; best: trial {self.best_trial.number} value {self.best_trial.values[0]:.4f}" if self.best_trial
@@ -76,7 +84,8 @@ def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
 def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = None, *, trials: int | None = None,
         ray: str | None = None, workers: int = 2, gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0,
         overrides: Mapping[str, Any] | None = None, progress: Progress = "auto", echo: Any = None,
-        allow_change: bool = False, objective: Any = None) -> RunResult:
+        allow_change: bool = False, objective: Any = None, callbacks: Sequence[Any] = (),
+        log: Sequence[str] = ()) -> RunResult:
     """Run (or resume) a study until it holds ``trials`` (default ``study.trials``) finished trials.
 
     ``space``: a :class:`Space`, a space file or a plain dict (``overrides`` then applies dotted
@@ -88,7 +97,9 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     ``allow_change`` continues a study whose definition (space, budget, objectives, data) differs
     from the space's, and records the change; without it such a rerun raises
     :class:`DefinitionChanged` listing what changed. ``objective`` replaces the trainer (a
-    picklable ``f(trial)``: benchmarks of the orchestration).
+    picklable ``f(trial)``: benchmarks of the orchestration). ``callbacks``: objects with
+    ``on_epoch(trial, epoch, metrics)`` and/or ``on_trial_end(trial, state, value)``
+    (:mod:`hps.search.loggers`); ``log``: ``"tensorboard:DIR"`` / ``"mlflow:URI"`` (``--log``).
 
     Raises :class:`RunFailed` (its ``result`` attached) when trials kept failing, and the user
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
@@ -105,6 +116,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     elif overrides:
         raise StudyError("overrides apply to a space file or dict; this space is already loaded "
                          "(use hps.load_space(path, overrides=...))")
+    space.callbacks = Callbacks([*callbacks, *(from_spec(spec) for spec in log)]).callbacks  # checked here, once
     if trials is not None and trials < 1:
         raise StudyError(f"trials: {trials} is not allowed; expected >= 1")
     target = trials or space.spec.study.trials

@@ -238,6 +238,7 @@ class Space:
     def __init__(self, spec: SpaceFile, base: TrainConfig, source: str, warm: list[tuple[str, dict[str, Any]]],
                  overrides: dict[str, Any] | None = None, sources: dict[str, tuple[str, str]] | None = None):
         self.spec, self.base, self.source, self.warm_start = spec, base, source, warm
+        self.callbacks: list[Any] = []  # the run's (hps.run(callbacks=...), --log): not part of the definition
         self.overrides = overrides or {}
         self.sources = sources or {}  # the user's model file, shipped with the space to Ray workers
         self.definition_hash: str | None = None  # set by the driver: each trial records it
