@@ -61,3 +61,25 @@ def decode_chunk(chunk: Chunk) -> Seen:
     x.flush()
     del x
     return Seen(frozenset(sizes), color)
+
+
+def main() -> None:
+    """``python -m hps.trainers.decode``: decode the chunks given as JSON on stdin; print what was seen."""
+    import json
+    import sys
+
+    sizes: set[tuple[int, int]] = set()
+    color = False
+    try:
+        for raw in json.load(sys.stdin):
+            seen = decode_chunk(Chunk(raw["out"], raw["start"], tuple(raw["paths"]), raw["side"], raw["resize"]))
+            sizes |= seen.sizes
+            color = color or seen.color
+    except DataError as e:
+        print(e, file=sys.stderr)
+        sys.exit(3)
+    json.dump({"sizes": sorted(sizes), "color": color}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ cache by a stamp, decoded in parallel into a preallocated array.
   folder from the walk alone. It misses only a content edit that keeps a file's size and mtime
   (``touch -r``, or a copy that sets the old mtime back); delete the stamp file to force a re-read.
 - **Decoding** (:func:`decoded`): under a lock (concurrent workers decode once), chunks of files are
-  decoded by a process pool (PIL; one process per core, serial below :data:`PARALLEL_FROM` images)
+  decoded by worker processes (PIL; one per core, none below :data:`PARALLEL_FROM` images)
   straight into a preallocated ``.npy`` (a memory map), renamed into place when complete. Nothing is
   ever written into the user's folder. The cache is read back memory-mapped.
 """
@@ -23,12 +23,12 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +251,45 @@ def _decode_all(lst: Listing, out: Path, side: int, channels: int, resize: bool,
         np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()  # preallocated on disk
         paths = lst.paths(split)
         chunks += [Chunk(path, i, tuple(paths[i:i + step]), side, resize) for i in range(0, len(paths), step)]
-    if n <= 1 or len(chunks) <= 1:
-        seen = [decode_chunk(c) for c in chunks]
-    else:  # spawn: a fork of a process with torch's or Ray's threads may deadlock
-        with ProcessPoolExecutor(min(n, len(chunks)), mp_context=get_context("spawn")) as pool:
-            seen = list(pool.map(decode_chunk, chunks))
+    parallel = n > 1 and len(chunks) > 1
+    seen = _in_processes(chunks, min(n, len(chunks))) if parallel else [decode_chunk(c) for c in chunks]
     return Seen(frozenset().union(*(s.sizes for s in seen)), any(s.color for s in seen))
+
+
+def _in_processes(chunks: list[Chunk], n: int) -> list[Seen]:
+    """Decode ``chunks`` in ``n`` fresh Python processes (``python -m hps.trainers.decode``): not
+    multiprocessing, whose start re-runs a user's script without a ``__main__`` guard, and whose
+    fork of a process with torch's or Ray's threads may deadlock."""
+    import hps
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(hps.__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "hps.trainers.decode"]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for _ in range(n)]
+    for i, p in enumerate(procs):  # all started first: their imports overlap
+        share = [{"out": c.out, "start": c.start, "paths": list(c.paths), "side": c.side, "resize": c.resize}
+                 for c in chunks[i::n]]
+        assert p.stdin is not None
+        p.stdin.write(json.dumps(share).encode())
+        p.stdin.close()
+    out, failed = [], None
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stderr is not None
+            stdout, stderr = p.stdout.read(), p.stderr.read()  # a few lines each: neither pipe fills
+            p.wait()
+            if p.returncode:
+                failed = failed or (stderr.decode().strip().splitlines() or [f"exit {p.returncode}"])[-1]
+            else:
+                got = json.loads(stdout)
+                out.append(Seen(frozenset(tuple(s) for s in got["sizes"]), bool(got["color"])))
+    finally:
+        for p in procs:  # interrupted: no decoder outlives the run
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if failed:
+        raise DataError(failed if failed.startswith("data.path") else f"decoding the folder failed: {failed}")
+    return out
