@@ -32,6 +32,7 @@ import functools
 import hashlib
 import os
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,10 +423,36 @@ def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(m) / 255 for m in mean), tuple(max(float(s) / 255, 1e-3) for s in std)
 
 
+LOADS_KEPT = 2  # a study's trials share one load; a retrain with --test may add a second
+_LOADED: OrderedDict[tuple[Any, ...], Data] = OrderedDict()
+
+
 def load_data(cfg: DataConfig, device: torch.device | str = "cpu", test: bool = False) -> Data:
-    """Train/val (and test, if asked) splits as uint8 tensors on ``device``."""
+    """Train/val (and test, if asked) splits as uint8 tensors on ``device``. A process loads, checks,
+    splits and moves them once: the next trial in it with the same data config, data and device gets
+    the same tensors (read them, never write them); other data or a changed file loads anew."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     src = resolve_source(cfg)
+    key = (src.kind, src.path, src.dataset, src.sha256, cfg.subset, cfg.val_fraction, cfg.split_seed, cfg.image_size,
+           cfg.test_fraction, str(device), test)  # what the load depends on: a pinned config finds its unpinned twin
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    data = _load(cfg, src, device, test)
+    _LOADED[key] = data
+    while len(_LOADED) > LOADS_KEPT:  # the oldest goes: its tensors are freed once no trial holds them
+        _LOADED.popitem(last=False)
+    return data
+
+
+def forget_loads() -> None:
+    """Drop the loads this process keeps (the next :func:`load_data` reads the data again)."""
+    _LOADED.clear()
+
+
+def _load(cfg: DataConfig, src: Source, device: torch.device, test: bool) -> Data:
     arrays = read_arrays(src, cfg)
     x, y = arrays.x, arrays.y
     n_cls = CLASSES[src.dataset] if src.dataset else _num_classes(y, arrays.classes, src.path)
