@@ -142,12 +142,10 @@ def test_a_split_without_validation_images_is_refused() -> None:
 @pytest.fixture
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh process's view (nothing listed, loaded or cached) of a 3-class PNG folder: 240 train, 30 test."""
-    from hps.trainers.data import _folder, forget_loads
-    from hps.trainers.folder import forget_folders
     from tests.conftest import png_folder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    forget_folders(), forget_loads(), _folder.cache_clear()
+    _new_process()
     return png_folder(tmp_path / "pngs", classes=3, per_class=80, test_per_class=10)
 
 
@@ -168,7 +166,9 @@ def _new_process() -> None:
     from hps.trainers.data import _folder, forget_loads
     from hps.trainers.folder import forget_folders
 
-    forget_folders(), forget_loads(), _folder.cache_clear()
+    forget_folders()
+    forget_loads()
+    _folder.cache_clear()
 
 
 def _folder_cfg(root: Path, **data: Any) -> Any:
