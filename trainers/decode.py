@@ -29,12 +29,13 @@ class Seen:
 
 
 def open_image(path: str) -> Any:
+    """The image, loaded (PIL), or a :class:`DataError` naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        im = Image.open(path)
+        im.load()
+        return im
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"data.path: {path} is not an image PIL can read ({type(e).__name__}); "
                         f"remove it or move it out of the folder") from None
@@ -48,15 +49,15 @@ def decode_chunk(chunk: Chunk) -> Seen:
     mode = "L" if x.shape[3] == 1 else "RGB"
     sizes, color = set(), False
     for i, path in enumerate(chunk.paths):
-        im = open_image(path)
-        sizes.add(im.size)
-        color = color or im.mode not in GRAY_MODES
-        if im.size != (chunk.side, chunk.side) and not chunk.resize:
-            continue  # the caller refuses mixed sizes
-        im = im.convert(mode)
-        if im.size != (chunk.side, chunk.side):
-            im = im.resize((chunk.side, chunk.side), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
+        with open_image(path) as im:
+            sizes.add(im.size)
+            color = color or im.mode not in GRAY_MODES
+            if im.size != (chunk.side, chunk.side) and not chunk.resize:
+                continue  # the caller refuses mixed sizes
+            out = im if im.mode == mode else im.convert(mode)
+            if out.size != (chunk.side, chunk.side):
+                out = out.resize((chunk.side, chunk.side), Image.Resampling.BILINEAR)
+            a = np.asarray(out, dtype=np.uint8)
         x[chunk.start + i] = a[..., None] if a.ndim == 2 else a
     x.flush()
     del x

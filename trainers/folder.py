@@ -204,20 +204,20 @@ def build(root: str, image_size: int | None, final: Path, workers: int | None = 
         raise DataError(f"data.path {root}: holds no images")
     if len(names) < 2:
         raise DataError(f"data.path {root}: holds one class ({names[0]}); at least 2 are needed")
-    first = open_image(next(p for split in lst.splits for p in lst.paths(split)))
-    side = image_size or first.size[0]
+    with open_image(next(p for split in lst.splits for p in lst.paths(split))) as im:
+        (w, h), gray = im.size, im.mode in GRAY_MODES
+    side = image_size or w
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".decoding-"))
     try:
-        seen = _decode_all(lst, tmp, side, 1 if first.mode in GRAY_MODES else 3, image_size is not None, workers)
+        seen = _decode_all(lst, tmp, side, 1 if gray else 3, image_size is not None, workers)
         if image_size is None and len(seen.sizes) > 1:
             (a, b), (c, d) = sorted(seen.sizes)[:2]
             raise DataError(f"data.path {root}: images have different sizes ({a}x{b}, {c}x{d}, ...); set data.image_size "
                             "to resize them all to one side")
-        if image_size is None and first.size[0] != first.size[1]:
-            w, h = first.size
+        if image_size is None and w != h:
             raise DataError(f"data.path {root}: images are {w}x{h}; set data.image_size to resize them to a square side")
-        if first.mode in GRAY_MODES and seen.color:  # gray only when every image is: decode again in colour
+        if gray and seen.color:  # gray only when every image is: decode again in colour
             _decode_all(lst, tmp, side, 3, image_size is not None, workers)
         index = {c: i for i, c in enumerate(names)}
         for split, files in lst.splits.items():
