@@ -41,6 +41,36 @@ def _cfg(folder: str, subset: int | None, epochs: int = 1) -> Any:
                              "train": {"epochs": epochs, "batch_size": 250, "device": "cpu"}})
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def phase_decode(folder: str) -> dict[str, Any]:
+    """Decode the folder into the cache, alone: its peak memory over the process's baseline."""
+    try:
+        from hps.trainers.folder import decoded, folder_hash
+
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        folder_hash(folder)
+        t1 = time.perf_counter()
+        arrays = decoded(folder, None)[0]
+    except ImportError:  # the code before the folder module: one process, a list of images, then a stack
+        from hps.trainers.data import _decode_folder, _folder_hash  # type: ignore[attr-defined]
+
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        _folder_hash(folder)
+        t1 = time.perf_counter()
+        arrays = _decode_folder(Path(folder), None)
+    t2 = time.perf_counter()
+    nbytes = sum(a.nbytes for k, a in arrays.items() if k.startswith("x_"))
+    return {"hash_s": t1 - t0, "decode_s": t2 - t1, "array_mb": nbytes / 2**20, "base_mb": base,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def phase_load(folder: str) -> dict[str, Any]:
     from hps.trainers import load_data, pin_data
 
@@ -101,18 +131,23 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=2000)
     p.add_argument("--scale", type=int, default=500_000)
     p.add_argument("--src", default=str(REPO / "src"), help="the hps code to time (a checkout's src/)")
-    p.add_argument("--phase", choices=["first", "cached", "trials"], help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=["decode", "first", "cached", "trials"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
-        got = phase_trials(args.folder, args.trials, args.subset) if args.phase == "trials" else phase_load(args.folder)
+        phases = {"decode": phase_decode, "first": phase_load, "cached": phase_load}
+        got = phase_trials(args.folder, args.trials, args.subset) if args.phase == "trials" else phases[args.phase](args.folder)
         print(json.dumps(got))
         return
+    with tempfile.TemporaryDirectory(prefix="hps-bench-data-") as cache:
+        dec = run_phase(args, "decode", cache)
     with tempfile.TemporaryDirectory(prefix="hps-bench-data-") as cache:
         first = run_phase(args, "first", cache)
         cached = run_phase(args, "cached", cache)
         trials = run_phase(args, "trials", cache)["trials"]
     n = first["images"]
     print(f"code: {args.src}; folder {args.folder}: {n:,} images; {os.cpu_count()} CPUs")
+    print(f"decode alone: hash {dec['hash_s']:.1f} s, decode {dec['decode_s']:.1f} s; decoded array {dec['array_mb']:.0f} MB; "
+          f"peak RSS {dec['maxrss_mb']:.0f} MB (baseline {dec['base_mb']:.0f} MB), decoders {dec['children_maxrss_mb']:.0f} MB")
     print(f"first run (list, hash, decode, load): {first['total_s']:.1f} s (identify+decode {first['identify_s']:.1f} s, "
           f"load {first['load_s']:.1f} s); peak RSS {first['maxrss_mb']:.0f} MB, decoders {first['children_maxrss_mb']:.0f} MB")
     print(f"cached run (new process): {cached['total_s']:.2f} s (identify {cached['identify_s']:.2f} s, "
@@ -122,8 +157,9 @@ def main() -> None:
         print(f"{i:5d}  {r['prep_s']:6.2f}  {r['meter_s']:7.2f}  {r['to_first_step_s']:15.2f}  "
               f"{r['val_per_epoch_s']:15.2f}  {r['steps_s']:7.2f}  {r['fixed_s']:7.2f}")
     k = args.scale / n
-    print(f"at {args.scale:,} images (x{k:.1f}, linear): first run ~{first['total_s'] * k:.0f} s, cached run "
-          f"~{cached['total_s'] * k:.0f} s, decoded array {args.scale * 32 * 32 * 3 / 2**30:.2f} GiB at 32x32x3")
+    print(f"at {args.scale:,} images (x{k:.1f}, linear): decode ~{dec['decode_s'] * k:.0f} s, first run "
+          f"~{first['total_s'] * k:.0f} s, cached run ~{cached['total_s'] * k:.0f} s, decoded array "
+          f"{dec['array_mb'] * k / 1024:.2f} GiB")
 
 
 if __name__ == "__main__":
