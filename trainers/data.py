@@ -404,20 +404,24 @@ def stratified_pick(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
     return np.setdiff1d(np.arange(len(y)), pick), pick
 
 
-def _to_split(x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
-    return Split(xt, torch.from_numpy(y).to(device))
+def _to_split(x: np.ndarray, y: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[Split, np.ndarray]:
+    """The rows ``idx`` as a split on ``device`` (and its images as uint8 ``N x C x S x S`` on the host),
+    gathered and transposed in chunks: no copy of the split in ``x``'s layout beside the result."""
+    out = np.empty((len(idx), x.shape[3], x.shape[1], x.shape[2]), np.uint8)
+    for a in range(0, len(idx), 4096):
+        out[a:a + 4096] = x[idx[a:a + 4096]].transpose(0, 3, 1, 2)
+    return Split(torch.from_numpy(out).to(device), torch.from_numpy(np.ascontiguousarray(y[idx])).to(device)), out
 
 
 def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1], from each channel's histogram of the 256 values (exact
-    integer sums, in chunks: no float copy of the set, 4-5x faster than summing floats)."""
-    c = x.shape[3]
+    """Per-channel mean and std in [0, 1] of uint8 ``N x C x S x S`` images, from each channel's
+    histogram of the 256 values (exact integer sums, in chunks: no float copy of the set; 6x faster
+    than summing floats)."""
+    c = x.shape[1]
     counts = np.zeros((c, 256), dtype=np.int64)
     for i in range(0, len(x), 4096):
-        flat = x[i:i + 4096].reshape(-1, c)
         for ch in range(c):
-            counts[ch] += np.bincount(flat[:, ch], minlength=256)
+            counts[ch] += np.bincount(x[i:i + 4096, ch].reshape(-1), minlength=256)
     v = np.arange(256, dtype=np.float64)
     n = counts.sum(1)
     mean = counts @ v / n
@@ -458,9 +462,10 @@ def _load(cfg: DataConfig, src: Source, device: torch.device, test: bool) -> Dat
     arrays = read_arrays(src, cfg)
     x, y = arrays.x, arrays.y
     n_cls = CLASSES[src.dataset] if src.dataset else _num_classes(y, arrays.classes, src.path)
+    rows = np.arange(len(y))  # the rows of x the splits index (a subset's)
     if cfg.subset is not None and cfg.subset < len(y):
-        _, keep = stratified_pick(y, cfg.subset / len(y), cfg.split_seed)
-        x, y = x[keep], y[keep]
+        _, rows = stratified_pick(y, cfg.subset / len(y), cfg.split_seed)
+        y = y[rows]
     train_idx, val_idx = stratified_pick(y, cfg.val_fraction, cfg.split_seed + 1)
     if cfg.val_fraction > 0 and len(val_idx) == 0:
         raise DataError(f"data.val_fraction {cfg.val_fraction:g} of {len(y)} training images leaves no validation "
@@ -474,11 +479,12 @@ def _load(cfg: DataConfig, src: Source, device: torch.device, test: bool) -> Dat
             raise DataError(f"{src.origin} {src.path}: holds no test split (x_test, y_test); score without --test")
         else:
             xt, yt = arrays.x_test, arrays.y_test
-    x_train = x[train_idx]
-    mean, std = _stats(x_train)
+    train, host = _to_split(x, arrays.y, rows[train_idx], device)
+    mean, std = _stats(host)
+    del host  # on a GPU, the host copy goes now
     return Data(
-        train=_to_split(x_train, y[train_idx], device),
-        val=_to_split(x[val_idx], y[val_idx], device) if len(val_idx) else None,
-        test=_to_split(xt, yt, device) if test else None,
+        train=train,
+        val=_to_split(x, arrays.y, rows[val_idx], device)[0] if len(val_idx) else None,
+        test=_to_split(xt, yt, np.arange(len(yt)), device)[0] if test else None,
         num_classes=n_cls, mean=mean, std=std, source=src.path,
     )
