@@ -108,6 +108,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     from hps.search.executors import Executor, InProcessExecutor, new_run, settle, settle_unstarted
     from hps.search.progress import view
     from hps.trainers import load_data
+    from hps.trainers.device import resolve_device
 
     _quiet_optuna()
     settings()  # every HPS_* setting checked before anything runs
@@ -129,7 +130,8 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         executor.check(url)
     else:
         executor = InProcessExecutor()
-    load_data(space.base.data)  # data problems surface before any trial
+    # data problems surface before any trial; an in-process run's trials reuse this load (same device)
+    load_data(space.base.data, "cpu" if ray is not None else resolve_device(space.base.train.device))
     artifact_store()  # the artifact store is reachable before anything trains
     store = get_storage(url)
     study = None

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,3 +135,127 @@ def test_a_split_without_validation_images_is_refused() -> None:
     cfg = config_from_dict({"data": {"subset": 10, "val_fraction": 0.05}}).data
     with pytest.raises(DataError, match=r"data\.val_fraction 0\.05 of 10 training images leaves no validation image"):
         load_data(cfg)
+
+
+# -- a whole folder: listed once per process, found by its stamp, decoded in parallel, loaded once --
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh process's view (nothing listed, loaded or cached) of a 3-class PNG folder: 240 train, 30 test."""
+    from tests.conftest import png_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _new_process()
+    return png_folder(tmp_path / "pngs", classes=3, per_class=80, test_per_class=10)
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Count the calls of ``module.name`` (the real function still runs)."""
+    calls = [0]
+    real = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _new_process() -> None:
+    from hps.trainers.data import _folder, forget_loads
+    from hps.trainers.folder import forget_folders
+
+    forget_folders()
+    forget_loads()
+    _folder.cache_clear()
+
+
+def _folder_cfg(root: Path, **data: Any) -> Any:
+    return config_from_dict({"model": {"name": "airnet", "width": 0.125},
+                             "data": {"path": str(root), "val_fraction": 0.2, **data},
+                             "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
+
+
+def test_a_folder_is_listed_and_hashed_once_per_process(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hps.trainers.folder as fm
+    from hps.trainers import data_identity, pin_data
+    from hps.trainers.data import data_shape, resolve_source
+
+    scans, hashes = _count(monkeypatch, fm, "_scan"), _count(monkeypatch, fm, "_content_hash")
+    cfg = _folder_cfg(folder)
+    for seed in range(3):  # what a run and three trials ask: pin, identity, shape, load
+        pinned = pin_data(cfg.replace("train", seed=seed))
+        data_identity(pinned), data_shape(pinned.data), resolve_source(pinned.data)
+        load_data(pinned.data)
+    assert scans[0] == 1 and hashes[0] == 1
+
+
+def test_a_later_run_finds_its_cache_by_the_stamp_without_reading_the_files(folder: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import hps.trainers.folder as fm
+
+    first = load_data(_folder_cfg(folder).data, test=True)
+    stamps = list((folder.parent / "cache" / "hps" / "images" / "stamps").glob("*.json"))
+    assert len(stamps) == 1
+    _new_process()
+    scans, hashes, builds = (_count(monkeypatch, fm, n) for n in ("_scan", "_content_hash", "build"))
+    again = load_data(_folder_cfg(folder).data, test=True)
+    assert (scans[0], hashes[0], builds[0]) == (1, 0, 0)  # one metadata walk; no file read, nothing decoded
+    assert torch.equal(again.train.x, first.train.x) and again.test is not None and len(again.test) == 30
+
+
+def test_a_changed_folder_is_detected(folder: Path) -> None:
+    import os
+
+    from hps.trainers import pin_data
+    from hps.trainers.errors import DataMismatch
+
+    pinned = pin_data(_folder_cfg(folder))
+    cls = folder / "train" / "airplane"
+    (cls / "extra.png").write_bytes((cls / "0001.png").read_bytes())  # added: seen in this same process
+    with pytest.raises(DataMismatch, match=r"differs from the config's data\.sha256"):
+        load_data(pinned.data)
+    (cls / "extra.png").unlink()  # removed again: the same data
+    assert load_data(pinned.data).train.x.shape[0] == 192
+    (cls / "0000.png").write_bytes((cls / "0002.png").read_bytes())  # replaced in place: a new run sees it
+    _new_process()
+    with pytest.raises(DataMismatch, match=r"differs from the config's data\.sha256"):
+        load_data(pinned.data)
+    # what the stamp does not see: content edited with the size and mtime kept (the documented limit)
+    pinned = pin_data(_folder_cfg(folder))
+    a = cls / "0003.png"
+    st, edited = a.stat(), bytearray(a.read_bytes())
+    edited[-20] ^= 1
+    a.write_bytes(bytes(edited))
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _new_process()
+    assert pin_data(_folder_cfg(folder)).data.sha256 == pinned.data.sha256
+
+
+def test_parallel_decode_gives_the_serial_array(folder: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from hps.trainers.folder import build
+
+    build(str(folder), None, tmp_path / "serial", workers=1)
+    build(str(folder), None, tmp_path / "parallel", workers=2)  # 270 images in 5 chunks, 2 processes
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(np.load(tmp_path / "serial" / f"{name}.npy"), np.load(tmp_path / "parallel" / f"{name}.npy"))
+    x = np.load(tmp_path / "parallel" / "x_train.npy")
+    assert x.shape == (240, 32, 32, 3)
+    assert np.array_equal(x[80], np.asarray(Image.open(folder / "train" / "automobile" / "0000.png").convert("RGB")))
+
+
+def test_a_second_trial_in_a_process_does_not_reload(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hps.trainers.augment as augment
+    import hps.trainers.data as data
+    from hps.trainers import train
+
+    loads, pads = _count(monkeypatch, data, "_load"), _count(monkeypatch, augment, "reflect_pad")
+    for seed in range(2):
+        result = train(_folder_cfg(folder).replace("train", seed=seed))
+        assert len(result.history) == 1
+    assert loads[0] == 1 and pads[0] == 1
+    load_data(_folder_cfg(folder, split_seed=1).data)  # another split is another load
+    assert loads[0] == 2

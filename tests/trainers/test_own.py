@@ -16,6 +16,7 @@ from hps.trainers import ConfigError, DataError, config_from_dict, load_config, 
 from hps.trainers.augment import Augmenter
 from hps.trainers.data import data_shape, pin_data
 from hps.trainers.errors import ModelError
+from hps.trainers.folder import forget_folders
 from hps.trainers.models import create_model, list_models
 from hps.trainers.models.check import check_knobs, check_model
 from tests.conftest import gray_npz, png_folder
@@ -101,12 +102,13 @@ def test_an_image_folder_is_decoded_once_and_never_written_into(tmp_path: Path) 
     assert len(d.train) + len(d.val) == 600
     pinned = pin_data(cfg)
     assert pinned.data.path == str(root) and len(pinned.data.sha256 or "") == 64
-    cached = list((Path(os.environ["XDG_CACHE_HOME"]) / "hps" / "images").glob("*.npz"))
+    cached = [p for p in (Path(os.environ["XDG_CACHE_HOME"]) / "hps" / "images").iterdir() if p.name.endswith("-v2")]
     assert len(cached) == 1  # decoded once; the folder's content hash names it
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written into the user's folder
     again = load_data(cfg.data)
     assert torch.equal(again.train.x, d.train.x)
     (root / "train" / "airplane" / "0000.png").write_bytes((root / "train" / "airplane" / "0001.png").read_bytes())
+    forget_folders()  # a new run: an edit in place (same name, new mtime) is found by the folder's stamp
     with pytest.raises(DataError, match=r"sha256 [0-9a-f]{12} differs from the config's data\.sha256"):
         load_data(pinned.data)  # other content, same names: other data
 
