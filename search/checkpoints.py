@@ -5,7 +5,10 @@
 - Checkpoints: the trainer's :class:`trainers.Checkpoint` hook for one trial. It saves the full
   training state at most every ``HPS_CHECKPOINT_SECONDS`` (default 300) after an epoch, keeps only
   the newest, and records it as the trial's ``checkpoint`` user attr. A trial that Optuna retries
-  after its worker died (``failed_trial``) resumes from its original's last checkpoint. A finished
+  after its worker died (``failed_trial``) resumes from its original's last checkpoint, loaded with
+  ``torch.load(weights_only=True)`` (tensors and plain values only: a file planted in a shared store
+  cannot run code in a worker; one that holds anything else is refused and the retry trains from the
+  start, saying so in ``hps:resumed_from``). A finished
   trial's checkpoints are deleted (the original's too, once its retry finishes).
 - Weights: a COMPLETE trial's final weights, at the budget's storage dtype, uploaded with
   ``optuna.artifacts.upload_artifact`` (so the stock optuna-dashboard lists and serves them) while
@@ -20,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -36,6 +40,17 @@ from hps.search.record import ARTIFACT_PREFIX, CHECKPOINT, CHECKPOINT_SECONDS, R
 from hps.search.settings import settings
 from hps.search.storage import rdb_backend
 from hps.trainers.meter import save_state
+
+
+def unreadable(e: BaseException) -> str:
+    """Why a checkpoint was not loaded, in one line. ``torch.load(weights_only=True)`` refuses any
+    object other than tensors and plain values (a pickled callable would run code on load): its
+    page-long message is cut to the global it refused."""
+    text = str(e)
+    if refused := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (f"{type(e).__name__}: refused to load: it holds {refused.group(1)}, not only tensors and plain values "
+                "(weights_only); trained from the start")
+    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
 
 
 def _remove(store: Any, artifact_id: str | None) -> None:
@@ -66,14 +81,13 @@ class TrialCheckpoint:
             return None
         try:
             with self.store.open_reader(saved["id"]) as f:
-                state = torch.load(io.BytesIO(f.read()), weights_only=False, map_location="cpu")
+                state = torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")
             if not isinstance(state, dict) or not {"model", "optimizer", "history", "epoch", "rng"} <= set(state):
                 raise ValueError("not a training state")
         except ArtifactNotFound:
             return None
         except Exception as e:  # a retry never dies of its original's checkpoint: it trains from the start
-            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0,
-                                                      "unreadable": f"{type(e).__name__}: {str(e)[:200]}"})
+            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0, "unreadable": unreadable(e)})
             return None
         set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": saved["epoch"]})
         self.restored = list(state["history"])

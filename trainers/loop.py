@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,22 +121,13 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
-        if saved["rng"].get("device", "cpu") == device.type:
-            gen.set_state(saved["rng"]["augment"])
-        else:  # saved on another kind of device (a retry landed elsewhere): that generator's state does not fit
-            gen.manual_seed(tc.seed + saved["step"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if device.type == "cuda" and saved["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
-        rng.setstate(saved["rng"]["python"])
+        _restore_rng(saved["rng"], device, gen, rng, tc.seed + saved["step"])
         history, step, first = saved["history"], saved["step"], saved["epoch"] + 1
 
-    def state() -> dict[str, Any]:
+    def state() -> dict[str, Any]:  # tensors and plain values only: a resume loads it with weights_only=True
         return {"epoch": epoch, "step": step, "history": history, "config": config_to_dict(cfg),
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"device": device.type, "augment": gen.get_state(), "torch": torch.get_rng_state(),
-                        "python": rng.getstate(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+                "rng": _rng_state(device, gen, rng)}
 
     for epoch in range(first, tc.epochs + 1):
         augment = cfg.stage_augment(epoch)  # the fine-tuning stage may mix with another alpha
@@ -213,6 +205,33 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
             out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(model, split, aug, cast, tc.channels_last,
                                                                min(tc.batch_size, len(split)))
     return out
+
+
+def _rng_state(device: torch.device, gen: torch.Generator, rng: random.Random) -> dict[str, Any]:
+    """Every RNG a step draws from, as tensors and lists (nothing :func:`torch.load` would refuse
+    with ``weights_only=True``): the augmentation generator, torch's, CUDA's, Python's, NumPy's."""
+    version, words, gauss = rng.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"device": device.type, "augment": gen.get_state(), "torch": torch.get_rng_state(),
+            "python": [version, list(words), gauss],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore_rng(saved: dict[str, Any], device: torch.device, gen: torch.Generator, rng: random.Random,
+                 fallback_seed: int) -> None:
+    if saved.get("device", "cpu") == device.type:
+        gen.set_state(saved["augment"])
+    else:  # saved on another kind of device (a retry landed elsewhere): that generator's state does not fit
+        gen.manual_seed(fallback_seed)
+    torch.set_rng_state(saved["torch"])
+    if device.type == "cuda" and saved.get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["cuda"], device)
+    version, words, gauss = saved["python"]
+    rng.setstate((version, tuple(words), gauss))
+    if (n := saved.get("numpy")) is not None:  # (checkpoints from before it was saved have none)
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
 
 
 def _on_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

@@ -164,3 +164,47 @@ def test_a_trained_trial_stays_complete_when_its_weights_cannot_be_kept(tmp_path
     (t,) = result.study.trials
     assert t.state == TrialState.COMPLETE and t.value is not None and result.best_trial is not None
     assert t.system_attrs[PROBLEM] == "weights not kept: OSError: [Errno 28] No space left on device"
+
+
+class _Payload:
+    """What a writer of the artifact store could plant: unpickling it calls ``Path.write_text``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return Path.write_text, (self.marker, "the payload ran")
+
+
+@pytest.mark.slow  # one trial of 3 epochs
+def test_a_checkpoint_holding_code_is_refused_and_the_retry_trains_from_the_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry loads its original's checkpoint with weights_only=True: a pickled callable is
+    refused without running, said in one line in the retry's record, and the retry trains all
+    its epochs from the start."""
+    from hps.search.record import RESUMED_FROM
+
+    art, marker = tmp_path / "art", tmp_path / "marker"
+    art.mkdir()
+    monkeypatch.setenv("HPS_ARTIFACTS", str(art))
+    monkeypatch.setenv("HPS_DATA", str(MINI))
+    with open(art / "checkpoint-planted", "wb") as f:
+        torch.save({"epoch": 2, "step": 24, "history": [], "model": _Payload(marker), "optimizer": {}, "rng": {}}, f)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    space = load_space(write_space(tmp_path, "planted", study__trials=1, study__pruner={"name": "none"}, warm_start=[]))
+    study = optuna.create_study(study_name="planted", storage=url, direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.125, 1.0)
+    lr = optuna.distributions.FloatDistribution(1e-4, 0.2, log=True)
+    params, dists = {"model.width": 0.25, "optimizer.lr": 0.05}, {"model.width": dist, "optimizer.lr": lr}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, params=params, distributions=dists,
+                                              system_attrs={CHECKPOINT: {"id": "checkpoint-planted", "epoch": 2}}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=dists,
+                                              system_attrs={"failed_trial": 0}))
+    run(space, url, trials=1, progress="none")
+    retry = optuna.load_study(study_name="planted", storage=url).trials[1]
+    assert not marker.exists()  # the payload never ran
+    assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == [1, 2, 3]
+    why = retry.system_attrs[RESUMED_FROM]
+    assert why["trial"] == 0 and why["epoch"] == 0
+    assert why["unreadable"] == ("UnpicklingError: refused to load: it holds getattr, not only tensors and plain values "
+                                 "(weights_only); trained from the start")
