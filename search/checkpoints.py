@@ -36,7 +36,16 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import ARTIFACT_PREFIX, CHECKPOINT, CHECKPOINT_SECONDS, RESUMED_FROM, WEIGHTS, set_trial_info, trial_info
+from hps.search.record import (
+    ARTIFACT_PREFIX,
+    CHECKPOINT,
+    CHECKPOINT_SECONDS,
+    PROBLEM,
+    RESUMED_FROM,
+    WEIGHTS,
+    set_trial_info,
+    trial_info,
+)
 from hps.search.settings import settings
 from hps.search.storage import rdb_backend
 from hps.trainers.meter import save_state
@@ -67,6 +76,7 @@ class TrialCheckpoint:
         self.every_s = settings().checkpoint_seconds if every_s is None else every_s
         self.last_saved = time.monotonic()
         self.current: str | None = None
+        self.epoch = 0  # the current checkpoint's
         self.original: FrozenTrial | None = None
         self.save_seconds = 0.0
         self.restored: list[dict[str, float]] = []  # the history a resumed trial starts with
@@ -94,6 +104,9 @@ class TrialCheckpoint:
         return state
 
     def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Save the state when it is due: write the new checkpoint, then record it, then remove
+        the old one. A write that fails (a full disk, a store that is down) removes what it wrote
+        and keeps the old checkpoint; the trial trains on, the problem recorded in one line."""
         if time.monotonic() - self.last_saved < self.every_s:
             return
         start = time.perf_counter()
@@ -101,10 +114,18 @@ class TrialCheckpoint:
         torch.save(state(), buf)
         buf.seek(0)
         new = f"checkpoint-{uuid.uuid4()}"
-        self.store.write(new, buf)
-        set_trial_info(self.trial, CHECKPOINT, {"id": new, "epoch": epoch, "bytes": buf.getbuffer().nbytes})
-        _remove(self.store, self.current)
-        self.current = new
+        try:
+            self.store.write(new, buf)
+        except Exception as e:
+            with contextlib.suppress(Exception):  # a partly written file
+                self.store.remove(new)
+            kept = f"the one after epoch {self.epoch} is kept" if self.current else "none is kept"
+            set_trial_info(self.trial, PROBLEM, f"checkpoint after epoch {epoch} not saved ({type(e).__name__}: "
+                                                f"{' '.join(str(e).split())[:200]}); {kept}")
+        else:
+            set_trial_info(self.trial, CHECKPOINT, {"id": new, "epoch": epoch, "bytes": buf.getbuffer().nbytes})
+            _remove(self.store, self.current)
+            self.current, self.epoch = new, epoch
         self.save_seconds += time.perf_counter() - start
         self.last_saved = time.monotonic()
 
