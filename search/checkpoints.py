@@ -12,7 +12,8 @@
   trial's checkpoints are deleted (the original's too, once its retry finishes).
 - Weights: a COMPLETE trial's final weights, at the budget's storage dtype, uploaded with
   ``optuna.artifacts.upload_artifact`` (so the stock optuna-dashboard lists and serves them) while
-  the trial ranks among the best ``HPS_KEEP_WEIGHTS`` (default 3); weights that drop out of the best
+  the trial ranks among the best ``HPS_KEEP_WEIGHTS`` (default 3) of the study's current definition
+  (after ``--allow-change``, the new definition's: what ``export`` picks from); weights that drop out of the best
   are deleted and their entry cleared. Disk: at most one checkpoint per running trial (plus one
   per killed trial awaiting its retry) and ``HPS_KEEP_WEIGHTS`` weight files.
 """
@@ -43,6 +44,7 @@ from hps.search.record import (
     PROBLEM,
     RESUMED_FROM,
     WEIGHTS,
+    current,
     set_trial_info,
     trial_info,
 )
@@ -142,14 +144,16 @@ class TrialCheckpoint:
 def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: dict[str, torch.Tensor],
                  store: Any, k: int | None = None) -> str | None:
     """Upload ``state_dict`` as the trial's ``weights.pt`` when ``value`` ranks among the best ``k``
-    COMPLETE trials; delete the weights that drop out. Returns the artifact id, or None."""
+    COMPLETE trials of the study's current definition (those ``export`` picks from); delete the
+    weights that drop out, and those of earlier definitions. Returns the artifact id, or None."""
     k = settings().keep_weights if k is None else k
     if k <= 0:
         return None
     study = trial.study
+    same = current(study)
     kept = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trial_info(t, WEIGHTS)]
     sign = 1.0 if maximize else -1.0
-    ranked = sorted(kept, key=lambda t: sign * float(t.value or 0.0), reverse=True)
+    ranked = sorted((t for t in kept if same(t)), key=lambda t: sign * float(t.value or 0.0), reverse=True)
     if len(ranked) >= k and sign * value <= sign * float(ranked[k - 1].value or 0.0):
         return None
     with tempfile.TemporaryDirectory() as d:
@@ -157,7 +161,7 @@ def keep_if_best(trial: optuna.Trial, value: float, maximize: bool, state_dict: 
         save_state(state_dict, path)  # exactly the meter's model_bytes
         artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
     set_trial_info(trial, WEIGHTS, artifact_id)
-    for t in ranked[k - 1:]:
+    for t in [*ranked[k - 1:], *(t for t in kept if not same(t))]:
         drop(trial.storage, t, store)
     return artifact_id
 

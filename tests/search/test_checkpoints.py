@@ -300,3 +300,37 @@ def test_an_export_onto_a_full_disk_keeps_the_earlier_export(tmp_path: Path, tin
         export(s, out, url, artifact_dir=tmp_path / "art")
     assert str(e.value) == f"{out}: cannot write the export (No space left on device); the files there are unchanged"
     assert {p.name: p.read_bytes() for p in tiny_fs.iterdir() if p.name != "filler"} == before
+
+
+@pytest.mark.slow  # three hps commands, two trials
+def test_after_allow_change_the_new_best_keeps_weights_and_export_writes_them(tmp_path: Path) -> None:
+    """HPS_KEEP_WEIGHTS ranks the trials of the study's current definition, the ones export picks
+    from: after --allow-change a worse trial of the new definition keeps its weights (the old
+    definition's go) and hps export writes them beside its YAML."""
+    env = {**os.environ, "HPS_ARTIFACTS": str(tmp_path / "art"), "HPS_KEEP_WEIGHTS": "1", "HPS_DATA": str(MINI),
+           "COLUMNS": "200"}
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    path = write_space(tmp_path, "kept", study__trials=1, study__pruner={"name": "none"},
+                       warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+
+    def hps(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hps", *args], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=600)
+
+    first = hps("run", str(path), "--storage", url, "--no-live")
+    assert first.returncode == 0, first.stderr
+    data = yaml.safe_load(path.read_text())
+    data["budget"]["max_epochs"] = data["base"]["train"]["epochs"] = 1  # a new definition, whose trials score lower
+    data["warm_start"] = [{"model.width": 0.25, "optimizer.lr": 0.04}]
+    data["space"]["model.width"]["high"] = 0.25  # every trial fits the budget
+    path.write_text(yaml.safe_dump(data))
+    again = hps("run", str(path), "--storage", url, "--no-live", "--allow-change", "--trials", "2")
+    assert again.returncode == 0, again.stderr
+    out = hps("export", "kept", "-o", str(tmp_path / "best.yaml"), "--storage", url)
+    assert out.returncode == 0, out.stderr
+    trials = optuna.load_study(study_name="kept", storage=url).get_trials(states=(TrialState.COMPLETE,))
+    old, new = trials[0], max(trials[1:], key=lambda t: t.value)
+    assert new.value < old.value and WEIGHTS not in old.system_attrs  # the old definition's weights dropped out
+    prov = yaml.safe_load((tmp_path / "best.yaml").read_text())["provenance"]
+    assert prov["trial"] == new.number and prov["weights"]["file"] == "best.pt"
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "art" / new.system_attrs[WEIGHTS]).read_bytes()
