@@ -66,6 +66,7 @@ from hps.trainers import (
     train,
     with_overrides,
 )
+from hps.trainers.meter import Measured
 from hps.trainers.models._registry import install_sources
 from hps.trainers.models.check import pin_model
 
@@ -205,7 +206,8 @@ class Objective:
         ckpt = TrialCheckpoint(trial, store)
         interrupted = False
         try:
-            result = train(cfg, report, checkpoint=ckpt)
+            measured = Measured(int(screen.figures["params"]), int(screen.figures["model_bytes"]), budget.storage_dtype)
+            result = train(cfg, report, checkpoint=ckpt, measured=measured)
         except KeyboardInterrupt:
             interrupted = True  # owed again: the retry resumes from this trial's checkpoint
             raise

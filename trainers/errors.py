@@ -22,3 +22,8 @@ class TrainingDiverged(RuntimeError):
 class ModelError(ConfigError):
     """A model the config names cannot be built as asked: its code fails to import, is not a
     builder, raises, or returns the wrong output; the message names the file and the cause."""
+
+
+class ModelChanged(ModelError):
+    """The network built to train is not the one the meter measured (a builder that returns
+    different networks on different calls): the budget would have judged another model."""

@@ -28,7 +28,7 @@ from hps.trainers.config import TrainConfig, config_to_dict, dump_config, load_c
 from hps.trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from hps.trainers.device import autocast_dtype, resolve_device
 from hps.trainers.errors import ModelError, TrainingDiverged
-from hps.trainers.meter import save_state, state_dict_at, state_dict_from
+from hps.trainers.meter import Measured, check_measured, save_state, state_dict_at, state_dict_from
 from hps.trainers.models.check import check_model, pin_model
 from hps.trainers.optim import build_optimizer, lr_at
 
@@ -86,9 +86,10 @@ def evaluate(model: nn.Module, split: Split, aug: Augmenter, cast: contextlib.Ab
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
-          data: Data | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
+          data: Data | None = None, checkpoint: Checkpoint | None = None, measured: Measured | None = None) -> TrainResult:
     """Train ``cfg`` from scratch, or from ``checkpoint``'s state; deterministic on the CPU for a
-    given ``train.seed`` (a resumed run ends with the metrics of an uninterrupted one)."""
+    given ``train.seed`` (a resumed run ends with the metrics of an uninterrupted one). ``measured``:
+    the meter's figures the budget judged; a network that differs is refused before training."""
     t_start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -102,7 +103,10 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     rng = random.Random(tc.seed)
 
-    model = _on_device(cfg.model.build(data.num_classes, channels, side), device, tc.channels_last)
+    built = cfg.model.build(data.num_classes, channels, side)
+    if measured is not None:
+        check_measured(built, measured, cfg.model.name)
+    model = _on_device(built, device, tc.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if tc.compile:  # each trial compiles anew: a long-lived worker would reach dynamo's recompile limit after a
         torch._dynamo.reset()  # few trials, and later trials would run uncompiled without a word

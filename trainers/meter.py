@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hps.trainers.config import TrainConfig
 from hps.trainers.data import Shape, data_shape, input_side
 from hps.trainers.device import autocast_dtype, resolve_device
+from hps.trainers.errors import ModelChanged
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 _OPT_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2}
@@ -154,3 +155,23 @@ def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES), s
     memory = weights + act_elems * cfg.train.batch_size * views * act_bytes
     return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), shape.num_classes, side, shape.channels)
 
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the budget judged: the meter's parameter count and file bytes at the storage dtype."""
+
+    params: int
+    model_bytes: int
+    dtype: str = "fp32"
+
+
+def check_measured(model: nn.Module, measured: Measured, name: str) -> None:
+    """Refuse to train a network other than the one measured (:class:`ModelChanged`): its trainable
+    parameters and the bytes of its saved state at the storage dtype must be the meter's."""
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = saved_bytes(state_dict_at(model, measured.dtype))
+    if (params, size) != (measured.params, measured.model_bytes):
+        raise ModelChanged(f"model.name {name!r}: the network built to train has {params:,} parameters and {size:,} "
+                           f"bytes at {measured.dtype}, the one measured for the budget {measured.params:,} and "
+                           f"{measured.model_bytes:,}; the builder must return the same network for the same arguments")
