@@ -77,6 +77,7 @@ class Objective:
         self.space, self.worker = space, worker
         self._store: Any = None
         self._budget_note = ""
+        self._trained = False  # a trial of this process reached training since the last collection
 
     def store(self) -> Any:
         """The artifact store for checkpoints and weights (``$HPS_ARTIFACTS``), opened once per process."""
@@ -88,7 +89,9 @@ class Objective:
         return {**self.__dict__, "_store": None}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        _release_memory()  # what an earlier trial's exception kept alive goes before this trial builds anything
+        if self._trained:  # what an earlier trial's exception kept alive goes before this trial builds anything
+            _release_memory()  # (a full collection costs about 0.5 s: not after a trial that built nothing)
+            self._trained = False
         try:
             return self._run(trial)
         except optuna.TrialPruned as e:
@@ -163,10 +166,10 @@ class Objective:
             set_trial_info(trial, CONSTRAINTS_LIST, list(screen.constraints.values()))
             set_trial_info(trial, BUDGET_EXCESS, screen.excess)  # > 0: over budget
         self._budget_note = note(screen, budget)
-        _save_note(trial, self._budget_note)
-        if not screen.feasible:
+        if not screen.feasible:  # (its note, with the reason, is saved once)
             broken = [k for k, v in screen.constraints.items() if v > 0]
             self._prune(trial, f"over:{broken[0]}", "over budget: " + "; ".join(screen.violations))
+        _save_note(trial, self._budget_note)
         return screen
 
     def _train(self, trial: optuna.Trial, cfg: TrainConfig, screen: Check) -> float | tuple[float, float]:
@@ -177,6 +180,7 @@ class Objective:
         ckpt = TrialCheckpoint(trial, store)
         measured = Measured(int(screen.figures["params"]), int(screen.figures["model_bytes"]), budget.storage_dtype)
         interrupted = False
+        self._trained = True
         try:
             result = train(cfg, progress.report, checkpoint=ckpt, measured=measured)
         except KeyboardInterrupt:
