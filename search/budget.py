@@ -4,7 +4,8 @@
   (:func:`check`). Each becomes an Optuna constraint ``measured - limit`` (<= 0 is feasible) and,
   when broken, a human reason such as ``params 7.1M > max_params 5M``; :func:`note` writes them as
   the trial's dashboard note, :func:`columns` picks the figures shown as dashboard columns.
-- The space's smallest config (:func:`check_smallest`) and a fitted width (:func:`fit_width`).
+- The space's smallest config (:func:`check_smallest`) and a fitted width (:func:`fit_width`,
+  :func:`check_fit`).
 - Per-epoch limits (:class:`EpochLimits`): ``max_trial_seconds`` and ``max_gpu_memory_mb``,
   checked after each epoch as an Optuna pruner is asked; breaking one raises :class:`OverBudget`.
 - The study's compute (:class:`StudyBudget`): ``max_device_hours`` over every trial's device-seconds.
@@ -121,6 +122,15 @@ def fit_width(cfg: TrainConfig, budget: Budget, low: float, high: float, steps: 
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return round(lo, 4) if ok(round(lo, 4)) else lo
+
+
+def check_fit(base: TrainConfig, budget: Budget, low: float, high: float, source: str) -> None:
+    """``type: fit`` (:func:`fit_width` bisects the width) needs a model whose size grows with width."""
+    small, large = (measure(with_overrides(base, {"model.width": w}), dtypes=(budget.storage_dtype,)) for w in (low, high))
+    if small.params >= large.params and small.macs >= large.macs:
+        raise SpaceError(f"{source}: space.model.width: type 'fit' needs a model whose size grows with width, but "
+                         f"{base.model.name} has {small.params:,} params at width {low:g} and {large.params:,} at "
+                         f"{high:g}; search the width as a range, or make the builder use it")
 
 
 def check_smallest(base: TrainConfig, budget: Budget, candidates: Sequence[Mapping[str, Any]], source: str) -> None:

@@ -32,7 +32,7 @@ from hps.search.algorithms import (
     rehearse,
     sampler_class,
 )
-from hps.search.budget import Budget, check_smallest, fit_width
+from hps.search.budget import Budget, check_fit, check_smallest, fit_width
 from hps.search.errors import SpaceError
 from hps.search.record import FITTED_WIDTH
 from hps.trainers import (
@@ -42,7 +42,6 @@ from hps.trainers import (
     config_from_dict,
     config_to_dict,
     load_config,
-    measure,
     with_overrides,
 )
 from hps.trainers.augment import check_augment
@@ -403,7 +402,10 @@ def load_space(space: str | Path | Mapping[str, Any], overrides: Overrides | Non
     warm = [_warm_params(w, spec, base, source, folder, i) for i, w in enumerate(spec.warm_start)]
     space_ = Space(spec, base, source, warm, sets, model_sources(base))
     check_smallest(base, spec.budget, _smallest_candidates(spec, base), source)
-    _check_fit(spec, base, source)
+    fit = spec.space.get("model.width")
+    if fit is not None and fit.kind == "fit":
+        assert fit.low is not None and fit.high is not None
+        check_fit(base, spec.budget, fit.low, fit.high, source)
     _rehearse(space_)
     return space_
 
@@ -434,20 +436,6 @@ def model_sources(base: TrainConfig) -> dict[str, tuple[str, str]]:
     if not colon or not where.endswith(".py") or base.model.sha256 is None:
         return {}
     return {base.model.sha256: (Path(where).name, Path(where).read_text())}
-
-
-def _check_fit(spec: SpaceFile, base: TrainConfig, source: str) -> None:
-    """``type: fit`` needs a model whose size grows with width."""
-    fit = spec.space.get("model.width")
-    if fit is None or fit.kind != "fit":
-        return
-    assert fit.low is not None and fit.high is not None
-    low, high = (measure(with_overrides(base, {"model.width": w}), dtypes=(spec.budget.storage_dtype,))
-                 for w in (fit.low, fit.high))
-    if low.params >= high.params and low.macs >= high.macs:
-        raise SpaceError(f"{source}: space.model.width: type 'fit' needs a model whose size grows with width, but "
-                         f"{base.model.name} has {low.params:,} params at width {fit.low:g} and {high.params:,} at "
-                         f"{fit.high:g}; search the width as a range, or make the builder use it")
 
 
 def _load_base(base: str | Mapping[str, Any], source: str, folder: Path) -> TrainConfig:

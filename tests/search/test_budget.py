@@ -81,5 +81,6 @@ def test_every_budget_rule_lives_in_budget_py() -> None:
     import hps.search.record as record
 
     assert executors.StudyBudget is budget.StudyBudget and budget.StudyBudget.__module__ == "hps.search.budget"
+    assert all(callable(getattr(budget, f)) for f in ("check", "check_smallest", "check_fit", "fit_width", "note", "columns"))
     assert not hasattr(record, "LIMITS") and set(budget.LIMITS) == {"max_params", "max_model_bytes", "max_macs",
                                                                    "max_flops", "max_epochs"}
