@@ -1,21 +1,37 @@
-"""The budget as hard constraints: measured by the trainer's meter before anything trains.
+"""The budget, every rule of it in one place.
 
-Each limit becomes an Optuna constraint ``measured - limit`` (<= 0 is feasible) and, when broken,
-a human reason such as ``params 7.1M > max_params 5M``.
+- Static limits (:data:`LIMITS`): measured by the trainer's meter before anything trains
+  (:func:`check`). Each becomes an Optuna constraint ``measured - limit`` (<= 0 is feasible) and,
+  when broken, a human reason such as ``params 7.1M > max_params 5M``; :func:`note` writes them as
+  the trial's dashboard note, :func:`columns` picks the figures shown as dashboard columns.
+- The space's smallest config (:func:`check_smallest`) and a fitted width (:func:`fit_width`,
+  :func:`check_fit`).
+- Per-epoch limits (:class:`EpochLimits`): ``max_trial_seconds`` and ``max_gpu_memory_mb``,
+  checked after each epoch as an Optuna pruner is asked; breaking one raises :class:`OverBudget`.
+- The study's compute (:class:`StudyBudget`): ``max_device_hours`` over every trial's device-seconds.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import optuna
+import torch
+from optuna.trial import FrozenTrial
 from pydantic import Field, model_validator
 
 from hps.search.errors import SpaceError
-from hps.search.record import LIMITS, human
+from hps.search.record import DEVICE_SECONDS, STOPPED, human, set_study_attr
 from hps.trainers import Measurement, TrainConfig, measure, with_overrides
 from hps.trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
+
+# budget limit -> (the figure it limits, its human label): the static limits the meter checks
+LIMITS = {"max_params": ("params", "params"), "max_model_bytes": ("model_bytes", "model bytes"),
+          "max_macs": ("macs", "MACs"), "max_flops": ("flops", "FLOPs"), "max_epochs": ("epochs", "epochs")}
 
 
 class Budget(Strict):
@@ -108,6 +124,15 @@ def fit_width(cfg: TrainConfig, budget: Budget, low: float, high: float, steps: 
     return round(lo, 4) if ok(round(lo, 4)) else lo
 
 
+def check_fit(base: TrainConfig, budget: Budget, low: float, high: float, source: str) -> None:
+    """``type: fit`` (:func:`fit_width` bisects the width) needs a model whose size grows with width."""
+    small, large = (measure(with_overrides(base, {"model.width": w}), dtypes=(budget.storage_dtype,)) for w in (low, high))
+    if small.params >= large.params and small.macs >= large.macs:
+        raise SpaceError(f"{source}: space.model.width: type 'fit' needs a model whose size grows with width, but "
+                         f"{base.model.name} has {small.params:,} params at width {low:g} and {large.params:,} at "
+                         f"{high:g}; search the width as a range, or make the builder use it")
+
+
 def check_smallest(base: TrainConfig, budget: Budget, candidates: Sequence[Mapping[str, Any]], source: str) -> None:
     """Refuse a space in which even the smallest config breaks a static budget limit.
     ``candidates``: overrides of ``base`` that give the space's smallest configs (one per model
@@ -126,3 +151,95 @@ def check_smallest(base: TrainConfig, budget: Budget, candidates: Sequence[Mappi
     name = f" ({cfg.model.name} at width {cfg.model.width:g}, depth {cfg.model.depth:g}{px})"
     raise SpaceError(f"{source}: budget: smallest config{name} has {result.violations[0]}; "
                      "raise the budget or lower the space's minimum")
+
+
+def columns(budget: Budget) -> list[str]:
+    """The budget figures a study shows as dashboard columns: params, and each size figure its budget
+    limits (epochs are fixed, or a searched param with a column of its own; every figure is in hps:budget)."""
+    return ["params", *(fig for key, (fig, _) in LIMITS.items()
+                        if getattr(budget, key) is not None and fig not in ("params", "epochs"))]
+
+
+def note(screen: Check, budget: Budget) -> str:
+    """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
+    beside the measured figure, then the figures no limit names. The table stays narrow."""
+    rows = []
+    for key, (fig, _) in LIMITS.items():
+        limit = getattr(budget, key)
+        if limit is None:
+            continue
+        shown, cap = over(screen.figures[fig], limit)
+        rows.append(f"| {key} | {cap} | {shown} | {'fits' if screen.figures[fig] <= limit else '**over**'} |")
+    for key in ("max_trial_seconds", "max_gpu_memory_mb"):
+        if getattr(budget, key) is not None:
+            rows.append(f"| {key} | {getattr(budget, key):g} | checked every epoch | |")
+    limited = {fig for key, (fig, _) in LIMITS.items() if getattr(budget, key) is not None}
+    for fig, value in screen.figures.items():  # the figures no limit names: measured all the same
+        if fig not in limited:
+            rows.append(f"| ({fig}) | - | {human(value)} | |")
+    return (f"**Budget** (model bytes at {budget.storage_dtype})\n\n| limit | value | this trial | |\n"
+            "|---|---|---|---|\n" + "\n".join(rows))
+
+
+class OverBudget(optuna.TrialPruned):
+    """A per-epoch limit reached during training; ``cause`` names it (``over:max_trial_seconds``)."""
+
+    def __init__(self, cause: str, text: str) -> None:
+        super().__init__(text)
+        self.cause = cause
+
+
+class EpochLimits:
+    """The budget's per-epoch limits for one trial, asked after each epoch as an Optuna pruner is:
+    :meth:`check` raises :class:`OverBudget` once the trial has run longer than ``max_trial_seconds``
+    (since this object was made: the trial's start), or its peak GPU memory (on CUDA only) passed
+    ``max_gpu_memory_mb``."""
+
+    def __init__(self, max_trial_seconds: float | None = None, max_gpu_memory_mb: float | None = None, *,
+                 cuda: bool = False) -> None:
+        for name, value in (("max_trial_seconds", max_trial_seconds), ("max_gpu_memory_mb", max_gpu_memory_mb)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+        self.max_seconds, self.max_memory_mb, self.cuda = max_trial_seconds, max_gpu_memory_mb, cuda
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.start = time.perf_counter()
+
+    @classmethod
+    def of(cls, budget: Budget, cuda: bool) -> EpochLimits:
+        return cls(budget.max_trial_seconds, budget.max_gpu_memory_mb, cuda=cuda)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def check(self, epoch: int) -> None:
+        elapsed = self.elapsed()
+        if self.max_seconds is not None and elapsed > self.max_seconds:
+            raise OverBudget("over:max_trial_seconds",
+                             f"ran {elapsed:.0f} s > max_trial_seconds {self.max_seconds:g} at epoch {epoch}")
+        if self.max_memory_mb is not None and self.cuda:
+            used = torch.cuda.max_memory_allocated() / 2**20
+            if used > self.max_memory_mb:
+                raise OverBudget("over:max_gpu_memory_mb",
+                                 f"GPU memory {used:.0f} MiB > max_gpu_memory_mb {self.max_memory_mb:g}")
+
+
+def device_seconds(study: optuna.Study) -> float:
+    """The study's compute spent: every trial's training wall time."""
+    return sum(float(t.user_attrs.get(DEVICE_SECONDS, 0.0)) for t in study.get_trials(deepcopy=False))
+
+
+class StudyBudget:
+    """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``."""
+
+    def __init__(self, max_device_hours: float | None) -> None:
+        self.limit = None if max_device_hours is None else max_device_hours * 3600
+
+    def spent(self, study: optuna.Study) -> bool:
+        return self.limit is not None and device_seconds(study) >= self.limit
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.spent(study):
+            set_study_attr(study, STOPPED, f"compute budget spent: {device_seconds(study):.0f} device-seconds")
+            study.stop()

@@ -27,13 +27,12 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
 from optuna.trial import FrozenTrial, TrialState
 
+from hps.search.budget import StudyBudget
 from hps.search.errors import Terminated, check_stop
 from hps.search.record import (
-    DEVICE_SECONDS,
     FAIL_REASON,
     FAILED,
     FINISHED,
-    STOPPED,
     WORKER,
     reason,
     set_reason,
@@ -100,25 +99,6 @@ def gone(worker: Any) -> bool:
         return False
     started = _started(int(worker["pid"]))
     return started is None or (worker.get("started") is not None and started != worker["started"])
-
-
-def device_seconds(study: optuna.Study) -> float:
-    return sum(float(t.user_attrs.get(DEVICE_SECONDS, 0.0)) for t in study.get_trials(deepcopy=False))
-
-
-class StudyBudget:
-    """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``."""
-
-    def __init__(self, max_device_hours: float | None) -> None:
-        self.limit = None if max_device_hours is None else max_device_hours * 3600
-
-    def spent(self, study: optuna.Study) -> bool:
-        return self.limit is not None and device_seconds(study) >= self.limit
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.spent(study):
-            set_study_attr(study, STOPPED, f"compute budget spent: {device_seconds(study):.0f} device-seconds")
-            study.stop()
 
 
 class Target:

@@ -6,6 +6,7 @@ the trial ran (``hps export`` and ``hps plot`` start as fast as Optuna does)."""
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -85,23 +86,44 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
     from optuna.artifacts import download_artifact, upload_artifact
 
     trial = best_trial(study, number)
-    out.parent.mkdir(parents=True, exist_ok=True)
     prov = provenance(study, trial, storage)
     store = artifact_store(artifact_dir) if artifact_dir is not None else None
-    weights = trial_info(trial, WEIGHTS)
-    if weights and store is not None:  # the trial's kept weights, beside the YAML
-        path = out.with_suffix(".pt")
+    weights, path = trial_info(trial, WEIGHTS), out.with_suffix(".pt")
+    written: dict[Path, Path] = {}  # final path -> its new version, written beside it
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if weights and store is not None:  # the trial's kept weights, beside the YAML
+            part = _part(path)
+            part.unlink(missing_ok=True)  # left by an export that was killed
+            try:
+                download_artifact(artifact_store=store, file_path=str(part), artifact_id=weights)
+                written[path] = part
+                prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": part.stat().st_size}
+            except Exception as e:
+                if isinstance(e, OSError):  # writing here failed
+                    raise
+                prov["weights"] = {"missing": f"{type(e).__name__}: {e}"}  # not in the store: the YAML still retrains
+        config = dict(trial_info(trial, CONFIG))  # validated when the trial ran; retrain validates it again
+        written[out] = _part(out)
+        written[out].write_text(yaml.safe_dump({**config, "provenance": prov}, sort_keys=False,
+                                               default_flow_style=None, width=100))
+        for final, part in written.items():  # both written: swap them in
+            os.replace(part, final)
+    except OSError as e:
+        for part in written.values():
+            part.unlink(missing_ok=True)
+        _part(path).unlink(missing_ok=True)
+        raise StudyError(f"{out}: cannot write the export ({e.strerror or e}); the files there are unchanged") from None
+    if store is not None and path not in written:  # an earlier export's weights would pass for this trial's
         path.unlink(missing_ok=True)
-        try:
-            download_artifact(artifact_store=store, file_path=str(path), artifact_id=weights)
-            prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": path.stat().st_size}
-        except Exception as e:  # the YAML alone still retrains
-            prov["weights"] = {"missing": f"{type(e).__name__}: {e}"}
-    config = dict(trial_info(trial, CONFIG))  # validated when the trial ran; retrain validates it again
-    out.write_text(yaml.safe_dump({**config, "provenance": prov}, sort_keys=False, default_flow_style=None, width=100))
     if store is not None:
         upload_artifact(artifact_store=store, file_path=str(out), study_or_trial=study, mimetype="application/yaml")
     return trial
+
+
+def _part(path: Path) -> Path:
+    """Where a file's new version is written before it replaces the file (same folder: a rename)."""
+    return path.with_name(f".{path.name}.part")
 
 
 def plot(study: optuna.Study, out_dir: Path) -> list[Path]:

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import time
 import warnings
 from typing import Any
 
 import optuna
 import torch
 
-from hps.search.budget import Check, check, over
+from hps.search.budget import Check, EpochLimits, OverBudget, check, columns, note
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
 from hps.search.errors import StudyError, Terminated, check_stop
 from hps.search.loggers import Callbacks
@@ -52,7 +51,6 @@ from hps.search.record import (
     PROBLEM,
     PRUNE_REASON,
     STORAGE_DTYPE,
-    columns,
     set_reason,
     set_trial_info,
 )
@@ -61,6 +59,7 @@ from hps.search.storage import artifact_store
 from hps.trainers import (
     ConfigError,
     EpochLimit,
+    TrainConfig,
     TrainingDiverged,
     config_to_dict,
     data_identity,
@@ -69,16 +68,9 @@ from hps.trainers import (
     train,
     with_overrides,
 )
+from hps.trainers.meter import Measured
 from hps.trainers.models._registry import install_sources
 from hps.trainers.models.check import pin_model
-
-
-class _Stop(optuna.TrialPruned):
-    """A budget limit reached during training; ``cause`` names it (``over:max_trial_seconds``)."""
-
-    def __init__(self, cause: str, text: str) -> None:
-        super().__init__(text)
-        self.cause = cause
 
 
 class Objective:
@@ -88,6 +80,7 @@ class Objective:
         self.space, self.worker = space, worker
         self._store: Any = None
         self._budget_note = ""
+        self._trained = False  # a trial of this process reached training since the last collection
         self._callbacks = Callbacks()
 
     def store(self) -> Any:
@@ -100,7 +93,9 @@ class Objective:
         return {**self.__dict__, "_store": None}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        _release_memory()  # what an earlier trial's exception kept alive goes before this trial builds anything
+        if self._trained:  # what an earlier trial's exception kept alive goes before this trial builds anything
+            _release_memory()  # (a full collection costs about 0.5 s: not after a trial that built nothing)
+            self._trained = False
         self._callbacks = Callbacks(self.space.callbacks)
         try:
             value = self._run(trial)
@@ -140,8 +135,14 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._budget_note = ""
-        space, budget = self.space, self.space.budget
-        install_sources(space.sources)  # the user's model file, as the study was started with it
+        install_sources(self.space.sources)  # the user's model file, as the study was started with it
+        cfg = self._config(trial)
+        screen = self._screen(trial, cfg)
+        return self._train(trial, cfg, screen)
+
+    def _config(self, trial: optuna.Trial) -> TrainConfig:
+        """The trial's sampled config, recorded with its data and the definition it runs under."""
+        space = self.space
         try:
             cfg = suggest(space, trial)
         except ConfigError as e:
@@ -156,7 +157,13 @@ class Objective:
             set_trial_info(trial, DEFINITION, space.definition_hash)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
         set_trial_info(trial, DATA, data_identity(cfg))
-        set_trial_info(trial, STORAGE_DTYPE, budget.storage_dtype)  # kept weights and exports use it
+        set_trial_info(trial, STORAGE_DTYPE, space.budget.storage_dtype)  # kept weights and exports use it
+        return cfg
+
+    def _screen(self, trial: optuna.Trial, cfg: TrainConfig) -> Check:
+        """Measure the config against the budget's static limits and record the figures, the
+        constraints and the dashboard note; prune it if it breaks a limit."""
+        budget = self.space.budget
         screen = check(cfg, budget)
         set_trial_info(trial, BUDGET, screen.figures)
         for key in columns(budget):  # one scalar each: the dashboard sorts and filters them
@@ -168,93 +175,106 @@ class Objective:
         if screen.constraints:  # optuna-dashboard 0.21 shows the list form; Optuna reads both
             set_trial_info(trial, CONSTRAINTS_LIST, list(screen.constraints.values()))
             set_trial_info(trial, BUDGET_EXCESS, screen.excess)  # > 0: over budget
-        self._budget_note = _budget_note(screen, budget)
-        _save_note(trial, self._budget_note)
-        if not screen.feasible:
+        self._budget_note = note(screen, budget)
+        if not screen.feasible:  # (its note, with the reason, is saved once)
             broken = [k for k, v in screen.constraints.items() if v > 0]
-            return self._prune(trial, f"over:{broken[0]}", "over budget: " + "; ".join(screen.violations))
+            self._prune(trial, f"over:{broken[0]}", "over budget: " + "; ".join(screen.violations))
+        _save_note(trial, self._budget_note)
+        return screen
 
-        metric, sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
-        best: dict[str, float] = {}
-        history: list[dict[str, float]] = []
-        start = time.perf_counter()
+    def _train(self, trial: optuna.Trial, cfg: TrainConfig, screen: Check) -> float | tuple[float, float]:
+        """Train the measured config, the budget's per-epoch limits and the pruner asked after each epoch."""
+        space, budget = self.space, self.space.budget
         cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-
-        def report(epoch: int, metrics: dict[str, float]) -> None:
-            check_stop()  # a signal whose exception a gc callback swallowed
-            value = _value(metrics, metric)
-            set_trial_info(trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics.get("images_per_s", 0.0), 1)})
-            history.append({k: round(float(v), 6) for k, v in metrics.items()})
-            set_trial_info(trial, HISTORY, history)  # every figure of every epoch (the dashboard shows the curve)
-            self._callbacks.epoch(trial, epoch, metrics)
-            if not best or sign * value > sign * best["value"]:
-                best.update(value=value, epoch=epoch)
-            if not space.multi_objective:
-                trial.report(value, epoch)
-            elapsed = time.perf_counter() - start
-            if budget.max_trial_seconds is not None and elapsed > budget.max_trial_seconds:
-                raise _Stop("over:max_trial_seconds",
-                            f"ran {elapsed:.0f} s > max_trial_seconds {budget.max_trial_seconds:g} at epoch {epoch}")
-            if budget.max_gpu_memory_mb is not None and cuda:
-                used = torch.cuda.max_memory_allocated() / 2**20
-                if used > budget.max_gpu_memory_mb:
-                    raise _Stop("over:max_gpu_memory_mb",
-                                f"GPU memory {used:.0f} MiB > max_gpu_memory_mb {budget.max_gpu_memory_mb:g}")
-            if not space.multi_objective and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned by {space.spec.study.pruner.name} at epoch {epoch} "
-                                         f"({metric} {value:.4f})")
-
-        def finish() -> None:
-            for m in ckpt.restored:  # epochs restored from a checkpoint count too
-                if metric in m and (not best or sign * m[metric] > sign * best["value"]):
-                    best.update(value=m[metric], epoch=m["epoch"])
-            trial.set_user_attr(DEVICE_SECONDS, round(time.perf_counter() - start, 2))
-            if best:
-                trial.set_user_attr(BEST_VALUE, best["value"])
-                trial.set_user_attr(BEST_EPOCH, int(best["epoch"]))
-
+        progress = _Progress(trial, space, self._callbacks, EpochLimits.of(budget, cuda=cuda))
         store = self.store()
         ckpt = TrialCheckpoint(trial, store)
+        measured = Measured(int(screen.figures["params"]), int(screen.figures["model_bytes"]), budget.storage_dtype)
         interrupted = False
+        self._trained = True
         try:
-            result = train(cfg, report, checkpoint=ckpt)
+            result = train(cfg, progress.report, checkpoint=ckpt, measured=measured)
         except KeyboardInterrupt:
             interrupted = True  # owed again: the retry resumes from this trial's checkpoint
             raise
-        except _Stop as e:
-            return self._prune(trial, e.cause, str(e))
-        except optuna.TrialPruned as e:
-            return self._prune(trial, f"pruner:{space.spec.study.pruner.name}", str(e))
-        except TrainingDiverged as e:
-            return self._prune(trial, "diverged", str(e))
-        except EpochLimit as e:  # a training function of the user's ran past the epochs the budget checked
-            return self._prune(trial, "over:epochs", str(e))
-        except torch.cuda.OutOfMemoryError:
-            return self._prune(trial, "cuda_oom", f"CUDA out of memory (batch {cfg.train.batch_size}, width {cfg.model.width:g})")
-        except RuntimeError as e:  # cuDNN and cuBLAS report a failed allocation as a plain RuntimeError
-            if not _alloc_failure(e):
+        except RuntimeError as e:  # diverged, out of GPU memory (also as cuDNN/cuBLAS report it), or a bug
+            if (cause := _prune_cause(e, cfg)) is None:
                 raise
-            return self._prune(trial, "cuda_oom", f"CUDA out of memory in {str(e).split(':')[0][:80]} "
-                                                  f"(batch {cfg.train.batch_size}, width {cfg.model.width:g})")
+            return self._prune(trial, *cause)
+        except optuna.TrialPruned as e:  # a per-epoch budget limit, or the pruner
+            return self._prune(trial, e.cause if isinstance(e, OverBudget) else f"pruner:{space.spec.study.pruner.name}", str(e))
         finally:
             ckpt.finish(keep=interrupted)
-            finish()
-        value = _value(result.history[-1], metric)
-        if result.model is not None and not space.multi_objective:
-            try:  # a trained trial is never lost to keeping its weights: it stays COMPLETE, the problem recorded
-                keep_if_best(trial, value, sign > 0, state_dict_at(result.model, budget.storage_dtype), store)
-            except Exception as e:
-                set_trial_info(trial, PROBLEM, f"weights not kept: {type(e).__name__}: {str(e)[:300]}")
+            progress.finish(ckpt.restored)
+        value = _value(result.history[-1], space.metric)
         if space.multi_objective:
             return value, float(screen.figures[space.spec.objectives[1]])
+        if result.model is not None:
+            try:  # a trained trial is never lost to keeping its weights: it stays COMPLETE, the problem recorded
+                keep_if_best(trial, value, progress.sign > 0, state_dict_at(result.model, budget.storage_dtype), store)
+            except Exception as e:
+                set_trial_info(trial, PROBLEM, f"weights not kept: {type(e).__name__}: {str(e)[:300]}")
         return value
 
 
 def _value(metrics: dict[str, float], metric: str) -> float:
     """The objective's figure of an epoch: hps's loop names it; a training function reports it as ``value``."""
     return metrics[metric] if metric in metrics else metrics["value"]
+
+
+class _Progress:
+    """The trainer's report callback for one trial: the live figures and the best epoch recorded,
+    the value reported to Optuna, then the budget's per-epoch limits and the pruner asked."""
+
+    def __init__(self, trial: optuna.Trial, space: Space, callbacks: Callbacks, limits: EpochLimits) -> None:
+        self.trial, self.space, self.callbacks, self.limits = trial, space, callbacks, limits
+        self.history: list[dict[str, float]] = []
+        self.metric, self.sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
+        self.best: dict[str, float] = {}
+
+    def _seen(self, value: float, epoch: float) -> None:
+        if not self.best or self.sign * value > self.sign * self.best["value"]:
+            self.best.update(value=value, epoch=epoch)
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        check_stop()  # a signal whose exception a gc callback swallowed
+        value = _value(metrics, self.metric)
+        set_trial_info(self.trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics.get("images_per_s", 0.0), 1)})
+        self.history.append({k: round(float(v), 6) for k, v in metrics.items()})
+        set_trial_info(self.trial, HISTORY, self.history)  # every figure of every epoch (the dashboard shows the curve)
+        self.callbacks.epoch(self.trial, epoch, metrics)
+        self._seen(value, epoch)
+        single = not self.space.multi_objective
+        if single:
+            self.trial.report(value, epoch)
+        self.limits.check(epoch)
+        if single and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned by {self.space.spec.study.pruner.name} at epoch {epoch} "
+                                     f"({self.metric} {value:.4f})")
+
+    def finish(self, restored: list[dict[str, float]]) -> None:
+        """The trial's device-seconds and best epoch (epochs restored from a checkpoint count too)."""
+        for m in restored:
+            if self.metric in m or "value" in m:
+                self._seen(_value(m, self.metric), m["epoch"])
+        self.trial.set_user_attr(DEVICE_SECONDS, round(self.limits.elapsed(), 2))
+        if self.best:
+            self.trial.set_user_attr(BEST_VALUE, self.best["value"])
+            self.trial.set_user_attr(BEST_EPOCH, int(self.best["epoch"]))
+
+
+def _prune_cause(e: RuntimeError, cfg: TrainConfig) -> tuple[str, str] | None:
+    """(cause, text) of a training error that is the config's fault, or None: a bug, raised."""
+    if isinstance(e, TrainingDiverged):
+        return "diverged", str(e)
+    if isinstance(e, EpochLimit):  # a training function of the user's ran past the epochs the budget checked
+        return "over:epochs", str(e)
+    shape = f"(batch {cfg.train.batch_size}, width {cfg.model.width:g})"
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return "cuda_oom", f"CUDA out of memory {shape}"
+    if _alloc_failure(e):
+        return "cuda_oom", f"CUDA out of memory in {str(e).split(':')[0][:80]} {shape}"
+    return None
 
 
 def _alloc_failure(e: RuntimeError) -> bool:
@@ -286,29 +306,6 @@ def _save_note(trial: optuna.Trial, body: str) -> None:
     from optuna_dashboard import save_note
 
     save_note(trial, body)
-
-
-def _budget_note(screen: Check, budget: Any) -> str:
-    """The trial's budget as its optuna-dashboard note (shown on the trial's page): each limit
-    beside the measured figure, then the figures no limit names. The table stays narrow."""
-    from hps.search.record import LIMITS, human
-
-    rows = []
-    for key, (fig, _) in LIMITS.items():
-        limit = getattr(budget, key)
-        if limit is None:
-            continue
-        shown, cap = over(screen.figures[fig], limit)
-        rows.append(f"| {key} | {cap} | {shown} | {'fits' if screen.figures[fig] <= limit else '**over**'} |")
-    for key in ("max_trial_seconds", "max_gpu_memory_mb"):
-        if getattr(budget, key) is not None:
-            rows.append(f"| {key} | {getattr(budget, key):g} | checked every epoch | |")
-    limited = {fig for key, (fig, _) in LIMITS.items() if getattr(budget, key) is not None}
-    for fig, value in screen.figures.items():  # the figures no limit names: measured all the same
-        if fig not in limited:
-            rows.append(f"| ({fig}) | - | {human(value)} | |")
-    return (f"**Budget** (model bytes at {budget.storage_dtype})\n\n| limit | value | this trial | |\n"
-            "|---|---|---|---|\n" + "\n".join(rows))
 
 
 __all__ = ["Objective"]

@@ -21,9 +21,6 @@ from optuna.trial import FrozenTrial, TrialState
 # trial user attrs: short scalars, one dashboard column each (the table fits a screen)
 PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
 DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
-# budget limit -> (the figure it limits, its human label): the static limits the meter checks
-LIMITS = {"max_params": ("params", "params"), "max_model_bytes": ("model_bytes", "model bytes"),
-          "max_macs": ("macs", "MACs"), "max_flops": ("flops", "FLOPs"), "max_epochs": ("epochs", "epochs")}
 
 # trial system attrs: structured values the table does not show
 WARM_START = "hps:warm_start"  # the warm start a queued trial came from (its label)
@@ -115,13 +112,6 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
         done = [t for t in done if t.number in pareto] or done
     s = sign(study)
     return max(done, key=lambda t: (s * t.values[0], -t.number))
-
-
-def columns(budget: Any) -> list[str]:
-    """The budget figures a study shows as dashboard columns: params, and each size figure its budget
-    limits (epochs are fixed, or a searched param with a column of its own; every figure is in hps:budget)."""
-    return ["params", *(fig for key, (fig, _) in LIMITS.items()
-                        if getattr(budget, key) is not None and fig not in ("params", "epochs"))]
 
 
 def stored_figures(t: FrozenTrial) -> dict[str, float]:

@@ -32,7 +32,7 @@ from hps.search.algorithms import (
     rehearse,
     sampler_class,
 )
-from hps.search.budget import Budget, check_smallest, fit_width
+from hps.search.budget import Budget, check_fit, check_smallest, fit_width
 from hps.search.errors import SpaceError
 from hps.search.record import FITTED_WIDTH
 from hps.trainers import (
@@ -42,7 +42,6 @@ from hps.trainers import (
     config_from_dict,
     config_to_dict,
     load_config,
-    measure,
     with_overrides,
 )
 from hps.trainers.augment import check_augment
@@ -414,7 +413,10 @@ def load_space(space: str | Path | Mapping[str, Any], overrides: Overrides | Non
     warm = [_warm_params(w, spec, base, source, folder, i) for i, w in enumerate(spec.warm_start)]
     space_ = Space(spec, base, source, warm, sets, model_sources(base))
     check_smallest(base, spec.budget, _smallest_candidates(spec, base), source)
-    _check_fit(spec, base, source)
+    fit = spec.space.get("model.width")
+    if fit is not None and fit.kind == "fit":
+        assert fit.low is not None and fit.high is not None
+        check_fit(base, spec.budget, fit.low, fit.high, source)
     _rehearse(space_)
     return space_
 
@@ -452,20 +454,6 @@ def model_sources(base: TrainConfig) -> dict[str, tuple[str, str]]:
         if colon and where.endswith(".py") and sha is not None:
             out[sha] = (Path(where).name, Path(where).read_text())
     return out
-
-
-def _check_fit(spec: SpaceFile, base: TrainConfig, source: str) -> None:
-    """``type: fit`` needs a model whose size grows with width."""
-    fit = spec.space.get("model.width")
-    if fit is None or fit.kind != "fit":
-        return
-    assert fit.low is not None and fit.high is not None
-    low, high = (measure(with_overrides(base, {"model.width": w}), dtypes=(spec.budget.storage_dtype,))
-                 for w in (fit.low, fit.high))
-    if low.params >= high.params and low.macs >= high.macs:
-        raise SpaceError(f"{source}: space.model.width: type 'fit' needs a model whose size grows with width, but "
-                         f"{base.model.name} has {low.params:,} params at width {fit.low:g} and {high.params:,} at "
-                         f"{fit.high:g}; search the width as a range, or make the builder use it")
 
 
 def _load_base(base: str | Mapping[str, Any], source: str, folder: Path) -> TrainConfig:
@@ -561,13 +549,25 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
 
 
 def _can_hold(cond_key: str, values: list[Any], checked: dict[str, Dist], base: TrainConfig, where: str) -> None:
-    """Refuse a condition that can never hold (its key would never be searched): a searched key
-    whose range or choices hold none of the values, or a fixed key set to another value."""
+    """Refuse a condition that cannot select: on a key no trial draws a value of (fitted, or a
+    continuous range: a float is never exactly the value), with a value the key never takes (its
+    key would never be searched, or that value never), or on a fixed key set to another value."""
     if cond_key in checked:
         d = checked[cond_key]
-        if not any(_inside(d, check_value(cond_key, v)) for v in values):
+        if d.kind == "fit":
+            raise SpaceError(f"{where}: {cond_key} is fitted to the budget (type fit), not drawn, so a condition on it "
+                             "cannot select; condition on a key searched over choices")
+        if d.kind == "float" and d.step is None:
+            raise SpaceError(f"{where}: {cond_key} is searched over a continuous range ({_describe(d)}): no trial draws "
+                             f"exactly {show(values[0])}, so the condition cannot select; condition on a key searched "
+                             "over choices, an int range or a float range with step")
+        never = [v for v in values if not _inside(d, check_value(cond_key, v))]
+        if len(never) == len(values):
             raise SpaceError(f"{where}: {show(values if len(values) > 1 else values[0])} never holds: {cond_key} is "
                              f"searched over {_describe(d)}, so the key would never be searched")
+        if never:
+            raise SpaceError(f"{where}: {show(never[0])} never holds: {cond_key} is searched over {_describe(d)}; "
+                             "drop it from the list")
         return
     section, name = cond_key.split(".")
     fixed = getattr(getattr(base, section), name)
@@ -628,6 +628,7 @@ def _matches(value: Any, cond: Any) -> bool:
 
 
 def _inside(dist: Dist, v: Any) -> bool:
+    """Whether ``v`` is a value the distribution can draw (a range's bounds, on its step's grid)."""
     if dist.kind == "categorical":
         return v in (dist.choices or [])
     assert dist.low is not None and dist.high is not None
@@ -635,13 +636,21 @@ def _inside(dist: Dist, v: Any) -> bool:
         return False
     if dist.kind == "int" and not float(v).is_integer():
         return False
+    if dist.step is not None and not _on_grid(v, dist.low, dist.step):
+        return False
     return dist.low - 1e-12 <= v <= dist.high + 1e-12
+
+
+def _on_grid(v: float, low: float, step: float) -> bool:
+    n = (v - low) / step
+    return abs(n - round(n)) <= 1e-9 * max(1.0, abs(n))
 
 
 def _describe(dist: Dist) -> str:
     if dist.kind == "categorical":
         return "choices " + ", ".join(show(c) for c in dist.choices or [])
-    return f"{dist.kind} in [{dist.low:g}, {dist.high:g}]"
+    step = f" step {dist.step:g}" if dist.step is not None else ""
+    return f"{dist.kind} in [{dist.low:g}, {dist.high:g}]{step}"
 
 
 def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, Any]]:

@@ -32,3 +32,8 @@ class TrainFnError(RuntimeError):
 
 class EpochLimit(RuntimeError):
     """A training function reported an epoch beyond ``train.epochs``, the epochs the budget checked."""
+
+
+class ModelChanged(ModelError):
+    """The network built to train is not the one the meter measured (a builder that returns
+    different networks on different calls): the budget would have judged another model."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +29,7 @@ from hps.trainers.custom import Context, load_fn, pin_fn, run_fn
 from hps.trainers.data import Data, DataMismatch, Split, data_identity, load_data, pin_data
 from hps.trainers.device import autocast_dtype, resolve_device
 from hps.trainers.errors import ModelError, TrainingDiverged
-from hps.trainers.meter import save_state, state_dict_at, state_dict_from
+from hps.trainers.meter import Measured, check_measured, save_state, state_dict_at, state_dict_from
 from hps.trainers.models.check import check_model, pin_model
 from hps.trainers.optim import build_optimizer, lr_at
 
@@ -86,9 +87,10 @@ def evaluate(model: nn.Module, split: Split, aug: Augmenter, cast: contextlib.Ab
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
-          data: Data | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
+          data: Data | None = None, checkpoint: Checkpoint | None = None, measured: Measured | None = None) -> TrainResult:
     """Train ``cfg`` from scratch, or from ``checkpoint``'s state; deterministic on the CPU for a
-    given ``train.seed`` (a resumed run ends with the metrics of an uninterrupted one)."""
+    given ``train.seed`` (a resumed run ends with the metrics of an uninterrupted one). ``measured``:
+    the meter's figures the budget judged; a network that differs is refused before training."""
     t_start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -97,14 +99,17 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     channels, side = data.train.x.shape[1], cfg.data.image_size or data.train.x.shape[-1]
     check_model(cfg, data.num_classes, channels, side)  # a user's builder: refused before training
     if tc.fn is not None:  # the user's own loop, under the same budget, pruner and checkpoints
-        return _train_fn(cfg, data, device, report, checkpoint, test, t_start)
+        return _train_fn(cfg, data, device, report, checkpoint, test, t_start, measured)
     if device.type == "cuda":  # shapes are fixed within a trial: cuDNN times its kernels once and keeps the fastest
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(tc.seed)
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     rng = random.Random(tc.seed)
 
-    model = _on_device(cfg.model.build(data.num_classes, channels, side), device, tc.channels_last)
+    built = cfg.model.build(data.num_classes, channels, side)
+    if measured is not None:
+        check_measured(built, measured, cfg.model.name)
+    model = _on_device(built, device, tc.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if tc.compile:  # each trial compiles anew: a long-lived worker would reach dynamo's recompile limit after a
         torch._dynamo.reset()  # few trials, and later trials would run uncompiled without a word
@@ -123,22 +128,13 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
-        if saved["rng"].get("device", "cpu") == device.type:
-            gen.set_state(saved["rng"]["augment"])
-        else:  # saved on another kind of device (a retry landed elsewhere): that generator's state does not fit
-            gen.manual_seed(tc.seed + saved["step"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if device.type == "cuda" and saved["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
-        rng.setstate(saved["rng"]["python"])
+        _restore_rng(saved["rng"], device, gen, rng, tc.seed + saved["step"])
         history, step, first = saved["history"], saved["step"], saved["epoch"] + 1
 
-    def state() -> dict[str, Any]:
+    def state() -> dict[str, Any]:  # tensors and plain values only: a resume loads it with weights_only=True
         return {"epoch": epoch, "step": step, "history": history, "config": config_to_dict(cfg),
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"device": device.type, "augment": gen.get_state(), "torch": torch.get_rng_state(),
-                        "python": rng.getstate(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+                "rng": _rng_state(device, gen, rng)}
 
     for epoch in range(first, tc.epochs + 1):
         augment = cfg.stage_augment(epoch)  # the fine-tuning stage may mix with another alpha
@@ -219,7 +215,7 @@ def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = Fa
 
 
 def _train_fn(cfg: TrainConfig, data: Data, device: torch.device, report: Report | None,
-              checkpoint: Checkpoint | None, test: bool, t_start: float) -> TrainResult:
+              checkpoint: Checkpoint | None, test: bool, t_start: float, measured: Measured | None) -> TrainResult:
     """``train.fn``'s run: the model built as hps's loop builds it, the data and hps's augmentation
     handed over in a :class:`Context`, the function's reports made the result's history."""
     fn, source = load_fn(cfg)
@@ -227,7 +223,10 @@ def _train_fn(cfg: TrainConfig, data: Data, device: torch.device, report: Report
     channels, side = data.train.x.shape[1], cfg.data.image_size or data.train.x.shape[-1]
     torch.manual_seed(tc.seed)
     gen = torch.Generator(device=device).manual_seed(tc.seed)
-    model = _on_device(cfg.model.build(data.num_classes, channels, side), device, tc.channels_last)
+    built = cfg.model.build(data.num_classes, channels, side)
+    if measured is not None:
+        check_measured(built, measured, cfg.model.name)
+    model = _on_device(built, device, tc.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _, cast = _autocast(tc.precision, device)
     aug = Augmenter(cfg.augment, data.train.x, data.mean, data.std, gen, side)
@@ -235,6 +234,33 @@ def _train_fn(cfg: TrainConfig, data: Data, device: torch.device, report: Report
     trained = run_fn(ctx, fn, source)
     test_acc = ctx.evaluate(trained, "test")[1] if test and data.test is not None else None
     return TrainResult(cfg, ctx.history, params, time.perf_counter() - t_start, test_acc, trained)
+
+
+def _rng_state(device: torch.device, gen: torch.Generator, rng: random.Random) -> dict[str, Any]:
+    """Every RNG a step draws from, as tensors and lists (nothing :func:`torch.load` would refuse
+    with ``weights_only=True``): the augmentation generator, torch's, CUDA's, Python's, NumPy's."""
+    version, words, gauss = rng.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"device": device.type, "augment": gen.get_state(), "torch": torch.get_rng_state(),
+            "python": [version, list(words), gauss],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore_rng(saved: dict[str, Any], device: torch.device, gen: torch.Generator, rng: random.Random,
+                 fallback_seed: int) -> None:
+    if saved.get("device", "cpu") == device.type:
+        gen.set_state(saved["augment"])
+    else:  # saved on another kind of device (a retry landed elsewhere): that generator's state does not fit
+        gen.manual_seed(fallback_seed)
+    torch.set_rng_state(saved["torch"])
+    if device.type == "cuda" and saved.get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["cuda"], device)
+    version, words, gauss = saved["python"]
+    rng.setstate((version, tuple(words), gauss))
+    if (n := saved.get("numpy")) is not None:  # (checkpoints from before it was saved have none)
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
 
 
 def _on_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

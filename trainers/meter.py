@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hps.trainers.config import TrainConfig
 from hps.trainers.data import Shape, data_shape, input_side
 from hps.trainers.device import autocast_dtype, resolve_device
+from hps.trainers.errors import ModelChanged
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 _OPT_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2}
@@ -140,17 +142,59 @@ def count_macs(model: nn.Module, device: str | torch.device = "meta", size: int 
 
 def measure(cfg: TrainConfig, dtypes: tuple[str, ...] = tuple(STORAGE_DTYPES), shape: Shape | None = None) -> Measurement:
     """Parameters, saved bytes per storage dtype, MACs/FLOPs and a memory estimate for ``cfg`` at
-    its data's shape (classes, channels, side: :func:`data_shape`, or ``shape``)."""
+    its data's shape (classes, channels, side: :func:`data_shape`, or ``shape``). The network's
+    figures are kept per network (model section, data shape, side): a study measures the same one
+    again and again (each trial's pre-screen, warm starts, the space's smallest config)."""
     shape = shape or data_shape(cfg.data)
     side = input_side(cfg.data, shape)
-    model = _meta_model(cfg, shape)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    macs, act_elems = count_macs(model, size=side, channels=shape.channels)
-    sd = model.state_dict()
-    sizes = {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}
+    params, sizes, macs, act_elems = _network_figures(cfg, shape, side, dtypes)
     act_bytes = 4 if autocast_dtype(cfg.train.precision, resolve_device(cfg.train.device)) is None else 2
     weights = params * 4 * (2 + _OPT_STATES[cfg.optimizer.name])
     views = 3 if cfg.augment.augmix_jsd else 1  # AugMix JSD trains on three views of every image
     memory = weights + act_elems * cfg.train.batch_size * views * act_bytes
     return Measurement(params, sizes, macs, 2 * macs, round(memory / 2**20, 1), shape.num_classes, side, shape.channels)
 
+
+_FIGURES: dict[str, tuple[int, dict[str, int], int, int]] = {}
+_KEEP = 512  # networks whose figures are kept (a few hundred bytes each)
+
+
+def _network_figures(cfg: TrainConfig, shape: Shape, side: int, dtypes: tuple[str, ...]) -> tuple[int, dict[str, int], int, int]:
+    """(params, saved bytes per dtype, MACs, activation elements per image) of the config's network;
+    kept unless a user's builder is not pinned to its file's sha256 (its code could change)."""
+    from hps.trainers.models.check import is_own
+
+    key = json.dumps([cfg.model.model_dump(), dataclasses.astuple(shape), side, sorted(dtypes)], sort_keys=True,
+                     default=str)
+    if key in _FIGURES:
+        return _FIGURES[key]
+    model = _meta_model(cfg, shape)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    macs, act_elems = count_macs(model, size=side, channels=shape.channels)
+    sd = model.state_dict()
+    figures = params, {d: saved_bytes(state_dict_at(sd, d)) for d in dtypes}, macs, act_elems
+    if not is_own(cfg.model.name) or cfg.model.sha256:
+        if len(_FIGURES) >= _KEEP:
+            _FIGURES.pop(next(iter(_FIGURES)))
+        _FIGURES[key] = figures
+    return figures
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the budget judged: the meter's parameter count and file bytes at the storage dtype."""
+
+    params: int
+    model_bytes: int
+    dtype: str = "fp32"
+
+
+def check_measured(model: nn.Module, measured: Measured, name: str) -> None:
+    """Refuse to train a network other than the one measured (:class:`ModelChanged`): its trainable
+    parameters and the bytes of its saved state at the storage dtype must be the meter's."""
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = saved_bytes(state_dict_at(model, measured.dtype))
+    if (params, size) != (measured.params, measured.model_bytes):
+        raise ModelChanged(f"model.name {name!r}: the network built to train has {params:,} parameters and {size:,} "
+                           f"bytes at {measured.dtype}, the one measured for the budget {measured.params:,} and "
+                           f"{measured.model_bytes:,}; the builder must return the same network for the same arguments")

@@ -51,3 +51,36 @@ def test_a_broken_limit_never_reads_as_equal() -> None:
         line = check(cfg, Budget(max_params=params - excess)).violations[0]
         shown, limit = line.removeprefix("params ").split(" > max_params ")
         assert shown != limit, line
+
+
+def test_the_per_epoch_limits_are_a_validated_object_the_objective_asks() -> None:
+    """max_trial_seconds and max_gpu_memory_mb, asked after each epoch as a pruner is (the budget's
+    one home: search/budget.py): a bad limit is refused when made, a spent one raises OverBudget."""
+    import time
+
+    import optuna
+
+    from hps.search.budget import EpochLimits, OverBudget
+
+    for bad in (0, -1.0, float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="max_trial_seconds must be a number > 0 or None"):
+            EpochLimits(max_trial_seconds=bad)  # type: ignore[arg-type]
+    EpochLimits(max_trial_seconds=60).check(1)  # within: nothing
+    EpochLimits(max_gpu_memory_mb=1).check(1)  # no CUDA: the memory limit is not asked
+    limits = EpochLimits.of(Budget(max_trial_seconds=0.001), cuda=False)
+    time.sleep(0.01)
+    with pytest.raises(OverBudget) as e:
+        limits.check(3)
+    assert isinstance(e.value, optuna.TrialPruned) and e.value.cause == "over:max_trial_seconds"
+    assert str(e.value).startswith("ran 0 s > max_trial_seconds 0.001 at epoch 3")
+
+
+def test_every_budget_rule_lives_in_budget_py() -> None:
+    import hps.search.budget as budget
+    import hps.search.executors as executors
+    import hps.search.record as record
+
+    assert executors.StudyBudget is budget.StudyBudget and budget.StudyBudget.__module__ == "hps.search.budget"
+    assert all(callable(getattr(budget, f)) for f in ("check", "check_smallest", "check_fit", "fit_width", "note", "columns"))
+    assert not hasattr(record, "LIMITS") and set(budget.LIMITS) == {"max_params", "max_model_bytes", "max_macs",
+                                                                   "max_flops", "max_epochs"}

@@ -66,3 +66,41 @@ def test_a_study_on_own_images_with_an_own_network(tmp_path: Path, kind: str, mo
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_acc"] == pytest.approx(best.value)  # the trainer alone gives the trial's value (CPU, seeded)
     assert 0.0 < metrics["test_acc"] <= 1.0 and metrics["test_acc"] > 1.0 / classes - 0.1
+
+
+GROWS = '''
+import torch
+from torch import nn
+
+
+def build(num_classes, in_channels, width=1.0):
+    c = 8 if torch.empty(0).is_meta else 96  # the meter's network (built on the meta device) is small, the rest not
+    return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(c, num_classes))
+'''
+
+
+def test_a_builder_that_returns_another_network_to_train_fails_the_trial(tmp_path: Path) -> None:
+    """The budget judged the network the meter built; the one that trains must be it: a builder
+    that returns a bigger network when it is built to train fails its trial in one line, untrained."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from hps.search.errors import RunFailed
+
+    (tmp_path / "grows.py").write_text(GROWS)
+    space = {"study": {"name": "grows", "trials": 1, "pruner": {"name": "none"}},
+             "base": {"model": {"name": "grows.py:build"}, "data": {"subset": 500, "val_fraction": 0.2},
+                      "train": {"epochs": 1, "batch_size": 100, "device": "cpu"}},
+             "space": {"optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}}, "budget": {"max_params": 1000}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with pytest.raises(RunFailed, match="stopped after 3 failed trials in a row; first: trial 0: ModelChanged"):
+        hps.run(path, url, progress="none")
+    t = optuna.load_study(study_name="grows", storage=url).trials[0]
+    assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "error:ModelChanged" and not t.intermediate_values
+    assert t.system_attrs["hps:why"] == (
+        f"ModelChanged: model.name '{tmp_path / 'grows.py'}:build': the network built to train has 3,658 parameters and "
+        "16,797 bytes at fp32, the one measured for the budget 314 and 3,485; the builder must return the same network "
+        "for the same arguments")

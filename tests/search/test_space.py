@@ -347,3 +347,40 @@ def test_every_listed_sampler_runs_and_a_missing_package_is_one_line(tmp_path: P
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.yaml")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (f"{tmp_path / 's.yaml'}: study.sampler: {sampler} needs the package {module!r}, which is "
                                   f"not installed: pip install {module}, or choose another sampler")
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"optimizer.lr": {"low": 0.01, "high": 0.1}, "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer.lr": 0.05}}},
+     "s.yaml: space.optimizer.momentum.when.optimizer.lr: optimizer.lr is searched over a continuous range (float in "
+     "[0.01, 0.1]): no trial draws exactly 0.05, so the condition cannot select; condition on a key searched over "
+     "choices, an int range or a float range with step"),
+    ({"optimizer.name": {"choices": ["sgd", "adamw"]},
+      "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer.name": ["sgd", "radam"]}}},
+     "s.yaml: space.optimizer.momentum.when.optimizer.name: 'radam' never holds: optimizer.name is searched over "
+     "choices 'sgd', 'adamw'; drop it from the list"),
+    ({"train.epochs": {"low": 2, "high": 3}, "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"train.epochs": 5}}},
+     "s.yaml: space.optimizer.momentum.when.train.epochs: 5 never holds: train.epochs is searched over int in [2, 3], "
+     "so the key would never be searched"),
+    ({"optimizer.lr": {"low": 0.01, "high": 0.1, "step": 0.01},
+      "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer.lr": 0.055}}},
+     "s.yaml: space.optimizer.momentum.when.optimizer.lr: 0.055 never holds: optimizer.lr is searched over float in "
+     "[0.01, 0.1] step 0.01, so the key would never be searched"),
+    ({"model.width": {"type": "fit", "low": 0.125, "high": 0.5},
+      "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"model.width": 0.25}}},
+     "s.yaml: space.optimizer.momentum.when.model.width: model.width is fitted to the budget (type fit), not drawn, "
+     "so a condition on it cannot select; condition on a key searched over choices"),
+], ids=["continuous-range", "one-value-not-a-choice", "outside-an-int-range", "off-the-step-grid", "fitted"])
+def test_a_condition_that_cannot_select_is_refused_before_any_trial(tmp_path: Path, space: dict[str, Any],
+                                                                    message: str) -> None:
+    """`when:` selects only on a value a trial can draw: each case is one line naming the file, the
+    key and what it is searched over."""
+    data = patched(space=space)
+    with pytest.raises(SpaceError) as e:
+        load_space(write(tmp_path, data))
+    assert str(e.value) == f"{tmp_path}/{message}"
+
+
+def test_a_condition_on_a_stepped_range_or_an_int_selects(tmp_path: Path) -> None:
+    data = patched(space={"optimizer.lr": {"low": 0.01, "high": 0.1, "step": 0.01}, "train.epochs": {"low": 2, "high": 3},
+                          "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer.lr": 0.05, "train.epochs": 3}}})
+    assert load_space(write(tmp_path, data)).spec.space["optimizer.momentum"].when == {"optimizer.lr": 0.05, "train.epochs": 3}

@@ -94,3 +94,41 @@ def test_weights_kept_from_a_gpu_have_the_bytes_the_meter_counted(monkeypatch: p
     m = measure(config_from_dict({"model": {"name": "mobilenet_v3", "width": 0.5}}))
     assert len(kept.getvalue()) == m.model_bytes[dtype]
     assert len(raw.getvalue()) > m.model_bytes["fp32"]  # the emulation shows the defect: the location strings
+
+
+COUNTED = '''
+from torch import nn
+
+calls = []
+
+
+def build(num_classes, in_channels, width=1.0):
+    calls.append(width)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 32 * 32, num_classes))
+'''
+
+
+def test_a_network_is_measured_once_per_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each trial's pre-screen, a warm start and the space's smallest config measure the same network
+    again and again: its figures are kept (keyed by the model section and the data's shape), the
+    batch-dependent memory estimate still computed per config; a user's builder that is not pinned
+    to its file's sha256 is measured every time (its code could change)."""
+    import sys
+
+    from hps.trainers.models.check import pin_model
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "counted_net.py").write_text(COUNTED)
+    import counted_net
+
+    base = {"model": {"name": "counted_net:build"}, "train": {"device": "cpu"}}
+    unpinned = config_from_dict(base)
+    measure(unpinned), measure(unpinned)
+    assert len(counted_net.calls) == 2
+    pinned = pin_model(unpinned)
+    assert pinned.model.sha256
+    first = measure(pinned)
+    again = measure(config_from_dict({**base, "train": {"device": "cpu", "batch_size": 32}}).replace(
+        "model", sha256=pinned.model.sha256))
+    assert len(counted_net.calls) == 3 and again.params == first.params and again.train_memory_mb < first.train_memory_mb
+    del sys.modules["counted_net"]

@@ -153,7 +153,7 @@ class MemoryCheckpoint:
     def load(self):
         import io
 
-        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=False)
+        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=True)
 
     def after_epoch(self, epoch, state):
         import io
