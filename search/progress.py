@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import FINISHED, LIVE, reason, sign, trial_info
+from hps.search.record import FINISHED, LIVE, reason, shown_params, sign, trial_info
 
 MODES = ("auto", "live", "lines", "none")
 
@@ -58,7 +58,7 @@ def snapshot(study: optuna.Study, target: int, started: float, done_before: int)
     if complete:
         best = max(complete, key=lambda t: sign(study) * t.values[0])
         lines.append(f"best so far: trial {best.number}, value {best.values[0]:.4f}: "
-                     + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+                     + ", ".join(f"{k}={_short(v)}" for k, v in shown_params(best).items()))
     rows = running_rows(trials)
     if rows:
         running = Table("running", "epoch", "last value", "images/s", box=None)
@@ -76,7 +76,7 @@ def finished_line(t: FrozenTrial, done: int, target: int) -> str:
     state = t.state.name.lower()
     value = f" value {t.values[0]:.4f}" if t.values and t.state == TrialState.COMPLETE else ""
     why = reason(t) or ""
-    params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+    params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(t).items())
     return f"[{done}/{target}] trial {t.number} {state}{value}" + (f": {why}" if why else "") + (f" ({params})" if params else "")
 
 
