@@ -56,7 +56,7 @@ def _user_errors(fn: F) -> F:
         except user_error_types() as e:
             _fail(str(e), REFUSED)
         except Exception as e:
-            line = environment_line(e, kwargs.get("storage"))
+            line = environment_line(e, kwargs.get("storage", kwargs.get("dest")))  # the storage it writes
             if line is None:
                 raise
             _fail(line, REFUSED)

@@ -71,7 +71,8 @@ OK, FAILED, REFUSED, UNAVAILABLE, INTERRUPTED_CODE, TERMINATED_CODE = 0, 1, 2, 3
 _OS_WORDS = {errno.EISDIR: "is a folder, not a file", errno.ENOTDIR: "a part of the path is a file, not a folder",
              errno.ENOSPC: "no space left on the device", errno.EROFS: "is on a read-only file system",
              errno.EACCES: "permission denied", errno.EPERM: "not permitted",
-             errno.ENOENT: "no such file or folder", errno.EDQUOT: "disk quota exceeded"}
+             errno.ENOENT: "no such file or folder", errno.EDQUOT: "disk quota exceeded",
+             errno.EEXIST: "exists and is not a folder"}
 
 
 def _chain(e: BaseException) -> list[BaseException]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -138,3 +139,87 @@ def test_bad_settings_urls_and_options_are_one_line(small_study: str, tmp_path: 
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.startswith(message) and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "x.db").exists() or args[0] == "status"  # nothing trained
+
+
+@pytest.fixture
+def read_only_db(small_study: str, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the small study's SQLite file that cannot be written, even by root (chattr +i)."""
+    import shutil
+
+    path = tmp_path / "ro.db"
+    shutil.copy(small_study.removeprefix("sqlite:///"), path)
+    path.chmod(0o444)
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    if os.geteuid() == 0 and not immutable:
+        pytest.skip("root writes any file, and chattr +i is not available here")
+    yield path
+    if immutable:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+PATH_CASES = {  # id -> (argv, the path the one line must name, what it says)
+    "export-onto-folder": (["export", "ro", "-o", "{tmp}/folder", "--storage", "{db}"], "{tmp}/folder", "is a folder"),
+    "export-into-proc": (["export", "ro", "-o", "/proc/hps/best.yaml", "--storage", "{db}"], "/proc/hps/best.yaml",
+                         "cannot"),
+    "export-disk-full": (["export", "ro", "-o", "/dev/full", "--storage", "{db}"], "/dev/full", "no space left"),
+    "export-read-only-db": (["export", "ro", "-o", "{tmp}/b.yaml", "--storage", "sqlite:///{ro}"], "{ro}", "read-only"),
+    "run-read-only-db": (["run", "{tmp}/s.yaml", "--storage", "sqlite:///{ro}", "--no-live"], "{ro}", "read-only"),
+    "copy-to-read-only-db": (["copy", "ro", "--from", "{db}", "--to", "sqlite:///{ro}"], "{ro}", "read-only"),
+    "storage-is-folder": (["status", "--storage", "sqlite:///{tmp}/folder"], "{tmp}/folder", "is a folder"),
+    "journal-is-folder": (["run", "{tmp}/s.yaml", "--storage", "{tmp}/folder", "--no-live"], "{tmp}/folder", "is a folder"),
+    "space-is-folder": (["run", "{tmp}/folder"], "{tmp}/folder", "is a folder"),
+    "measure-folder": (["measure", "{tmp}/folder"], "{tmp}/folder", "is a folder"),
+    "plot-onto-file": (["plot", "ro", "-o", "{tmp}/s.yaml", "--storage", "{db}"], "{tmp}/s.yaml", "is a file"),
+    "retrain-out-file": (["retrain", "{tmp}/best.yaml", "--out", "{tmp}/s.yaml"], "{tmp}/s.yaml", "not a folder"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_paths_a_command_cannot_use_fail_in_one_line(small_study: str, read_only_db: Path, tmp_path: Path,
+                                                      case: str) -> None:
+    """Folders, unwritable places, a full disk, a read-only database: one line naming the path, exit 2."""
+    import yaml
+
+    from tests.search.conftest import SMALL
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SMALL, "study": {**SMALL["study"], "name": "ro"}}))
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump({"model": {"name": "airnet", "width": 0.25},
+                                                         "train": {"epochs": 1, "device": "cpu"}}))
+    argv, path, says = PATH_CASES[case]
+    fill = {"tmp": tmp_path, "db": small_study, "ro": read_only_db}
+    out = hps(*(a.format(**fill) for a in argv), env={"HPS_STORAGE": f"sqlite:///{tmp_path / 'x.db'}"})
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: ") and path.format(**fill) in lines[0] and says in lines[0], lines[0]
+
+
+READ_ONLY_COMMANDS = [["status"], ["status", "s"], ["status", "s", "--json"], ["export", "s", "-o", "{tmp}/b.yaml"],
+                      ["plot", "s", "-o", "{tmp}/plots"], ["delete", "s", "--yes"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("args", READ_ONLY_COMMANDS, ids=lambda a: "-".join(a[:3]).replace("{tmp}/", ""))
+def test_commands_that_read_never_create_a_storage(tmp_path: Path, args: list[str], kind: str) -> None:
+    missing = tmp_path / ("hps.db" if kind == "sqlite" else "studies.log")
+    url = f"sqlite:///{missing}" if kind == "sqlite" else str(missing)
+    out = hps(*(a.format(tmp=tmp_path) for a in args), "--storage", url)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"error: no study storage at {missing} (nothing was created); give --storage the URL " \
+                                 "your runs used or set HPS_STORAGE"
+    assert not missing.exists()
+    copied = hps("copy", "s", "--from", url, "--to", f"sqlite:///{tmp_path / 'to.db'}")
+    assert copied.returncode == 2 and "no study storage at" in copied.stderr and not missing.exists()
+
+
+@pytest.mark.slow
+def test_a_missing_study_names_the_storage_url_without_its_password() -> None:
+    from tests.search.conftest import PG_URL
+
+    url = PG_URL.replace("postgres@", "postgres:s3cret@")
+    out = hps("status", "nope", "--storage", url)
+    assert out.returncode == 2, out.stderr
+    assert f"no study named 'nope' in {PG_URL.replace('postgres@', 'postgres:***@')}; studies:" in out.stderr
+    assert "s3cret" not in out.stderr
