@@ -223,3 +223,58 @@ def test_a_missing_study_names_the_storage_url_without_its_password() -> None:
     assert out.returncode == 2, out.stderr
     assert f"no study named 'nope' in {PG_URL.replace('postgres@', 'postgres:***@')}; studies:" in out.stderr
     assert "s3cret" not in out.stderr
+
+
+# one refusal per command, with the kind of outcome docs/exit-codes.md gives it
+EXIT_CASES: dict[str, tuple[list[str], str]] = {
+    "retrain": (["retrain", "{tmp}/bad.yaml"], "refused"),
+    "measure": (["measure", "{tmp}/none.yaml"], "refused"),
+    "run": (["run", "{tmp}/bad.yaml"], "refused"),
+    "status": (["status", "--storage", "sqlite:///{tmp}/none.db"], "refused"),
+    "delete": (["delete", "s", "--yes", "--storage", "sqlite:///{tmp}/none.db"], "refused"),
+    "export": (["export", "s", "-o", "best.pt"], "refused"),
+    "evaluate": (["evaluate", "{tmp}/bad.yaml", "--weights", "{tmp}/none.pt"], "refused"),
+    "plot": (["plot", "s", "--storage", "sqlite:///{tmp}/none.db"], "refused"),
+    "copy": (["copy", "s", "--from", "sqlite:///{tmp}/none.db", "--to", "sqlite:///{tmp}/to.db"], "refused"),
+    "dashboard": (["dashboard", "--storage", "sqlite:///{tmp}"], "refused"),
+    "models": (["models", "--no-such-option"], "refused"),
+    "status-db-down": (["status", "--storage", "postgresql://u@127.0.0.1:{port}/db"], "unavailable"),
+    "python -m hps.trainers": (["-m", "hps.trainers", "{tmp}/bad.yaml"], "refused"),
+}
+
+
+def _documented_codes() -> dict[str, int]:
+    """kind -> exit code, from the table in docs/exit-codes.md."""
+    from tests.conftest import REPO
+
+    rows = [line.split("|") for line in (REPO / "docs" / "exit-codes.md").read_text().splitlines()
+            if line.startswith("|") and line.split("|")[1].strip().isdigit()]
+    return {cells[2].strip(): int(cells[1]) for cells in rows}
+
+
+def test_every_command_has_an_exit_code_case() -> None:
+    from hps.search import errors
+    from hps.search.cli import app
+
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    assert names <= set(EXIT_CASES), names - set(EXIT_CASES)
+    assert _documented_codes() == {"done": errors.OK, "failed": errors.FAILED, "refused": errors.REFUSED,
+                                   "unavailable": errors.UNAVAILABLE, "interrupted": errors.INTERRUPTED_CODE,
+                                   "terminated": errors.TERMINATED_CODE}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(EXIT_CASES))
+def test_every_command_refuses_with_its_documented_exit_code(tmp_path: Path, case: str) -> None:
+    from tests.conftest import free_port
+
+    (tmp_path / "bad.yaml").write_text("optimizer: {name: lion}\nstudy: {name: x}\n")
+    argv, kind = EXIT_CASES[case]
+    argv = [a.format(tmp=tmp_path, port=free_port()) for a in argv]
+    if argv[0] == "-m":
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path)
+    else:
+        out = hps(*argv, env={"HPS_CONNECT_TIMEOUT": "2"}, timeout=60)
+    assert out.returncode == _documented_codes()[kind], out.stderr
+    if "--no-such-option" not in argv:  # a usage error prints click's usage too
+        assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: "), out.stderr
