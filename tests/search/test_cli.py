@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -278,3 +279,75 @@ def test_every_command_refuses_with_its_documented_exit_code(tmp_path: Path, cas
     assert out.returncode == _documented_codes()[kind], out.stderr
     if "--no-such-option" not in argv:  # a usage error prints click's usage too
         assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: "), out.stderr
+
+
+@pytest.fixture(scope="module")
+def fit_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``hps run`` of two trials of a space whose width is fitted to the budget (``type: fit``),
+    on a SQLite file that is not the default one."""
+    import yaml
+
+    from tests.search.conftest import SMALL
+
+    tmp = tmp_path_factory.mktemp("fit")
+    space = {**SMALL, "study": {**SMALL["study"], "name": "fit", "trials": 2}, "warm_start": [],
+             "space": {"model.width": {"type": "fit", "low": 0.125, "high": 1.0},
+                       "optimizer.lr": {"low": 0.01, "high": 0.1, "log": True}}}
+    (tmp / "fit.yaml").write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp / 'fit.db'}"
+    out = hps("run", str(tmp / "fit.yaml"), "--storage", url, "--no-live", env={"HPS_ARTIFACTS": str(tmp / "art")})
+    assert out.returncode == 0, out.stderr
+    return {"tmp": tmp, "url": url, "out": out}
+
+
+@pytest.mark.slow
+def test_the_hint_after_a_run_carries_its_storage_and_works_when_pasted(fit_run: dict[str, Any], tmp_path: Path) -> None:
+    import shlex
+
+    hint = fit_run["out"].stdout.strip().splitlines()[-1]
+    assert hint == f"export it with: hps export fit -o best.yaml --storage {fit_run['url']}"
+    argv = shlex.split(hint.removeprefix("export it with: "))
+    pasted = subprocess.run([str(Path(sys.executable).parent / "hps"), *argv[1:]], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "HPS_ARTIFACTS": str(fit_run["tmp"] / "art")})
+    assert pasted.returncode == 0, pasted.stderr
+    assert (tmp_path / "best.yaml").exists() and not (tmp_path / "hps.db").exists()
+
+
+@pytest.mark.slow
+def test_the_fitted_width_shows_wherever_params_do(fit_run: dict[str, Any]) -> None:
+    lines = [x for x in fit_run["out"].stdout.splitlines() if x.startswith("[")]
+    assert lines and all("model.width (fit)=" in x for x in lines), lines
+    ts = trials(fit_run["url"], "fit")
+    assert all(0.125 <= t.user_attrs["width"] < 1.0 for t in ts)  # the dashboard's column
+    rows = json.loads(hps("status", "fit", "--storage", fit_run["url"], "--json").stdout)["trials"]
+    assert [r["fitted_width"] for r in rows] == [t.user_attrs["width"] for t in ts]
+    table = hps("status", "fit", "--storage", fit_run["url"]).stdout
+    header = next(x for x in table.splitlines() if "state" in x)
+    assert "width" in header and f"{ts[0].user_attrs['width']:.4g}" in table
+
+
+@pytest.mark.slow
+def test_plots_name_the_objective_and_load_plotly_once(fit_run: dict[str, Any], tmp_path: Path) -> None:
+    out = hps("plot", "fit", "--storage", fit_run["url"], "-o", str(tmp_path / "plots"))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    html = sorted((tmp_path / "plots").glob("*.html"))
+    assert [p.name for p in html] == ["history.html", "importance.html", "intermediate.html"]
+    assert all(p.stat().st_size < 100_000 for p in html)  # not 4.8 MB each
+    assert (tmp_path / "plots" / "plotly.min.js").stat().st_size > 1_000_000
+    assert all('src="plotly.min.js"' in p.read_text() for p in html)
+    for name in ("history", "intermediate"):
+        text = (tmp_path / "plots" / f"{name}.html").read_text()
+        assert '"text":"val_acc"' in text.replace(" ", "") and "Objective Value" not in text, name
+
+
+@pytest.mark.slow
+def test_measure_takes_a_space_and_measures_its_base_smallest_and_largest(fit_run: dict[str, Any]) -> None:
+    out = hps("measure", str(fit_run["tmp"] / "fit.yaml"), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["config"]: r for r in json.loads(out.stdout)}
+    assert list(rows) == ["base", "smallest", "largest (width fitted)"]
+    assert rows["smallest"]["width"] == 0.125 and rows["smallest"]["params"] < rows["base"]["params"]
+    assert rows["largest (width fitted)"]["violations"] == [] and rows["largest (width fitted)"]["params"] <= 300_000
+    assert 0.125 < rows["largest (width fitted)"]["width"] < 1.0
+    table = hps("measure", str(fit_run["tmp"] / "fit.yaml")).stdout
+    assert "smallest" in table and "largest (width fitted)" in table and "fits" in table
