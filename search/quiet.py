@@ -6,8 +6,10 @@ What is kept off, and where it still is:
   warnings (heartbeats, artifacts: relied on here), the "step already reported" warning of a
   resumed trial (it re-reports the epochs its checkpoint restored) and its logged traceback of a
   trial stopped by Ctrl-C (the run says so in one line; the trial stores why);
-- Ray's token-authentication banner and its C++ components' warnings ("... will be retried" on
-  Ctrl-C, with colour codes): both stay in Ray's log folder (``/tmp/ray/session_latest/logs``);
+- Ray's token-authentication banner, and what its workers and raylet write (the raylet's "... will
+  be retried" lines on Ctrl-C, with colour codes): in Ray's log folder
+  (``/tmp/ray/session_latest/logs``), not on the driver's terminal (a trial's outcome and its
+  reason are in the study);
 - tqdm's "IProgress not found" warning, raised when Optuna imports ``tqdm.auto`` in Jupyter
   without ipywidgets (hps draws no tqdm bar).
 """
@@ -17,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import Any
 
 TQDM_IPROGRESS = "IProgress not found"
-STEP_REPORTED = "The reported value is ignored because this `step`"
+STEP_REPORTED = "The reported value is ignored because this `step"  # `step=3` is already reported
 
 
 def debug() -> bool:
@@ -47,12 +50,15 @@ def quiet_optuna() -> None:
         log.addFilter(_NoInterruptTraceback())
 
 
-def quiet_ray() -> None:
-    """Before ``ray.init``: Ray's token banner and its C++ warnings go to its log folder only."""
+def quiet_ray() -> dict[str, Any]:
+    """Before ``ray.init``: Ray's token banner off, and the ``ray.init`` arguments that keep the
+    workers' and raylet's output in Ray's log folder (``HPS_DEBUG=1``: on the terminal too)."""
     if debug():
-        return
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the raylet's and core worker's stderr
+        return {"log_to_driver": True}
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    import ray._private.worker as ray_worker  # the one switch for the raylet's messages to the driver (its
+    ray_worker._worker_logs_enabled = False  # debugger uses it): they stay in the raylet's and workers' logs
+    return {"log_to_driver": False}
 
 
 class _NoInterruptTraceback:

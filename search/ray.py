@@ -106,12 +106,12 @@ class RayExecutor:
         if ray.is_initialized():
             return
         env = forwarded()  # every HPS_* setting, as the driver has it
-        quiet_ray()
+        quiet = quiet_ray()
         for attempt in range(1, attempts + 1):
             try:
                 ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
-                         include_dashboard=False if self.address == "local" else None, log_to_driver=True,
-                         configure_logging=False)
+                         include_dashboard=False if self.address == "local" else None,
+                         configure_logging=False, **quiet)
                 return
             except ConnectionError as e:
                 ray.shutdown()

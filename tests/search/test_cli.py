@@ -351,3 +351,39 @@ def test_measure_takes_a_space_and_measures_its_base_smallest_and_largest(fit_ru
     assert 0.125 < rows["largest (width fitted)"]["width"] < 1.0
     table = hps("measure", str(fit_run["tmp"] / "fit.yaml")).stdout
     assert "smallest" in table and "largest (width fitted)" in table and "fits" in table
+
+
+def test_a_resumed_trial_reports_its_restored_epochs_without_optuna_warning() -> None:
+    import warnings
+
+    from hps.search.quiet import quiet_optuna
+
+    quiet_optuna()
+    trial = optuna.create_study(direction="maximize").ask()
+    with warnings.catch_warnings(record=True) as caught:
+        trial.report(0.5, 1)
+        trial.report(0.5, 1)  # a retry re-reports what its checkpoint restored
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.slow
+def test_a_ray_run_stopped_keeps_rays_noise_off_the_terminal(tmp_path: Path, study_name: str) -> None:
+    """No token banner, no raylet "will be retried" lines with colour codes: the one line of hps."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}])
+    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live", "--ray", "local",
+           "--workers", "1", "--set", "fixed.train.epochs=500", "--set", "budget.max_epochs=500"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HPS_ARTIFACTS": str(tmp_path / "art")})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError):
+            if any(t.intermediate_values for t in trials(url, study_name)):
+                break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    assert "\x1b[" not in out + err and "retried" not in out + err and "Token" not in out + err, out + err
+    assert err.strip().splitlines() == ["terminated (SIGTERM); rerun the same command to resume (finished trials are "
+                                        "kept, the stopped one is owed)"]
