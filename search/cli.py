@@ -7,11 +7,10 @@ import signal
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter search for CIFAR classifiers under hard budgets.")
@@ -41,19 +40,39 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 def _user_errors(fn: F) -> F:
-    """Bad input ends with one line on stderr and exit code 2, never a traceback."""
+    """A refusal ends with one line on stderr and its exit code (docs/exit-codes.md), never a
+    traceback: bad input 2, a path the command cannot use (a folder, unwritable, full, read-only) 2,
+    a database that does not answer 3."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from hps.search.errors import user_error_types
+        from hps.search.errors import REFUSED, UNAVAILABLE, environment_line, user_error_types
+        from hps.search.storage import StorageUnavailable
 
         try:
             return fn(*args, **kwargs)
+        except StorageUnavailable as e:
+            _fail(str(e), UNAVAILABLE)
         except user_error_types() as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(str(e), REFUSED)
+        except Exception as e:
+            line = environment_line(e, kwargs.get("storage", kwargs.get("dest")))  # the storage it writes
+            if line is None:
+                raise
+            _fail(line, REFUSED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(line: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
+def _quiet() -> None:
+    from hps.search.quiet import quiet_optuna
+
+    quiet_optuna()
 
 
 @app.command()
@@ -87,40 +106,47 @@ def retrain(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. fr
     console.print(f"done in {result.seconds:.1f} s: {summary}; wrote {out_dir}/", highlight=False)
 
 
+def _is_space(path: Path) -> bool:
+    """A space file (``study:``, ``space:``, ``budget:`` ...) rather than a retrain YAML."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the loader says what is wrong with it
+    return isinstance(raw, dict) and bool(raw.keys() & {"study", "space", "budget", "warm_start", "objectives", "fixed"})
+
+
 @app.command()
 @_user_errors
-def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML")], sets: SetOpt = None,
+def measure(config: Annotated[Path, typer.Argument(help="a retrain YAML, or a space YAML (its base, smallest and "
+                                                        "largest configs against its budget)")],
+            sets: SetOpt = None,
             as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """Parameters, file bytes per storage dtype, MACs/FLOPs and memory of a config, without training."""
+    """Parameters, file bytes, MACs/FLOPs and memory of a config (or a space's base, smallest and
+    largest configs), without training."""
     from hps.search.api import measure as run_measure
+    from hps.search.api import measure_space
     from hps.search.space import parse_overrides
+    from hps.search.tables import measure_table, space_measure_table
 
+    if _is_space(config):
+        rows = measure_space(config, parse_overrides(sets))
+        if as_json:
+            print(json.dumps(rows))
+        else:
+            console.print(space_measure_table(str(config), rows))
+        return
     m = run_measure(config, parse_overrides(sets))
     if as_json:
         print(json.dumps(m.to_dict()))
-        return
-    table = Table(title=f"{config}", show_header=False)
-    table.add_row("trainable parameters", f"{m.params:,}")
-    for dtype, size in m.model_bytes.items():
-        table.add_row(f"model file bytes ({dtype})", f"{size:,}  ({size / 1e6:.2f} MB)")
-    table.add_row(f"MACs per {m.image_size}x{m.image_size} image", f"{m.macs:,}")
-    table.add_row("FLOPs per image (2 x MACs)", f"{m.flops:,}")
-    table.add_row("training memory estimate", f"{m.train_memory_mb:,.1f} MiB")
-    console.print(table)
+    else:
+        console.print(measure_table(str(config), m))
 
 
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="study storage URL [$HPS_STORAGE or sqlite:///hps.db]")]
 ArtifactsOpt = Annotated[str | None, typer.Option(
     "--artifacts", help="artifact folder or s3://bucket/prefix [$HPS_ARTIFACTS or hps-artifacts]")]
-
-
-def _quiet_optuna() -> None:
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @app.command()
@@ -138,7 +164,7 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
             "--allow-change", help="continue a study whose space, budget, objectives or data changed (recorded; "
                                    "only trials of the new definition are compared)")] = False) -> None:
     """Run (or resume) a study until it holds the requested number of finished trials."""
-    from hps.search.errors import RunFailed, Terminated, on_sigterm
+    from hps.search.errors import FAILED, INTERRUPTED_CODE, TERMINATED_CODE, RunFailed, Terminated, on_sigterm
 
     signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM while starting (imports take seconds), as later: one line, 143
     try:
@@ -149,20 +175,20 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
                            cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines", allow_change=allow_change)
     except KeyboardInterrupt as e:
-        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        what, code = ("terminated (SIGTERM)", TERMINATED_CODE) if isinstance(e, Terminated) else ("interrupted",
+                                                                                                INTERRUPTED_CODE)
         err.print(f"{what}; rerun the same command to resume (finished trials are kept, the stopped one is owed)",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
     except RunFailed as e:
         if e.result is not None:
             console.print(str(e.result), highlight=False)
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(str(e), FAILED)
     console.print(str(result), highlight=False)
     if result.best_trial is not None:
-        console.print(f"export it with: hps export {space.name} -o best.yaml", highlight=False)
+        from hps.search.storage import hint
 
-
+        console.print(f"export it with: hps export {space.name} -o best.yaml{hint(storage)}", highlight=False)
 
 
 @app.command()
@@ -171,92 +197,29 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
            storage: StorageOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")] = False) -> None:
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
-    import optuna
+    from hps.search import tables
+    from hps.search.api import open_study, studies
+    from hps.search.record import current, stop_reasons, study_attrs
 
-    from hps.search.record import (
-        BEST_EPOCH,
-        BEST_VALUE,
-        DEVICE_SECONDS,
-        FAIL_REASON,
-        PRUNE_REASON,
-        WARM_START,
-        current,
-        human,
-        named_constraints,
-        reason,
-        stop_reasons,
-        study_attrs,
-        trial_info,
-    )
-    from hps.search.record import stored_figures as figures_of
-    from hps.search.storage import dispose, get_storage
-    from hps.search.study import load_study
-
-    _quiet_optuna()
-    store = get_storage(storage, heartbeat=False)
-    try:
-        if study is None:
-            rows: list[dict[str, Any]] = []
-            for s in optuna.get_all_study_summaries(store):
-                best = s.best_trial.values[0] if s.best_trial and s.best_trial.values else None
-                rows.append({"study": s.study_name, "trials": s.n_trials, "directions": [d.name.lower() for d in s.directions],
-                             "best_value": best, "stopped": stop_reasons(store.get_study_system_attrs(s._study_id))})
-            if as_json:
-                print(json.dumps(rows))
-                return
-            table = Table("study", "trials", "directions", "best value", "stopped")
-            for r in rows:
-                table.add_row(r["study"], str(r["trials"]), ", ".join(r["directions"]),
-                              "-" if r["best_value"] is None else f"{r['best_value']:.4f}", "; ".join(r["stopped"]))
-            console.print(table)
-            return
-        st = load_study(study, store)
-        trials = st.get_trials(deepcopy=False)
-        same = current(st)
-        if as_json:
-            print(json.dumps({
-                "study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stop_reasons(study_attrs(st)),
-                "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
-                            "constraints": named_constraints(t), "budget": figures_of(t),
-                            **{k: t.user_attrs.get(k) for k in (BEST_VALUE, BEST_EPOCH, DEVICE_SECONDS)},
-                            "warm_start": trial_info(t, WARM_START),
-                            "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t),
-                            "current_definition": same(t)}
-                           for t in trials]}, default=str))
-            return
-        table = Table(title=study)
-        for col in ("#", "state", "value", "best@epoch", "params", "bytes", "MACs", "secs"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("note", ratio=1, min_width=24)
-        for t in trials:
-            fig = figures_of(t)
-            if t.state == optuna.trial.TrialState.COMPLETE and t.values:
-                value = f"{t.values[0]:.4f}"
-            elif t.intermediate_values:  # pruned, failed or running: its last reported value
-                value = f"{t.intermediate_values[max(t.intermediate_values)]:.4f}*"
-            else:
-                value = "-"
-            best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
-            why = reason(t) or trial_info(t, WARM_START, "")
-            if t.state == optuna.trial.TrialState.FAIL and not why:
-                why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
-            if not same(t):
-                why = f"(an earlier definition) {why}"
-            table.add_row(str(t.number), t.state.name.lower(), value, best, human(fig["params"]) if "params" in fig else "-",
-                          human(fig["model_bytes"]) if "model_bytes" in fig else "-",
-                          human(fig["macs"]) if "macs" in fig else "-",
-                          f"{t.user_attrs.get('device_seconds', 0):.1f}", why)
-        console.print(table)
-        console.print("value: the metric at the last epoch; * the last reported value of a trial that did not complete",
-                      style="dim")
-        earlier = sum(not same(t) for t in trials)
-        if earlier:
-            console.print(f"{earlier} trials ran under an earlier definition of this study (hps run --allow-change); the "
-                          "best trial and exports compare only the current one's", highlight=False)
-        for line in stop_reasons(study_attrs(st)):
-            console.print(f"[red]stopped:[/] {line}", highlight=False)
-    finally:
-        dispose(store)
+    _quiet()
+    if study is None:
+        rows = studies(storage)
+        print(json.dumps(rows)) if as_json else console.print(tables.studies_table(rows))
+        return
+    st, _ = open_study(study, storage)
+    trials, same = st.get_trials(deepcopy=False), current(st)
+    now, stopped = [same(t) for t in trials], stop_reasons(study_attrs(st))
+    if as_json:
+        print(json.dumps({"study": study, "directions": [d.name.lower() for d in st.directions], "stopped": stopped,
+                          "trials": [tables.trial_row(t, c) for t, c in zip(trials, now, strict=True)]}, default=str))
+        return
+    console.print(tables.trials_table(study, trials, now))
+    console.print(tables.VALUE_NOTE, style="dim")
+    if earlier := now.count(False):
+        console.print(f"{earlier} trials ran under an earlier definition of this study (hps run --allow-change); the "
+                      "best trial and exports compare only the current one's", highlight=False)
+    for line in stopped:
+        console.print(f"[red]stopped:[/] {line}", highlight=False)
 
 
 @app.command()
@@ -268,21 +231,19 @@ def delete(study: Annotated[str, typer.Argument(help="study name")], storage: St
 
     import optuna
 
+    from hps.search.api import open_study
     from hps.search.errors import StudyError
-    from hps.search.storage import dispose, get_storage, redact, storage_url
-    from hps.search.study import load_study
+    from hps.search.storage import dispose, redact
 
-    _quiet_optuna()
-    store = get_storage(storage, heartbeat=False)
-    try:
-        n = len(load_study(study, store).get_trials(deepcopy=False))
-        if not yes:
-            if not sys.stdin.isatty():
-                raise StudyError(f"not deleting study {study!r} ({n} trials) without confirmation; pass --yes")
-            typer.confirm(f"delete study {study!r} and its {n} trials from {redact(storage_url(storage))}?", abort=True)
-        optuna.delete_study(study_name=study, storage=store)
-    finally:
-        dispose(store)
+    _quiet()
+    st, url = open_study(study, storage)
+    n = len(st.get_trials(deepcopy=False))
+    if not yes:
+        if not sys.stdin.isatty():
+            raise StudyError(f"not deleting study {study!r} ({n} trials) without confirmation; pass --yes")
+        typer.confirm(f"delete study {study!r} and its {n} trials from {redact(url)}?", abort=True)
+    optuna.delete_study(study_name=study, storage=st._storage)
+    dispose(st._storage)
     console.print(f"deleted study {study} ({n} trials)", highlight=False)
 
 
@@ -295,26 +256,18 @@ def export(study: Annotated[str, typer.Argument(help="study name")],
     """Write the best feasible trial as a config that hps retrain takes unchanged."""
     from hps.search.api import export as run_export
     from hps.search.errors import StudyError
-    from hps.search.record import WEIGHTS, trial_info
 
     if out.suffix.lower() in (".pt", ".pth"):
         raise StudyError(f"-o {out}: the export is a YAML, and its weights go beside it as {out.with_suffix('.pt').name}; "
                          f"give -o {out.with_suffix('.yaml')}")
-    _quiet_optuna()
-    t = run_export(study, out, trial=trial, storage=storage, artifacts=artifacts)
-    weights = out.with_suffix(".pt")
-    also = f" and {weights} (its weights; score them with: hps evaluate {out} --weights {weights})" if (
-        trial_info(t, WEIGHTS) and weights.exists()) else ""
-    console.print(f"wrote {out}{also}: trial {t.number}, value {t.values[0]:.4f}; retrain with: hps retrain {out}",
-                  highlight=False)
-    if trial is None:
-        from hps.search.api import _study
-        from hps.search.record import current
-
-        st = _study(study, storage)[0]
-        earlier = sum(not current(st)(x) for x in st.get_trials(deepcopy=False))
-        if earlier:
-            console.print(f"({earlier} trials of an earlier definition of the study were not compared)", highlight=False)
+    if out.is_dir():
+        raise StudyError(f"-o {out}: is a folder; give a YAML file to write, e.g. -o {out / 'best.yaml'}")
+    _quiet()
+    done = run_export(study, out, trial=trial, storage=storage, artifacts=artifacts)
+    score = f" (score them with: hps evaluate {out} --weights {done.weights})" if done.weights else ""
+    console.print(f"{done}{score}; retrain with: hps retrain {out}", highlight=False)
+    if done.earlier:
+        console.print(f"({done.earlier} trials of an earlier definition of the study were not compared)", highlight=False)
 
 
 @app.command()
@@ -325,27 +278,9 @@ def evaluate(config: Annotated[Path, typer.Argument(help="a retrain YAML (e.g. f
              allow_model_change: Annotated[bool, typer.Option("--allow-model-change",
                                                               help="build your model file as it is now")] = False) -> None:
     """Score weights on the validation (and test) split without training."""
-    import pickle
-    import zipfile
+    from hps.search.api import evaluate as run_evaluate
 
-    import torch
-
-    from hps.search.errors import StudyError
-    from hps.trainers import load_config
-    from hps.trainers.loop import score
-
-    cfg = load_config(config)
-    if allow_model_change:
-        cfg = cfg.replace("model", sha256=None)
-    if not weights.is_file():
-        raise typer.BadParameter(f"{weights}: no such file", param_hint="--weights")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as e:
-        raise StudyError(f"{weights}: not a weights file torch can read ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict):
-        raise StudyError(f"{weights}: holds a {type(state).__name__}, not a state dict (hps export's .pt, retrain's model.pt)")
-    metrics = score(cfg, state, test=test)
+    metrics = run_evaluate(config, weights, test=test, allow_model_change=allow_model_change)
     console.print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
 
 
@@ -355,13 +290,11 @@ def plot(study: Annotated[str, typer.Argument(help="study name")],
          out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("plots"),
          storage: StorageOpt = None) -> None:
     """Optimisation history, parameter importance, intermediate values (and Pareto front): HTML and PNG."""
-    from hps.search.export import plot as run_plot
-    from hps.search.storage import get_storage
-    from hps.search.study import load_study
+    from hps.search.api import plot as run_plot
 
-    _quiet_optuna()
-    files = run_plot(load_study(study, get_storage(storage, heartbeat=False)), out)
-    console.print(f"wrote {len(files)} files to {out}/", highlight=False)
+    _quiet()
+    files = run_plot(study, out, storage=storage)
+    console.print(f"wrote {len(files)} files to {out}/ (the HTML files load plotly.min.js beside them)", highlight=False)
 
 
 @app.command()
@@ -372,14 +305,15 @@ def copy(study: Annotated[str, typer.Argument(help="study name")],
     """Copy a study with all its trials to another storage (SQLite, PostgreSQL, a journal file)."""
     import optuna
 
+    from hps.search.api import open_study
     from hps.search.errors import StudyError
     from hps.search.storage import dispose, get_storage, redact
-    from hps.search.study import load_study
 
-    _quiet_optuna()
-    src, dst = get_storage(source, heartbeat=False), get_storage(dest, heartbeat=False)
+    _quiet()
+    st = open_study(study, source)[0]
+    src, dst = st._storage, get_storage(dest, heartbeat=False)
+    n = len(st.get_trials(deepcopy=False))
     try:
-        n = len(load_study(study, src).get_trials(deepcopy=False))
         optuna.copy_study(from_study_name=study, from_storage=src, to_storage=dst)
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(f"{redact(dest)} already holds a study named {study!r}; nothing copied") from None
@@ -414,6 +348,7 @@ def models() -> None:
     """List the model families (hps's and those packages register under the hps.models entry point
     group) and their knobs."""
     import torch
+    from rich.table import Table
 
     from hps.trainers.errors import ModelError
     from hps.trainers.models import create_model, list_models, model_entry

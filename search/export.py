@@ -5,9 +5,11 @@ the trial ran (``hps export`` and ``hps plot`` start as fast as Optuna does)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,13 @@ from hps.search.record import (
     CONFIG,
     DATA,
     DEVICE_SECONDS,
+    SPACE,
     STORAGE_DTYPE,
     WEIGHTS,
     best_feasible,
     named_constraints,
     stored_figures,
+    study_attrs,
     trial_info,
 )
 from hps.search.storage import artifact_store, redact
@@ -126,10 +130,48 @@ def _part(path: Path) -> Path:
     return path.with_name(f".{path.name}.part")
 
 
+@dataclasses.dataclass
+class Exported:
+    """What :func:`hps.export` wrote: the trial, its retrain YAML and its weights (None if it kept
+    none). ``number``, ``values`` and ``params`` are the trial's."""
+
+    trial: FrozenTrial
+    path: Path
+    weights: Path | None
+    earlier: int = 0  # trials of an earlier definition of the study, not compared
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def values(self) -> list[float]:
+        return list(self.trial.values)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.trial.params
+
+    def __str__(self) -> str:
+        also = f" and {self.weights}" if self.weights else ""
+        return f"wrote {self.path}{also}: trial {self.number}, value {self.values[0]:.4f}"
+
+    def __repr__(self) -> str:
+        return f"<Exported trial {self.number} (value {self.values[0]:.4f}) to {self.path}" + (
+            f" + {self.weights.name}>" if self.weights else ">")
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives by name (``val_acc``, ...), as its space named them."""
+    names = (study_attrs(study).get(SPACE) or {}).get("objectives") or study.metric_names
+    return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
+
+
 def plot(study: optuna.Study, out_dir: Path) -> list[Path]:
     """Optimisation history, parameter importance, intermediate values and (multi-objective) the
-    Pareto front, each as HTML (plotly) and PNG (matplotlib). Plots that need more trials than
-    the study has are skipped."""
+    Pareto front, each as HTML (plotly, loading the one ``plotly.min.js`` written beside them) and
+    PNG (matplotlib); axes name the objective. Plots that need more trials than the study has are
+    skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,26 +179,35 @@ def plot(study: optuna.Study, out_dir: Path) -> list[Path]:
     from optuna import visualization as vis
     from optuna.visualization import matplotlib as vmpl
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StudyError(f"-o {out_dir}: is a file; give a folder for the plots")
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = objective_names(study)
     multi = len(study.directions) > 1
-    kw: dict[str, Any] = {"target": lambda t: t.values[0], "target_name": "objective 0"} if multi else {}
+    kw: dict[str, Any] = {"target": lambda t: t.values[0], "target_name": names[0]} if multi else {"target_name": names[0]}
     plots: dict[str, tuple[Any, Any, dict[str, Any]]] = {
         "history": (vis.plot_optimization_history, vmpl.plot_optimization_history, kw),
         "importance": (vis.plot_param_importances, vmpl.plot_param_importances, kw),
         "intermediate": (vis.plot_intermediate_values, vmpl.plot_intermediate_values, {}),
     }
     if multi:
-        plots["pareto"] = (vis.plot_pareto_front, vmpl.plot_pareto_front, {})
+        plots["pareto"] = (vis.plot_pareto_front, vmpl.plot_pareto_front, {"target_names": names[:2]})
     written = []
     for name, (html_fn, png_fn, args) in plots.items():
         try:
-            html_fn(study, **args).write_html(out_dir / f"{name}.html")
-            ax = png_fn(study, **args)
+            with warnings.catch_warnings():  # "too few trials to compute importances": the plot says so
+                warnings.simplefilter("ignore", UserWarning)
+                fig = html_fn(study, **args)
+                ax = png_fn(study, **args)
         except (ValueError, RuntimeError) as e:  # too few trials for this plot
             (out_dir / f"{name}.skipped.txt").write_text(f"{e}\n")
             continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        if name == "intermediate":
+            fig.update_yaxes(title_text=names[0])
+            (ax if hasattr(ax, "set_ylabel") else ax.flat[0]).set_ylabel(names[0])
+        fig.write_html(out_dir / f"{name}.html", include_plotlyjs="directory")  # plotly.min.js, once
+        png = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        png.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(png)
         written += [out_dir / f"{name}.html", out_dir / f"{name}.png"]
     return written

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import FINISHED, LIVE, reason, sign, trial_info
+from hps.search.record import CONFIG, FINISHED, LIVE, reason, shown_params, sign, trial_info
 
 MODES = ("auto", "live", "lines", "none")
 
@@ -58,7 +59,7 @@ def snapshot(study: optuna.Study, target: int, started: float, done_before: int)
     if complete:
         best = max(complete, key=lambda t: sign(study) * t.values[0])
         lines.append(f"best so far: trial {best.number}, value {best.values[0]:.4f}: "
-                     + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+                     + ", ".join(f"{k}={_short(v)}" for k, v in shown_params(best).items()))
     rows = running_rows(trials)
     if rows:
         running = Table("running", "epoch", "last value", "images/s", box=None)
@@ -76,7 +77,7 @@ def finished_line(t: FrozenTrial, done: int, target: int) -> str:
     state = t.state.name.lower()
     value = f" value {t.values[0]:.4f}" if t.values and t.state == TrialState.COMPLETE else ""
     why = reason(t) or ""
-    params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+    params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(t).items())
     return f"[{done}/{target}] trial {t.number} {state}{value}" + (f": {why}" if why else "") + (f" ({params})" if params else "")
 
 
@@ -104,10 +105,48 @@ class _Poller:
             self.tick()
 
 
+def _epochs(t: FrozenTrial) -> int | None:
+    return ((trial_info(t, CONFIG) or {}).get("train") or {}).get("epochs")
+
+
+class Bars:
+    """A notebook's progress within the running trials: one bar per running trial (its epoch of
+    its epochs, its last value, images/s) under one for the run; shown as HTML ``<progress>``
+    bars, or as text where HTML is not rendered."""
+
+    def __init__(self, trials: list[FrozenTrial], done: int, target: int) -> None:
+        self.done, self.target = done, target
+        running = {t.number: t for t in trials if t.state == TrialState.RUNNING}
+        self.rows = [(n, e or 0, _epochs(running[n]) or 0, v, ips) for n, e, v, ips in running_rows(trials)]
+
+    def _lines(self) -> list[tuple[int, int, str]]:
+        out = [(self.done, self.target, f"finished {self.done}/{self.target}")]
+        for n, epoch, epochs, value, ips in self.rows:
+            shown = "" if value is None else f"  value {value:.4f}"
+            speed = "" if ips is None else f"  {ips:,.0f} img/s"
+            out.append((epoch, epochs, f"trial {n}: epoch {epoch}/{epochs or '?'}{shown}{speed}"))
+        return out
+
+    def __repr__(self) -> str:
+        width = 20
+        return "\n".join(f"[{'#' * (width * a // b if b else 0):<{width}}] {text}" for a, b, text in self._lines())
+
+    def _repr_html_(self) -> str:
+        return "<br>".join(f"<progress value='{a}' max='{b or 1}' style='width:12em'></progress> "
+                           f"<code>{html.escape(text)}</code>" for a, b, text in self._lines())
+
+
 def _in_notebook() -> bool:
     shell = sys.modules.get("IPython")
     ip = getattr(shell, "get_ipython", lambda: None)() if shell else None
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def _bar_display(done: int, target: int) -> Any:
+    """A notebook display that each poll redraws in place (IPython's display handle)."""
+    from IPython.display import display
+
+    return display(Bars([], done, target), display_id=True)
 
 
 @contextlib.contextmanager
@@ -126,6 +165,8 @@ def view(mode: str, study: optuna.Study, target: int, out: TextIO, every: float 
     seen = {t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))}
     done_before = len(study.get_trials(deepcopy=False, states=FINISHED))
     if mode == "lines":
+        bars = _bar_display(done_before, target) if _in_notebook() else None
+
         def tick() -> None:
             trials = study.get_trials(deepcopy=False)
             done = sum(t.state in FINISHED for t in trials)
@@ -133,6 +174,8 @@ def view(mode: str, study: optuna.Study, target: int, out: TextIO, every: float 
                 if t.number not in seen and t.state in (*FINISHED, TrialState.FAIL):
                     seen.add(t.number)
                     print(finished_line(t, done, target), file=out, flush=True)
+            if bars is not None:
+                bars.update(Bars(trials, done, target))
 
         with _Poller(tick, every):
             yield

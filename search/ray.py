@@ -24,6 +24,7 @@ from typing import Any
 import ray
 
 from hps.search.errors import RunFailed, StudyError
+from hps.search.quiet import quiet_optuna, quiet_ray
 from hps.search.settings import forwarded, settings
 from hps.search.space import Space
 
@@ -36,13 +37,11 @@ class TrialWorker:
 
     def run(self, space: Space, url: str, target: int, objective: Any = None, run: str = "",
             share: float = 0.0) -> dict[str, Any]:
-        import optuna
-
         from hps.search.executors import MAX_STORAGE_OUTAGES, identity, work
         from hps.search.storage import OUTAGES, dispose, get_storage
         from hps.search.study import load_study, open_study
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        quiet_optuna()
         ctx = ray.get_runtime_context()
         if not ray.get_gpu_ids():  # Ray 2.60 leaves an actor that asked for no GPU seeing them all (ray#54868)
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -107,11 +106,12 @@ class RayExecutor:
         if ray.is_initialized():
             return
         env = forwarded()  # every HPS_* setting, as the driver has it
+        quiet = quiet_ray()
         for attempt in range(1, attempts + 1):
             try:
                 ray.init(address=self.address, namespace="hps", runtime_env={"env_vars": env} if env else None,
-                         include_dashboard=False if self.address == "local" else None, log_to_driver=True,
-                         configure_logging=False)
+                         include_dashboard=False if self.address == "local" else None,
+                         configure_logging=False, **quiet)
                 return
             except ConnectionError as e:
                 ray.shutdown()

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 # trial user attrs: short scalars, one dashboard column each (the table fits a screen)
 PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
 DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
+WIDTH = "width"  # the model.width a ``type: fit`` space fitted to the budget (None: even the narrowest broke it)
 
 # trial system attrs: structured values the table does not show
 WARM_START = "hps:warm_start"  # the warm start a queued trial came from (its label)
@@ -53,6 +54,18 @@ def trial_info(t: FrozenTrial, key: str, default: Any = None) -> Any:
     if key in t.system_attrs:
         return t.system_attrs[key]
     return t.user_attrs.get(_OLD_NAMES.get(key, key), default)
+
+
+def fitted_width(t: FrozenTrial) -> float | None:
+    """The width a ``type: fit`` space fitted to the budget for this trial (None if it has none)."""
+    return t.system_attrs.get(FITTED_WIDTH, t.user_attrs.get(WIDTH))
+
+
+def shown_params(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's params as a user reads them: the sampled ones, and ``model.width (fit)`` when the
+    width was fitted to the budget (it is no Optuna param: the sampler never draws it)."""
+    width = fitted_width(t)
+    return {**t.params, "model.width (fit)": width} if width is not None else dict(t.params)
 
 
 def reason(t: FrozenTrial) -> str | None:

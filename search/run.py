@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
 from hps.search.loggers import Callbacks, from_spec
+from hps.search.quiet import quiet_optuna
 from hps.search.record import (
     FAIL_REASON,
     FAILED,
@@ -72,6 +73,9 @@ class RunResult:
                 else "; no complete trial meets the budget yet")
         return f"study {self.study.study_name}: {self.finished}/{self.target} finished ({states}){best}"
 
+    def __repr__(self) -> str:  # one line in a notebook or a REPL (the dataclass's would print every trial)
+        return f"<RunResult {self}>"
+
 
 def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
     trials = study.get_trials(deepcopy=False)
@@ -110,7 +114,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     from hps.trainers import load_data
     from hps.trainers.device import resolve_device
 
-    _quiet_optuna()
+    quiet_optuna()
     settings()  # every HPS_* setting checked before anything runs
     if not isinstance(space, Space):
         space = load_space(space, overrides=overrides)
@@ -212,25 +216,3 @@ def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -
         owed.append(t.number)
     return owed
 
-
-def _quiet_optuna() -> None:
-    import logging
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    log = logging.getLogger("optuna.study._optimize")  # Optuna logs an interrupted trial with a traceback
-    if not any(isinstance(f, _NoInterruptTraceback) for f in log.filters):
-        log.addFilter(_NoInterruptTraceback())
-
-
-class _NoInterruptTraceback:
-    """Drops Optuna's log records of a trial stopped by Ctrl-C (the run says so in one line) and its
-    "failed with value None" line after any failure (the reason is stored and printed)."""
-
-    def filter(self, record: object) -> bool:
-        exc = getattr(record, "exc_info", None)
-        if exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt):
-            return False
-        message = getattr(record, "getMessage", lambda: "")()
-        return not (message.startswith("Trial ") and message.endswith(" failed with value None."))

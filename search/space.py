@@ -34,7 +34,7 @@ from hps.search.algorithms import (
 )
 from hps.search.budget import Budget, check_fit, check_smallest, fit_width
 from hps.search.errors import SpaceError
-from hps.search.record import FITTED_WIDTH
+from hps.search.record import FITTED_WIDTH, WIDTH
 from hps.trainers import (
     ConfigError,
     DataError,
@@ -653,10 +653,10 @@ def _describe(dist: Dist) -> str:
     return f"{dist.kind} in [{dist.low:g}, {dist.high:g}]{step}"
 
 
-def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, Any]]:
+def _smallest_candidates(spec: SpaceFile, base: TrainConfig, pick: Any = min) -> list[dict[str, Any]]:
     """Overrides giving the smallest config of every model family the space can pick. A key that
     is searched only under a condition keeps its base value when the condition is off, so its
-    smallest value is the least of the base's and every range's."""
+    smallest value is the least of the base's and every range's. ``pick=max``: the largest."""
     fixed: dict[str, Any] = {}
     for key in ("model.width", "model.depth", "data.image_size", "train.epochs"):
         dist = spec.space.get(key)
@@ -668,7 +668,7 @@ def _smallest_candidates(spec: SpaceFile, base: TrainConfig) -> list[dict[str, A
             options.append(getattr(getattr(base, section), name))
         options = [o for o in options if o is not None]  # data.image_size unset: the images' own side
         if options:
-            fixed[key] = min(options)
+            fixed[key] = pick(options)
     names = [base.model.name]
     d = spec.space.get("model.name")
     if d is not None:
@@ -732,6 +732,7 @@ def suggest(space: Space, trial: Any) -> TrainConfig:
         assert fit.low is not None and fit.high is not None
         width = fit_width(cfg, space.budget, fit.low, fit.high)
         trial.storage.set_trial_system_attr(trial._trial_id, FITTED_WIDTH, width)
+        trial.set_user_attr(WIDTH, width)  # a dashboard column
         # even the narrowest breaks the budget: keep it, the pre-screen prunes it
         cfg = with_overrides(cfg, {"model.width": width if width is not None else fit.low}, space.source)
     return cfg

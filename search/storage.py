@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +54,37 @@ def redact(url: str) -> str:
     return re.sub(r"^([\w+.-]+://[^:/@]*):.*@", r"\1:***@", url)
 
 
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite URL or a journal path (None for a database server)."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///").split("?")[0])
+    return None if "://" in url else Path(url)
+
+
+class NoStorage(StudyError):
+    """A command that only reads was pointed at a SQLite or journal file that does not exist."""
+
+
+def existing_storage(url: str | None = None) -> BaseStorage:
+    """The storage for a command that only reads: a missing SQLite or journal file is
+    :class:`NoStorage` (one line naming the path), never a new empty database."""
+    url = storage_url(url)
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        raise NoStorage(f"no study storage at {path} (nothing was created); give --storage the URL your runs used "
+                        "or set HPS_STORAGE")
+    return get_storage(url, heartbeat=False)
+
+
+def hint(url: str | None) -> str:
+    """`` --storage URL`` for a hint printed after a command, when it used another storage than the
+    default one here (pasting the hint then reads the same study); else ''."""
+    from hps.search.settings import DEFAULT_STORAGE
+
+    url = storage_url(url)
+    return "" if url == storage_url(DEFAULT_STORAGE) else f" --storage {shlex.quote(redact(url))}"
+
+
 def _heartbeat_kw() -> dict[str, Any]:
     beat = settings().heartbeat_seconds
     return {"heartbeat_interval": beat, "grace_period": 2 * beat,
@@ -64,6 +96,9 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
     each process holds at most ``pool_size`` connections (+1 overflow) to the database. A path
     without ``://`` is a journal file."""
     url = storage_url(url)
+    path = storage_file(url)
+    if path is not None and path.is_dir():
+        raise StudyError(f"storage {redact(url)}: {path} is a folder; give a file (sqlite:///{path / 'hps.db'})")
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and relied on here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if "://" not in url:

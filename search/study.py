@@ -99,9 +99,11 @@ def begin_run(study: optuna.Study) -> None:
         set_study_attr(study, FAILED, None)
 
 
-def load_study(name: str, storage: BaseStorage) -> optuna.Study:
+def load_study(name: str, storage: BaseStorage, where: str = "this storage") -> optuna.Study:
+    """The study ``name``; :class:`StudyError` naming ``where`` (the storage URL, redacted) and the
+    studies it holds if there is none."""
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise StudyError(f"no study named {name!r} in this storage; studies: {names}") from None
+        raise StudyError(f"no study named {name!r} in {where}; studies: {names}") from None

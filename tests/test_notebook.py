@@ -88,3 +88,49 @@ def test_a_run_in_a_notebook_shows_lines_and_stops_cleanly_on_interrupt(tmp_path
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def _messages(kc: Any, msg_id: str, seconds: float) -> list[dict[str, Any]]:
+    """Every iopub message of one execution, until the kernel is idle again."""
+    out, deadline = [], time.time() + seconds
+    while time.time() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.2)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        out.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return out
+    raise AssertionError(f"the kernel did not finish in {seconds} s")
+
+
+def test_a_notebook_shows_a_bar_per_running_trial_one_line_results_and_no_warnings(tmp_path: Path, mini_npz: Path) -> None:
+    """In Jupyter: no tqdm IProgress warning at import, a progress bar of the running trial's epochs
+    redrawn in place, and ``result`` / ``hps.export(...)`` shown in one line each."""
+    from jupyter_client import KernelManager
+
+    url = f"sqlite:///{tmp_path / 'nb.db'}"
+    space = {**SMALL, "study": {**SMALL["study"], "name": "bar", "trials": 1, "pruner": {"name": "none"}}, "warm_start": [],
+             "space": {"model.width": {"low": 0.2, "high": 0.3}}, "fixed": {"train.epochs": 8},
+             "budget": {"max_params": 300_000, "max_epochs": 8}}
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path), env={**os.environ, "HPS_DATA": str(mini_npz), "HPS_ARTIFACTS": str(tmp_path / "art")})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        msgs = _messages(kc, kc.execute(f"import hps, json\nspace = json.loads({json.dumps(json.dumps(space))})\n"
+                                        f"result = hps.run(space, {url!r})\nresult"), 300)
+        msgs += _messages(kc, kc.execute("hps.export(result, 'best.yaml')"), 120)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    streams = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
+    assert "IProgress" not in streams and "Warning" not in streams, streams
+    bars = [m["content"]["data"] for m in msgs if m["msg_type"] in ("display_data", "update_display_data")]
+    assert any("trial 0: epoch" in b["text/plain"] and "<progress" in b.get("text/html", "") for b in bars), bars
+    shown = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
+    assert len(shown) == 2 and all("\n" not in s for s in shown), shown
+    assert shown[0].startswith("<RunResult study bar: 1/1 finished (1 complete)") and shown[1].startswith("<Exported trial 0")

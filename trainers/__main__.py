@@ -19,5 +19,6 @@ try:
                      allow_model_change=args.allow_model_change,
                      report=lambda e, m: print(f"epoch {e}: {m}", flush=True))
 except (ConfigError, DataError, TrainingDiverged) as e:
-    sys.exit(f"error: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)  # bad input: the same exit code as every hps command (docs/exit-codes.md)
 print(f"val_acc {result.val_acc} test_acc {result.test_acc}")

@@ -25,10 +25,13 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
     __version__ = "0+unknown"
 
+importlib.import_module("hps.search.quiet").quiet_import()  # before anything imports Optuna (and tqdm)
+
 _WHERE = {
     "load_space": "hps.search.space", "Space": "hps.search.space",
     "run": "hps.search.run", "RunResult": "hps.search.run",
-    "export": "hps.search.api", "best_trial": "hps.search.api", "measure": "hps.search.api",
+    "export": "hps.search.api", "plot": "hps.search.api", "studies": "hps.search.api", "Exported": "hps.search.export",
+    "best_trial": "hps.search.api", "measure": "hps.search.api",
     "train": "hps.search.api", "config": "hps.search.api",
     "SpaceError": "hps.search.errors", "SettingsError": "hps.search.errors", "StudyError": "hps.search.errors",
     "RunFailed": "hps.search.errors",
@@ -40,8 +43,9 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
-    from hps.search.api import best_trial, config, export, measure, train
+    from hps.search.api import best_trial, config, export, measure, plot, studies, train
     from hps.search.errors import RunFailed, SettingsError, SpaceError, StudyError
+    from hps.search.export import Exported
     from hps.search.run import RunResult, run
     from hps.search.space import Space, load_space
     from hps.trainers import (
@@ -77,6 +81,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataMismatch",
+    "Exported",
     "Measurement",
     "RunFailed",
     "RunResult",
@@ -95,8 +100,10 @@ __all__ = [
     "load_config",
     "load_space",
     "measure",
+    "plot",
     "register_model",
     "retrain",
     "run",
+    "studies",
     "train",
 ]

@@ -286,7 +286,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "bad.yaml: study.sampler: name 'bayes' is not allowed; choose one of tpe, random, cmaes, nsga2, gp" in r.stderr
     r = hps("export", "nope", env={"HPS_STORAGE": f"sqlite:///{tmp_path / 'e.db'}"})
-    assert r.returncode == 2 and "no study named 'nope' in this storage; studies: none" in r.stderr
+    assert r.returncode == 2 and f"no study storage at {tmp_path / 'e.db'} (nothing was created)" in r.stderr
 
 
 def test_reopening_a_study_keeps_warm_starts_single(tmp_path: Path, study_name: str) -> None:
@@ -368,7 +368,7 @@ def test_a_database_that_never_answers_fails_fast(tmp_path: Path) -> None:
         port = silent.getsockname()[1]
         for url in (f"postgresql://u@127.0.0.1:{port}/db",):
             r = hps("status", "--storage", url, env={"HPS_CONNECT_TIMEOUT": "2"}, timeout=60)
-            assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+            assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr  # unavailable: docs/exit-codes.md
             assert f"cannot open storage {url.split('u@')[0]}u@127.0.0.1:{port}/db" in r.stderr.replace("postgresql+psycopg2", "postgresql")
             assert "timeout" in r.stderr.lower()
 
