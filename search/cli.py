@@ -160,6 +160,8 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
         gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="GPU share per trial (Ray)")] = 0.0,
         cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="CPUs per trial (Ray)")] = 1.0,
         live: Annotated[bool, typer.Option("--live/--no-live", help="live view (else a line per trial)")] = True,
+        log: Annotated[list[str] | None, typer.Option(
+            "--log", help="every trial's curves to tensorboard:DIR or mlflow:URI (repeatable)")] = None,
         allow_change: Annotated[bool, typer.Option(
             "--allow-change", help="continue a study whose space, budget, objectives or data changed (recorded; "
                                    "only trials of the new definition are compared)")] = False) -> None:
@@ -173,7 +175,8 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
 
         space = load_space(space_file, parse_overrides(sets))
         result = run_study(space, storage, trials=trials, ray=ray, workers=workers, gpus_per_trial=gpus_per_trial,
-                           cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines", allow_change=allow_change)
+                           cpus_per_trial=cpus_per_trial, progress="auto" if live else "lines", allow_change=allow_change,
+                           log=log or ())
     except KeyboardInterrupt as e:
         what, code = ("terminated (SIGTERM)", TERMINATED_CODE) if isinstance(e, Terminated) else ("interrupted",
                                                                                                 INTERRUPTED_CODE)
@@ -195,7 +198,8 @@ def run(space_file: Annotated[Path, typer.Argument(help="a space YAML, e.g. spac
 @_user_errors
 def status(study: Annotated[str | None, typer.Argument(help="study name; omit to list studies")] = None,
            storage: StorageOpt = None,
-           as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")] = False) -> None:
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")] = False,
+           as_csv: Annotated[bool, typer.Option("--csv", help="one CSV row per trial (pandas, spreadsheets)")] = False) -> None:
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     from hps.search import tables
     from hps.search.api import open_study, studies
@@ -207,6 +211,11 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         print(json.dumps(rows)) if as_json else console.print(tables.studies_table(rows))
         return
     st, _ = open_study(study, storage)
+    if as_csv:
+        from hps.search.frame import trials_frame
+
+        print(trials_frame(st).to_csv(), end="")
+        return
     trials, same = st.get_trials(deepcopy=False), current(st)
     now, stopped = [same(t) for t in trials], stop_reasons(study_attrs(st))
     if as_json:

@@ -12,6 +12,7 @@ from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
     PRUNE_REASON,
+    WIDTH,
     reason,
     stored_figures,
 )
@@ -26,7 +27,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         figures = stored_figures(t)
-        fitted = t.system_attrs.get("hps:config", {}).get("model", {}).get("width") if "model.width" not in t.params else None
+        fitted = t.user_attrs.get(WIDTH)  # a ``type: fit`` width, as fitted to the budget
         rows.append({
             "number": t.number, "state": t.state.name.lower(), "value": t.values[0] if t.values else None,
             "best_value": t.user_attrs.get(BEST_VALUE), "best_epoch": t.user_attrs.get(BEST_EPOCH),

@@ -92,3 +92,24 @@ def test_a_bad_log_spec_is_one_line_before_anything_runs(tmp_path: Path, spec: s
 def test_a_callback_without_either_method_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"has neither on_epoch\(trial, epoch, metrics\) nor on_trial_end"):
         hps.run(write_space(tmp_path, "bad_cb"), f"sqlite:///{tmp_path / 'hps.db'}", progress="none", callbacks=[print])
+
+
+@pytest.mark.slow
+def test_the_command_line_logs_to_tensorboard_and_status_writes_csv(tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+
+    from tests.search.conftest import hps as hps_cli
+
+    url = f"sqlite:///{tmp_path / 'hps.db'}"
+    env = {"HPS_ARTIFACTS": str(tmp_path / "artifacts")}
+    ran = hps_cli("run", str(write_space(tmp_path, "cli_log", study__trials=3)), "--storage", url, "--no-live",
+                  "--log", f"tensorboard:{tmp_path / 'tb'}", env=env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    status = hps_cli("status", "cli_log", "--storage", url, "--csv", env=env)
+    assert status.returncode == 0, status.stderr
+    frame = pd.read_csv(io.StringIO(status.stdout), index_col="number")
+    assert len(frame) >= 3 and {"state", "value", "params.optimizer.lr", "cause", "device_seconds"} <= set(frame.columns)
+    trained = frame[frame["epochs"] > 0].index
+    assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "tb" / "cli_log").iterdir()) == sorted(trained)
