@@ -32,9 +32,9 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from hps.search.optuna_compat import rewrite_attrs
 from hps.search.record import ARTIFACT_PREFIX, CHECKPOINT, CHECKPOINT_SECONDS, RESUMED_FROM, WEIGHTS, set_trial_info, trial_info
 from hps.search.settings import settings
-from hps.search.storage import rdb_backend
 from hps.trainers.meter import save_state
 
 
@@ -134,12 +134,5 @@ def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
     if not artifact_id:
         return
     _remove(store, artifact_id)
-    if (backend := rdb_backend(storage)) is not None:
-        from optuna.storages._rdb import models
-
-        user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
-        with backend.engine.begin() as conn:
-            conn.execute(system.delete().where(system.c.trial_id == t._trial_id, system.c.key == WEIGHTS))
-            conn.execute(user.delete().where(user.c.trial_id == t._trial_id, user.c.key == "weights"))  # older studies
-            conn.execute(system.update().where(system.c.trial_id == t._trial_id, system.c.key == ARTIFACT_PREFIX + artifact_id)
-                         .values(value_json=json.dumps(json.dumps(None))))  # the meta is a JSON string: "null"
+    rewrite_attrs(storage, t._trial_id, system={ARTIFACT_PREFIX + artifact_id: json.dumps(None)},  # the meta is a
+                  drop_system=[WEIGHTS], drop_user=["weights"])  # JSON string: "null"; "weights": older studies

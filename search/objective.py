@@ -34,7 +34,7 @@ import torch
 
 from hps.search.budget import Check, check, over
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
-from hps.search.errors import StudyError, Terminated, check_stop
+from hps.search.errors import StudyError, check_stop
 from hps.search.record import (
     BEST_EPOCH,
     BEST_VALUE,
@@ -56,6 +56,7 @@ from hps.search.record import (
 )
 from hps.search.space import Space, suggest
 from hps.search.storage import artifact_store
+from hps.search.trials import interrupt_reason
 from hps.trainers import (
     ConfigError,
     TrainingDiverged,
@@ -102,10 +103,7 @@ class Objective:
         except optuna.TrialPruned as e:
             pruned = str(e)
         except KeyboardInterrupt as e:  # Optuna stores the trial as FAIL and re-raises: say why
-            if isinstance(e, Terminated):
-                self._explain(trial, FAIL_REASON, "terminated", "terminated (SIGTERM); a rerun runs its params again")
-            else:
-                self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
+            self._explain(trial, FAIL_REASON, *interrupt_reason(e))
             raise
         except optuna.exceptions.UpdateFinishedTrialError:  # another run failed it under this worker: nothing to store
             raise

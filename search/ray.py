@@ -38,9 +38,10 @@ class TrialWorker:
             share: float = 0.0) -> dict[str, Any]:
         import optuna
 
-        from hps.search.executors import MAX_STORAGE_OUTAGES, identity, work
+        from hps.search.executors import MAX_STORAGE_OUTAGES, work
         from hps.search.storage import OUTAGES, dispose, get_storage
         from hps.search.study import load_study, open_study
+        from hps.search.trials import identity
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         ctx = ray.get_runtime_context()
@@ -124,8 +125,8 @@ class RayExecutor:
     def run(self, space: Space, study: Any, url: str, target: int, objective: Any = None, run: str = "") -> None:
         self.check(url)
         self.connect()
-        from hps.search.executors import settle
         from hps.search.storage import OUTAGES
+        from hps.search.trials import settle
 
         if self.gpus == 0 and space.base.train.device != "cpu" and (gpus := ray.cluster_resources().get("GPU", 0)):
             raise StudyError(f"--ray {self.address}: the cluster has {gpus:g} GPUs but --gpus-per-trial is 0, so Ray would "
@@ -141,8 +142,8 @@ class RayExecutor:
                 break
 
     def _round(self, space: Space, study: Any, url: str, target: int, objective: Any, run: str) -> None:
-        from hps.search.executors import settle
         from hps.search.storage import OUTAGES
+        from hps.search.trials import settle
 
         opts: dict[str, Any] = {"num_cpus": self.cpus}
         if self.gpus > 0:

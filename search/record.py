@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hps.search.optuna_compat import set_study_system_attr, study_system_attrs
+
 # trial user attrs: short scalars, one dashboard column each (the table fits a screen)
 PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
 DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
@@ -37,6 +39,7 @@ WEIGHTS, STORAGE_DTYPE = "hps:weights", "hps:storage_dtype"  # the kept weights'
 FITTED_WIDTH, BUDGET_EXCESS, CHECKPOINT_SECONDS = "hps:fitted_width", "hps:budget_excess", "hps:checkpoint_seconds"
 CONSTRAINTS_LIST = "constraints"  # the list form optuna-dashboard 0.21 reads (see README: Dashboard)
 ARTIFACT_PREFIX = "artifacts:"  # Optuna's system attr for an uploaded artifact's meta
+RETRY_OF, RETRY_HISTORY = "failed_trial", "retry_history"  # Optuna's names: the trial a retry retries; the chain
 
 # study system attrs
 SPACE = "hps:space"  # the space the study was run with (overrides applied)
@@ -134,11 +137,11 @@ def stored_figures(t: FrozenTrial) -> dict[str, float]:
 
 def study_attrs(study: optuna.Study) -> dict[str, Any]:
     """The study's system attrs (Optuna 5 has no ``Study.system_attrs``)."""
-    return study._storage.get_study_system_attrs(study._study_id)
+    return study_system_attrs(study)
 
 
 def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
-    study._storage.set_study_system_attr(study._study_id, key, value)
+    set_study_system_attr(study, key, value)
 
 
 def stop_reasons(attrs: Mapping[str, Any]) -> list[str]:

@@ -22,16 +22,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
 from hps.search.record import (
-    FAIL_REASON,
     FAILED,
     FINISHED,
-    WORKER,
     best_feasible,
     counts,
     reason,
     stop_reasons,
     study_attrs,
-    trial_info,
 )
 from hps.search.settings import settings
 from hps.search.space import Space, load_space
@@ -94,8 +91,9 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
     before anything trains. A ``KeyboardInterrupt`` stops the run; finished trials are kept and a
     rerun resumes."""
-    from hps.search.executors import Executor, InProcessExecutor, new_run, settle, settle_unstarted
+    from hps.search.executors import Executor, InProcessExecutor
     from hps.search.progress import view
+    from hps.search.trials import new_run, owe_interrupted, settle, settle_unstarted
     from hps.trainers import load_data
 
     _quiet_optuna()
@@ -173,30 +171,6 @@ def _signals_as_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
-
-
-def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -> list[int]:
-    """Queue again, once, the params of each trial this run's interrupt stopped (Ctrl-C, SIGTERM):
-    the next run trains them, resuming from the stopped trial's checkpoint (as a killed worker's
-    retry does). A trial of this run still RUNNING (a Ray worker, killed with the run) is failed
-    first, with ``cause`` as its reason. Only this run's trials: runs sharing the study never owe
-    one twice. Returns the numbers of the trials owed."""
-    from hps.search.storage import LostWorker, fail_running
-
-    owed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if (trial_info(t, WORKER) or {}).get("run") != run or not t.params:
-            continue
-        if t.state == TrialState.RUNNING:
-            signal_name = "SIGTERM" if cause == "terminated" else "Ctrl-C / SIGINT"
-            text = f"{cause} ({signal_name}) with its run; a rerun runs its params again"
-            if not fail_running(study._storage, t._trial_id, text, cause):  # it finished meanwhile
-                continue
-        elif t.user_attrs.get(FAIL_REASON) not in ("interrupted", "terminated"):
-            continue
-        LostWorker.retry_once(study, t)
-        owed.append(t.number)
-    return owed
 
 
 def _quiet_optuna() -> None:

@@ -25,7 +25,8 @@ from hps.search.errors import RunFailed, StudyError
 from hps.search.record import CHECKPOINT, FAILED, RESUMED_FROM, WEIGHTS, WORKER, reason, study_attrs
 from hps.search.run import run
 from hps.search.space import load_space
-from tests.conftest import REPO, free_port, kill_all, pids_using
+from tests.conftest import REPO, kill_all, pids_using
+from tests.helpers import free_port
 from tests.search.conftest import PG_URL, SMALL, trials, write_space
 
 pytestmark = pytest.mark.slow  # a real Ray cluster per module

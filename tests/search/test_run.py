@@ -30,6 +30,7 @@ from hps.search.storage import get_storage
 from hps.search.study import open_study
 from hps.trainers import TrainConfig, load_config, train
 from tests.conftest import REPO
+from tests.helpers import free_port, wait_until
 from tests.search.conftest import PG_URL, SMALL, hps, trials, write_space
 
 
@@ -136,12 +137,6 @@ def test_export_retrain_and_real_clients_agree(tmp_path: Path, study_name: str) 
     assert any(a["key"] == "prune_reason" for a in pruned["user_attrs"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dashboard_json(url: str, study_name: str, artifacts: Path) -> dict[str, Any]:
     port = free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
@@ -149,14 +144,8 @@ def dashboard_json(url: str, study_name: str, artifacts: Path) -> dict[str, Any]
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2))
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("optuna-dashboard did not start")
+        studies = wait_until(lambda: json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2)), 20,
+                             what="optuna-dashboard to start")
         sid = next(s["study_id"] for s in studies["study_summaries"] if s["study_name"] == study_name)
         return json.load(urllib.request.urlopen(f"{base}/api/studies/{sid}", timeout=10))
     finally:
