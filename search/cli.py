@@ -179,6 +179,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         DEVICE_SECONDS,
         FAIL_REASON,
         PRUNE_REASON,
+        RETRY_OF,
         WARM_START,
         current,
         human,
@@ -219,7 +220,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
                 "trials": [{"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
                             "constraints": named_constraints(t), "budget": figures_of(t),
                             **{k: t.user_attrs.get(k) for k in (BEST_VALUE, BEST_EPOCH, DEVICE_SECONDS)},
-                            "warm_start": trial_info(t, WARM_START),
+                            "warm_start": trial_info(t, WARM_START), "retry_of": t.system_attrs.get(RETRY_OF),
                             "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t),
                             "current_definition": same(t)}
                            for t in trials]}, default=str))
@@ -237,7 +238,8 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             else:
                 value = "-"
             best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
-            why = reason(t) or trial_info(t, WARM_START, "")
+            why = reason(t) or trial_info(t, WARM_START, "") or (f"retry of trial {t.system_attrs[RETRY_OF]}"
+                                                                 if RETRY_OF in t.system_attrs else "")
             if t.state == optuna.trial.TrialState.FAIL and not why:
                 why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
             if not same(t):

@@ -99,3 +99,47 @@ def test_a_trial_that_never_started_neither_blocks_the_target_nor_stays_running(
         t = study.get_trials()[n]
         assert t.state == TrialState.FAIL and reason(t) == "it never started: its run stopped between creating it and running it"
         assert [x.state for x in study.get_trials()].count(TrialState.WAITING) == 0
+
+
+def _terminated_once(trial: optuna.Trial) -> float:
+    """Draws, reports an epoch, then is stopped as SIGTERM stops a run."""
+    from hps.search.errors import Terminated
+
+    x = trial.suggest_float("x", 0.0, 1.0)
+    trial.report(x, 1)
+    raise Terminated()
+
+
+def _drawn(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0.0, 1.0)
+
+
+def test_a_retry_of_a_terminated_trial_that_completes_says_complete(tmp_path: Path) -> None:
+    """Optuna's retry copied the original's user and system attrs: a retry of a terminated trial
+    that then COMPLETEd carried ``fail_reason=terminated`` and the original's ``hps:why``, so the
+    progress line, ``hps status`` and the record called a complete trial terminated. A retry now
+    starts with no reasons of its own and points to the trial it retries."""
+    import json
+
+    import hps
+    from hps.search.errors import Terminated
+    from hps.search.progress import finished_line
+    from tests.search.conftest import SMALL
+    from tests.search.conftest import hps as cli
+
+    space = {**SMALL, "study": {**SMALL["study"], "name": "retried"}, "warm_start": []}
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with pytest.raises(Terminated):
+        hps.run(space, url, trials=1, objective=_terminated_once, progress="none")
+    result = hps.run(space, url, trials=1, objective=_drawn, progress="none")
+    first, retry = result.study.trials[:2]
+    assert first.state == TrialState.FAIL and first.user_attrs[FAIL_REASON] == "terminated"
+    assert retry.state == TrialState.COMPLETE and retry.params == first.params
+    assert FAIL_REASON not in retry.user_attrs and reason(retry) is None
+    assert retry.system_attrs["failed_trial"] == first.number and retry.system_attrs["retry_history"] == [first.number]
+    assert finished_line(retry, 1, 1) == f"[1/1] trial 1 complete value {retry.value:.4f} (x={retry.params['x']:.3g})"
+    out = cli("status", "retried", "--storage", url, "--json")
+    row = json.loads(out.stdout)["trials"][1]
+    assert (row["state"], row["cause"], row["reason"], row["retry_of"]) == ("complete", None, None, 0)
+    table = cli("status", "retried", "--storage", url).stdout
+    assert "terminated" not in next(line for line in table.splitlines() if line.strip().startswith("│ 1 ")), table
