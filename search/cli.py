@@ -182,6 +182,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         RETRY_OF,
         WARM_START,
         current,
+        finished_by_definition,
         human,
         named_constraints,
         reason,
@@ -251,10 +252,10 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         console.print(table)
         console.print("value: the metric at the last epoch; * the last reported value of a trial that did not complete",
                       style="dim")
-        earlier = sum(not same(t) for t in trials)
-        if earlier:
-            console.print(f"{earlier} trials ran under an earlier definition of this study (hps run --allow-change); the "
-                          "best trial and exports compare only the current one's", highlight=False)
+        if sum(not same(t) for t in trials):
+            now, earlier = finished_by_definition(st, trials)
+            console.print(f"{now} finished under this definition ({earlier} under earlier ones: hps run --allow-change); "
+                          "the target, the best trial and exports count only the current one's", highlight=False)
         for line in stop_reasons(study_attrs(st)):
             console.print(f"[red]stopped:[/] {line}", highlight=False)
     finally:

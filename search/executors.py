@@ -21,12 +21,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import check_stop
 from hps.search.record import (
+    DEFINITION,
     DEVICE_SECONDS,
     FAIL_REASON,
     FAILED,
     FINISHED,
     STOPPED,
     WORKER,
+    current,
     reason,
     set_reason,
     set_study_attr,
@@ -35,7 +37,7 @@ from hps.search.record import (
 )
 from hps.search.space import Space
 from hps.search.storage import OUTAGES
-from hps.search.trials import SettledElsewhere, identity, interrupt_reason, lost, settled_elsewhere
+from hps.search.trials import SettledElsewhere, identity, interrupt_reason, lost, same_process, settled_elsewhere
 
 MAX_FAILS_IN_A_ROW = 3
 MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
@@ -67,11 +69,13 @@ class StudyBudget:
 
 
 class Target:
-    """Stops a worker once the study's finished (COMPLETE or PRUNED) trials and the trials other
-    workers are running reach ``target``, and no trial is WAITING (a queued trial, a warm start or
-    the retry of a trial whose worker died, is owed work). Workers and processes sharing a study
-    stop together at the target instead of each finishing one more: a running trial counts unless
-    its worker is gone (:func:`lost`)."""
+    """Stops a worker once the study's finished (COMPLETE or PRUNED) trials of its current
+    definition (``--allow-change`` gives a new one ``target`` trials of its own) and the trials
+    other workers are running reach ``target``, and no trial is WAITING (a queued trial, a warm
+    start or the retry of a trial whose worker died, is owed work). Workers and processes sharing a
+    study stop together at the target instead of each finishing one more: a running trial counts
+    unless its worker is gone (:func:`lost`) or is this process (it runs none when it asks: such a
+    trial is an orphan, its end lost with the database)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -80,9 +84,12 @@ class Target:
         trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING, TrialState.RUNNING))
         if any(t.state == TrialState.WAITING for t in trials):
             return False
-        finished = sum(t.state in FINISHED for t in trials)
-        running = [t for t in trials if t.state == TrialState.RUNNING and trial_info(t, WORKER)]  # (a worker records
-        if running and finished < self.target:                                                  # itself at once)
+        same = current(study)
+        finished = sum(t.state in FINISHED and same(t) for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and trial_info(t, WORKER)  # (a worker records
+                   and not same_process(trial_info(t, WORKER))                                  # itself at once)
+                   and (DEFINITION not in t.system_attrs or same(t))]
+        if running and finished < self.target:
             stale = lost(study)
             running = [t for t in running if t._trial_id not in stale]
         return finished + len(running) >= self.target
@@ -126,6 +133,8 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
         try:
             check_stop()  # a signal whose exception a gc callback swallowed
             set_trial_info(trial, WORKER, worker)  # first: a later run can tell this process is gone
+            if space.definition_hash:  # the study's definition this trial runs under (the target counts those)
+                set_trial_info(trial, DEFINITION, space.definition_hash)
             return train(trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # a report, attr or note on a trial failed under it
             raise SettledElsewhere(f"trial {trial.number} was failed by another run while this worker ran it") from None

@@ -43,7 +43,6 @@ from hps.search.record import (
     CONFIG,
     CONSTRAINTS_LIST,
     DATA,
-    DEFINITION,
     DEVICE_SECONDS,
     FAIL_REASON,
     LIVE,
@@ -140,8 +139,6 @@ class Objective:
             return self._prune(trial, "invalid_config", f"invalid config: {e}")
         cfg = pin_model(pin_data(cfg))
         _check_gpu(cfg.train.device, self.worker)
-        if space.definition_hash:  # the study's definition this trial runs under
-            set_trial_info(trial, DEFINITION, space.definition_hash)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
         set_trial_info(trial, DATA, data_identity(cfg))
         set_trial_info(trial, STORAGE_DTYPE, budget.storage_dtype)  # kept weights and exports use it

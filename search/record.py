@@ -104,6 +104,13 @@ def current(study: optuna.Study) -> Callable[[FrozenTrial], bool]:
     return lambda t: now is None or t.system_attrs.get(DEFINITION, first) == now
 
 
+def finished_by_definition(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> tuple[int, int]:
+    """Finished (COMPLETE or PRUNED) trials: (under the current definition, under earlier ones)."""
+    same = current(study)
+    done = [same(t) for t in (study.get_trials(deepcopy=False) if trials is None else trials) if t.state in FINISHED]
+    return sum(done), len(done) - sum(done)
+
+
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial that meets the budget, among the trials of the study's current
     definition (multi-objective: the Pareto trial with the best first objective), or None."""

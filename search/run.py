@@ -23,9 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
 from hps.search.record import (
     FAILED,
-    FINISHED,
     best_feasible,
     counts,
+    finished_by_definition,
     reason,
     stop_reasons,
     study_attrs,
@@ -50,16 +50,22 @@ class RunResult:
     failures: list[str]  # "trial N: reason" of every FAIL trial
     stopped: list[str]  # why the run stopped early (trials kept failing, compute budget spent)
     best_trial: FrozenTrial | None
+    earlier: int = 0  # finished trials of earlier definitions (--allow-change): they count for no target
 
     @property
     def finished(self) -> int:
-        return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
+        """Finished (COMPLETE or PRUNED) trials of the study's current definition: what ``target`` counts."""
+        return self.counts.get("complete", 0) + self.counts.get("pruned", 0) - self.earlier
 
     def __str__(self) -> str:
         states = ", ".join(f"{v} {k}" for k, v in self.counts.items()) or "no trials"
         best = (f"; best: trial {self.best_trial.number} value {self.best_trial.values[0]:.4f}" if self.best_trial
                 else "; no complete trial meets the budget yet")
-        return f"study {self.study.study_name}: {self.finished}/{self.target} finished ({states}){best}"
+        return f"study {self.study.study_name}: {self.finished}/{self.target} finished{_under(self.earlier)} ({states}){best}"
+
+
+def _under(earlier: int) -> str:
+    return f" under this definition ({earlier} under earlier ones)" if earlier else ""
 
 
 def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
@@ -67,7 +73,7 @@ def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
     failures = [f"trial {t.number}: {reason(t) or 'no reason stored'}" for t in trials
                 if t.state == TrialState.FAIL]
     return RunResult(study, redact(url), target, counts(trials), failures, stop_reasons(study_attrs(study)),
-                     best_feasible(study))
+                     best_feasible(study), finished_by_definition(study, trials)[1])
 
 
 def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = None, *, trials: int | None = None,
@@ -125,8 +131,8 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         begin_run(study)
         out = echo or sys.stdout
         settled = settle(study)  # what an earlier run left RUNNING: failed with its reason, its params owed
-        before = len(study.get_trials(deepcopy=False, states=FINISHED))
-        print(f"study {space.name} on {redact(url)}: {before} finished, {max(target - before, 0)} owed"
+        before, earlier = finished_by_definition(study)
+        print(f"study {space.name} on {redact(url)}: {before} finished{_under(earlier)}, {max(target - before, 0)} owed"
               + (f"; trials {', '.join(map(str, settled))} were left running by a run that is gone: retried" if settled else ""),
               file=out, flush=True)
         if (connect := getattr(executor, "connect", None)) is not None:

@@ -419,7 +419,9 @@ def test_a_worker_that_cannot_read_the_base_fails_its_trials_never_prunes_them(t
 @pytest.mark.slow
 def test_a_rerun_after_editing_the_budget_is_refused_then_continued(tmp_path: Path, study_name: str) -> None:
     """Run, tighten the budget, rerun (refused in one line), rerun with --allow-change, export: the
-    exported trial fits the current budget (it exported a trial of the old space that broke it)."""
+    exported trial fits the current budget (it exported a trial of the old space that broke it).
+    The new definition gets its trials of its own: the old definition's counted toward the target
+    (asked for 2, trained none of the new definition, exit 0); the summary and status say both."""
     url = f"sqlite:///{tmp_path / 'd.db'}"
     space = {"model.width": {"low": 0.2, "high": 0.5}, "optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}}
     budget = {"max_params": 600_000, "max_epochs": 3}
@@ -434,8 +436,11 @@ def test_a_rerun_after_editing_the_budget_is_refused_then_continued(tmp_path: Pa
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert f"was run with another definition (budget.max_params: 600000 -> {tight})" in refused.stderr
     assert "--allow-change" in refused.stderr and len(trials(url, study_name)) == 3  # nothing ran
-    go = hps("run", str(path), "--storage", url, "--no-live", "--allow-change", "--trials", "6")
+    go = hps("run", str(path), "--storage", url, "--no-live", "--allow-change", "--trials", "2")
     assert go.returncode == 0, go.stderr
+    assert len([t for t in trials(url, study_name)[3:] if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 2
+    assert "2/2 finished under this definition (3 under earlier ones)" in go.stdout, go.stdout
+    assert "2 finished under this definition (3 under earlier ones" in hps("status", study_name, "--storage", url).stdout
     out = tmp_path / "best.yaml"
     exported = hps("export", study_name, "-o", str(out), "--storage", url)
     assert exported.returncode == 0 and "trials of an earlier definition of the study were not compared" in exported.stdout
