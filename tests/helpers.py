@@ -79,6 +79,14 @@ def dead_pid() -> int:
     return int(proc.stdout)
 
 
+def other_process(run: str = "") -> dict[str, Any]:
+    """The worker identity of another live process on this machine (this one's parent)."""
+    from hps.search.trials import _started, identity
+
+    ppid = os.getppid()
+    return {**identity(run), "pid": ppid, "started": _started(ppid)}
+
+
 @contextlib.contextmanager
 def cpu_hog(per_core: int = 1) -> Iterator[None]:
     """A busy loop per core (``per_core`` each), in processes of their own, while the block runs."""

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from hps.search.algorithms import TrialSeeded
 from hps.search.executors import Target
 from hps.search.trials import identity
-from tests.helpers import dead_pid, fake_trial
+from tests.helpers import dead_pid, fake_trial, other_process
 from tests.search.conftest import opened
 
 
@@ -59,7 +59,7 @@ def test_the_target_counts_trials_other_workers_are_running_unless_their_worker_
         study = optuna.create_study(storage=storage, direction="maximize")
         for _ in range(2):
             fake_trial(study, TrialState.COMPLETE, None)
-        fake_trial(study, TrialState.RUNNING, identity("other"))
+        fake_trial(study, TrialState.RUNNING, other_process("other"))
         assert Target(3).reached(study) and not Target(4).reached(study)
         fake_trial(study, TrialState.RUNNING, {**identity("dead"), "pid": dead_pid()})
         assert not Target(4).reached(study)
