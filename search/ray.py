@@ -52,7 +52,7 @@ class TrialWorker:
 
             if torch.cuda.is_available():
                 torch.cuda.set_per_process_memory_fraction(share)
-        info = identity(run, node=ctx.get_node_id()[:12], gpus=[str(g) for g in ray.get_gpu_ids()],
+        info = identity(run, node=ctx.get_node_id()[:12], actor=ctx.get_actor_id(), gpus=[str(g) for g in ray.get_gpu_ids()],
                         cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
         for outage in range(MAX_STORAGE_OUTAGES + 1):  # the database may be restarting: wait for it
             storage = None
@@ -70,6 +70,18 @@ class TrialWorker:
                 if storage is not None:
                     dispose(storage)
         return info
+
+
+def actor_alive(actor_id: str, pid: int | None) -> bool:
+    """The actor is ALIVE in process ``pid`` (a restarted actor runs in another: the trial it ran is
+    lost), as the cluster's GCS sees it; False when this process is not connected to Ray."""
+    if not ray.is_initialized():
+        return False
+    try:
+        info = ray._private.state.actors(actor_id=actor_id)  # the GCS's actor table: no dashboard needed
+    except Exception:
+        return False
+    return bool(info) and info.get("State") == "ALIVE" and (pid is None or info.get("Pid") == pid)
 
 
 class RayExecutor:

@@ -56,11 +56,10 @@ def _rdb(url: str, engine: dict[str, Any], heartbeat: bool) -> RDBStorage:
     seen alive (:func:`hps.search.trials.still_running`), failed through :class:`LostWorker`."""
     if not heartbeat:
         return RDBStorage(url, engine_kwargs=engine)
-    from hps.search.trials import LostWorker, still_running
+    from hps.search.trials import LostWorker, grace_seconds, still_running
 
-    beat = settings().heartbeat_seconds
-    return LiveAwareRDBStorage(url, alive=still_running, engine_kwargs=engine, heartbeat_interval=beat,
-                               grace_period=2 * beat, heartbeat_stale_trial_callback=LostWorker())
+    return LiveAwareRDBStorage(url, alive=still_running, engine_kwargs=engine, heartbeat_interval=settings().heartbeat_seconds,
+                               grace_period=grace_seconds(), heartbeat_stale_trial_callback=LostWorker())
 
 
 def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool = True) -> BaseStorage:

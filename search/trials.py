@@ -88,8 +88,23 @@ def gone(worker: Any) -> bool:
 
 
 def seen_alive(worker: Any) -> bool:
-    """The process that runs a trial is seen running: on this machine, its pid with its start time."""
-    return _here(worker) and worker.get("started") is not None and _started(int(worker["pid"])) == worker["started"]
+    """The process that runs a trial is seen running: on this machine, its pid with its start time;
+    on another, its Ray actor alive in that same process (from a process connected to the cluster)."""
+    if _here(worker):
+        return worker.get("started") is not None and _started(int(worker["pid"])) == worker["started"]
+    if isinstance(worker, dict) and worker.get("actor") and "ray" in sys.modules:
+        from hps.search.ray import actor_alive
+
+        return actor_alive(worker["actor"], worker.get("pid"))
+    return False
+
+
+def grace_seconds() -> int:
+    """How long a trial's heartbeat may be late before its worker, unless seen alive, is judged
+    lost: three intervals (two beats may be missed on a busy machine or a slow database), at
+    least five seconds more than one."""
+    beat = settings().heartbeat_seconds
+    return max(3 * beat, beat + 5)
 
 
 def same_process(worker: Any) -> bool:
@@ -180,7 +195,7 @@ class LostWorker:
     seen alive): store why on the failed trial, then owe its params once."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = (f"no heartbeat from its worker for {2 * settings().heartbeat_seconds} s (killed, out of memory or "
+        reason = (f"no heartbeat from its worker for {grace_seconds()} s (killed, out of memory or "
                   f"lost); worker: {trial_info(trial, WORKER, 'unknown')}")
         record_reason(storage_of(study), trial._trial_id, reason)
         owe(study, trial)
@@ -240,7 +255,7 @@ def settle(study: optuna.Study, run: str | None = None) -> list[int]:
     failed = _settle_once(study)
     if run is None:
         return failed
-    deadline = time.monotonic() + 2 * settings().heartbeat_seconds + 5
+    deadline = time.monotonic() + grace_seconds() + 5
     while time.monotonic() < deadline and any((trial_info(t, WORKER) or {}).get("run") == run for t in
                                               study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         time.sleep(1)
@@ -276,7 +291,6 @@ def settle_unstarted(study: optuna.Study) -> list[int]:
 
 
 def _settle_once(study: optuna.Study) -> list[int]:
-    beat = settings().heartbeat_seconds
     failed = []
     with _locked(study):
         stale = lost(study)
@@ -287,7 +301,7 @@ def _settle_once(study: optuna.Study) -> list[int]:
             why = (f"its worker's process is gone (pid {worker.get('pid')} on {worker.get('host')}: killed, out of memory "
                    f"or crashed)" if gone(worker) else
                    "it never started: its run stopped between creating it and running it" if not worker else
-                   f"no heartbeat from its worker for {2 * beat} s (killed, out of memory or lost); worker: {worker}")
+                   f"no heartbeat from its worker for {grace_seconds()} s (killed, out of memory or lost); worker: {worker}")
             if fail_and_owe(study, t, why, "lost_worker"):  # else another run settled it, or it finished
                 failed.append(t.number)
     return failed

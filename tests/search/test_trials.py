@@ -143,3 +143,46 @@ def test_a_retry_of_a_terminated_trial_that_completes_says_complete(tmp_path: Pa
     assert (row["state"], row["cause"], row["reason"], row["retry_of"]) == ("complete", None, None, 0)
     table = cli("status", "retried", "--storage", url).stdout
     assert "terminated" not in next(line for line in table.splitlines() if line.strip().startswith("│ 1 ")), table
+
+
+def _holds_the_gil(trial: optuna.Trial) -> float:
+    """Two 'epochs' of work that holds the GIL for seconds each (a regular expression that
+    backtracks: CPython's ``re`` never releases the GIL), as a C extension may: Optuna's heartbeat
+    thread in this process cannot beat meanwhile."""
+    import re
+
+    x = trial.suggest_float("x", 0.0, 1.0)
+    for epoch in (1, 2):
+        re.match(r"(a+)+$", "a" * 26 + "b")
+        trial.report(x, epoch)
+    return x
+
+
+@pytest.mark.slow  # two runs side by side, a CPU hog: about a minute
+def test_two_runs_under_a_cpu_hog_never_fail_each_others_live_trials(tmp_path: Path, study_name: str) -> None:
+    """A late heartbeat (a busy machine, work holding the GIL) made the other run fail a trial
+    that was still training and queue its params again (a fresh clone's CI on a busy machine:
+    6 distinct params for 8 trials). A trial whose worker is seen alive is never failed now."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.helpers import cpu_hog
+    from tests.search.conftest import PG_URL, SMALL
+
+    space = {**SMALL, "study": {**SMALL["study"], "name": study_name}, "warm_start": []}
+    code = ("import sys; import hps; from tests.search.test_trials import _holds_the_gil\n"
+            f"r = hps.run({space!r}, {PG_URL!r}, trials=4, objective=_holds_the_gil, progress='none'); print(r)")
+    env = {**os.environ, "HPS_HEARTBEAT_SECONDS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    with cpu_hog():
+        runs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        outs = [p.communicate(timeout=600) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], outs
+    with opened(PG_URL) as storage:
+        ts = optuna.load_study(study_name=study_name, storage=storage).trials
+    failed = [(t.number, reason(t)) for t in ts if t.state == TrialState.FAIL]
+    assert failed == [], failed
+    assert not any("failed by another run" in err for _, err in outs), outs
+    assert len({t.params["x"] for t in ts}) == len(ts) >= 4
