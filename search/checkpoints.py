@@ -62,7 +62,9 @@ class TrialCheckpoint:
             return None
         self.original = next((t for t in self.trial.study.get_trials(deepcopy=False) if t.number == number), None)
         saved = (trial_info(self.original, CHECKPOINT) if self.original else None) or None
-        if not saved:
+        if not saved:  # a retry says it starts from scratch, and why
+            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0,
+                                                      "missing": "its original saved no checkpoint before it stopped"})
             return None
         try:
             with self.store.open_reader(saved["id"]) as f:
@@ -70,6 +72,8 @@ class TrialCheckpoint:
             if not isinstance(state, dict) or not {"model", "optimizer", "history", "epoch", "rng"} <= set(state):
                 raise ValueError("not a training state")
         except ArtifactNotFound:
+            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0, "missing": (
+                f"its original's checkpoint {saved['id']} (epoch {saved.get('epoch')}) is gone from the artifact store")})
             return None
         except Exception as e:  # a retry never dies of its original's checkpoint: it trains from the start
             set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0,

@@ -186,6 +186,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         human,
         named_constraints,
         reason,
+        retry_note,
         stop_reasons,
         study_attrs,
         trial_info,
@@ -239,8 +240,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             else:
                 value = "-"
             best = (f"{t.user_attrs['best_value']:.4f}@{t.user_attrs['best_epoch']}" if "best_value" in t.user_attrs else "-")
-            why = reason(t) or trial_info(t, WARM_START, "") or (f"retry of trial {t.system_attrs[RETRY_OF]}"
-                                                                 if RETRY_OF in t.system_attrs else "")
+            why = reason(t) or trial_info(t, WARM_START, "") or retry_note(t)
             if t.state == optuna.trial.TrialState.FAIL and not why:
                 why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
             if not same(t):

@@ -36,8 +36,8 @@ from hps.search.record import (
     trial_info,
 )
 from hps.search.space import Space
-from hps.search.storage import OUTAGES
-from hps.search.trials import SettledElsewhere, identity, interrupt_reason, lost, same_process, settled_elsewhere
+from hps.search.storage import OUTAGES, StorageUnavailable
+from hps.search.trials import OutageLosses, SettledElsewhere, identity, interrupt_reason, lost, same_process, settled_elsewhere
 
 MAX_FAILS_IN_A_ROW = 3
 MAX_STORAGE_OUTAGES = 5  # per worker; 5 s apart
@@ -101,12 +101,16 @@ class Target:
 
 class FailureGuard:
     """Stops a worker after ``MAX_FAILS_IN_A_ROW`` failed trials (a bug, not bad luck) and stores
-    why on the study, with the first failure's reason: the run then fails with it."""
+    why on the study, with the first failure's reason: the run then fails with it. Trials in
+    ``ignored`` (lost to a database outage, owed again) say nothing of the config and are skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignored: set[int] | None = None) -> None:
         self.streak: list[FrozenTrial] = []
+        self.ignored = ignored if ignored is not None else set()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.number in self.ignored:
+            return
         self.streak = [*self.streak, trial] if trial.state == TrialState.FAIL else []
         if len(self.streak) >= MAX_FAILS_IN_A_ROW:
             first = self.streak[0]
@@ -122,12 +126,14 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
     """One worker's loop on an opened study: shared by the in-process executor and Ray actors.
     ``worker`` (:func:`identity`, plus GPUs on Ray) is stored on each trial it runs; ``objective`` replaces the trainer
     (benchmarks of the orchestration alone). A database that goes away (a restart) is waited for,
-    up to ``MAX_STORAGE_OUTAGES`` times 5 s; the trial in flight then fails through heartbeats."""
+    up to ``MAX_STORAGE_OUTAGES`` times 5 s (:func:`_wait_out`); the trial in flight is then
+    failed with that reason and owed again (:class:`OutageLosses`)."""
     from hps.search.objective import Objective
 
     budget = StudyBudget(space.budget.max_device_hours)
     worker = worker or identity()
     train = objective or Objective(space, worker)
+    losses = OutageLosses()
 
     def run_trial(trial: optuna.Trial) -> Any:
         try:
@@ -138,6 +144,9 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
             return train(trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # a report, attr or note on a trial failed under it
             raise SettledElsewhere(f"trial {trial.number} was failed by another run while this worker ran it") from None
+        except OUTAGES as e:
+            losses.note(trial, e)
+            raise
         except KeyboardInterrupt as e:  # also before the trainer's objective got to say why
             with contextlib.suppress(Exception):  # (another run may have settled the trial meanwhile)
                 if FAIL_REASON not in trial.user_attrs:
@@ -150,17 +159,32 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
             if budget.spent(study) or Target(target).reached(study):
                 return
             study.optimize(run_trial, timeout=space.spec.study.timeout, catch=(Exception,),
-                           callbacks=[Target(target), budget, FailureGuard()])
+                           callbacks=[losses, Target(target), budget, FailureGuard(losses.handled)])
             return
         except Exception as e:
             if settled_elsewhere(e):  # the trial was failed under this worker, its retry queued: carry on
                 print("a trial of this worker was failed by another run (its heartbeat came late: is the machine "
                       "overloaded?); its params are queued again", file=sys.stderr, flush=True)
                 continue
-            if not is_outage(e) or outages == MAX_STORAGE_OUTAGES:
+            if not is_outage(e):
                 raise
             outages += 1
-            time.sleep(5)
+            _wait_out(study, e, outages, losses)
+
+
+def _wait_out(study: optuna.Study, e: BaseException, outages: int, losses: OutageLosses) -> None:
+    """The database went away: give up after ``MAX_STORAGE_OUTAGES`` waits (one line; the next run
+    settles what this worker left RUNNING, its checkpoints kept), else wait 5 s and, if it is back,
+    fail and owe the trials this worker lost to it."""
+    if outages > MAX_STORAGE_OUTAGES:
+        first = str(e.__context__ if isinstance(e, UnboundLocalError) else e).strip().splitlines()[0][:200]
+        raise StorageUnavailable(f"lost the database for over {5 * MAX_STORAGE_OUTAGES} s ({first}); the trials this "
+                                 "worker was running stay RUNNING until a rerun settles and retries them") from None
+    time.sleep(5)
+    with contextlib.suppress(*OUTAGES):  # not back yet: the loop meets it again
+        if owed := losses.recover(study):
+            print(f"trial {', '.join(map(str, owed))}: lost to a database outage mid-trial; failed and owed again "
+                  "(the retry resumes from its checkpoint)", file=sys.stderr, flush=True)
 
 
 def is_outage(e: BaseException) -> bool:

@@ -54,7 +54,7 @@ from hps.search.record import (
     set_trial_info,
 )
 from hps.search.space import Space, suggest
-from hps.search.storage import artifact_store
+from hps.search.storage import OUTAGES, artifact_store
 from hps.search.trials import interrupt_reason
 from hps.trainers import (
     ConfigError,
@@ -68,6 +68,8 @@ from hps.trainers import (
 )
 from hps.trainers.models._registry import install_sources
 from hps.trainers.models.check import pin_model
+
+_OWED: tuple[type[BaseException], ...] = (KeyboardInterrupt, *OUTAGES)  # a trial owed again keeps its checkpoint
 
 
 class _Stop(optuna.TrialPruned):
@@ -201,7 +203,7 @@ class Objective:
         interrupted = False
         try:
             result = train(cfg, report, checkpoint=ckpt)
-        except KeyboardInterrupt:
+        except _OWED:
             interrupted = True  # owed again: the retry resumes from this trial's checkpoint
             raise
         except _Stop as e:

@@ -72,6 +72,19 @@ def set_reason(trial: optuna.Trial, key: str, cause: str, text: str) -> None:
     set_trial_info(trial, WHY, text)
 
 
+def retry_note(t: FrozenTrial) -> str:
+    """For a retry: which trial it retries and where it resumed ("retry of trial 3, resumed at
+    epoch 2"; "..., from scratch: <why>"); "" for any other trial."""
+    if RETRY_OF not in t.system_attrs:
+        return ""
+    resumed = trial_info(t, RESUMED_FROM) or {}
+    note = f"retry of trial {t.system_attrs[RETRY_OF]}"
+    if resumed.get("epoch"):
+        return f"{note}, resumed at epoch {resumed['epoch']}"
+    why = resumed.get("missing") or resumed.get("unreadable")
+    return f"{note}, from scratch: {why}" if why else note
+
+
 def sign(study: optuna.Study | Any) -> int:
     """+1 when the study's (first) objective is maximized, else -1."""
     return 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import TERMINATING, Terminated
 from hps.search.optuna_compat import journal_path, rewrite_attrs, stale_trial_ids, storage_of
-from hps.search.record import FAIL_REASON, RETRY_HISTORY, RETRY_OF, WHY, WORKER, trial_info
+from hps.search.record import FAIL_REASON, RETRY_HISTORY, RETRY_OF, WHY, WORKER, set_reason, trial_info
 from hps.search.settings import settings
 
 NEVER_STARTED_AFTER = 60  # seconds: a worker records itself on its trial within milliseconds of asking for it
@@ -219,12 +219,45 @@ def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -
     return owed
 
 
-def fail_own(study: optuna.Study, why: str, cause: str = OWN_TRIAL_LOST) -> list[int]:
-    """Between its trials a worker runs none: a RUNNING trial that names this very process as its
-    worker is its own, orphaned (its end could not be written: the database went away under it).
-    Fail each with ``why`` and owe its params once. Returns their numbers."""
-    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if same_process(trial_info(t, WORKER)) and fail_and_owe(study, t, why, cause)]
+class OutageLosses:
+    """The trials a worker lost to its database going away mid-trial (a restart): each is failed
+    with that reason once the database is back and owed again (its retry resumes from the
+    checkpoint the objective kept), never left RUNNING nor counted as live work. Also Optuna's
+    callback: a lost trial whose FAIL Optuna could tell (the database was back in time) is owed."""
+
+    def __init__(self) -> None:
+        self.lost: dict[int, str] = {}  # trial number -> why
+        self.handled: set[int] = set()  # lost trials failed and owed (no failure of the config)
+
+    def note(self, trial: optuna.Trial, e: BaseException) -> None:
+        why = f"its worker lost the database mid-trial ({str(e).strip().splitlines()[0][:200]}); it is owed again"
+        self.lost[trial.number] = why
+        with contextlib.suppress(Exception):  # the database may be back already
+            set_reason(trial, FAIL_REASON, OWN_TRIAL_LOST, why)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        why = self.lost.pop(trial.number, None)
+        if why is None or trial.state != TrialState.FAIL:
+            return
+        if trial.user_attrs.get(FAIL_REASON) != OWN_TRIAL_LOST:
+            record_reason(storage_of(study), trial._trial_id, why, OWN_TRIAL_LOST)
+        owe(study, trial, interrupted=True)
+        self.handled.add(trial.number)
+
+    def recover(self, study: optuna.Study) -> list[int]:
+        """Once the database is back: fail and owe this process's orphans (RUNNING, their end never
+        written) and owe the lost trials Optuna did fail. Returns their numbers."""
+        why = "its worker lost the database mid-trial (a restart?); it is owed again"
+        done = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if same_process(trial_info(t, WORKER)) and fail_and_owe(study, t, self.lost.get(t.number, why),
+                                                                        OWN_TRIAL_LOST)]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number in self.lost:
+                self(study, t)
+                done.append(t.number)
+        self.handled.update(done)
+        self.lost.clear()
+        return sorted(done)
 
 
 # --- settling what lost workers left --------------------------------------------------------------

@@ -186,3 +186,33 @@ def test_two_runs_under_a_cpu_hog_never_fail_each_others_live_trials(tmp_path: P
     assert failed == [], failed
     assert not any("failed by another run" in err for _, err in outs), outs
     assert len({t.params["x"] for t in ts}) == len(ts) >= 4
+
+
+def test_a_retry_whose_checkpoint_is_gone_says_so_in_its_record(tmp_path: Path) -> None:
+    """A retry whose original's checkpoint was deleted (or never saved) trained from scratch
+    without a word; its record now says it starts from scratch, and why."""
+    from hps.search.checkpoints import TrialCheckpoint
+    from hps.search.record import CHECKPOINT, RESUMED_FROM, retry_note
+    from hps.search.storage import artifact_store
+    from hps.search.trials import owe
+
+    with opened(f"sqlite:///{tmp_path / 's.db'}") as storage:
+        study = optuna.create_study(storage=storage, direction="maximize")
+        gone_one = fake_trial(study, TrialState.RUNNING, None)
+        never = fake_trial(study, TrialState.RUNNING, None)
+        storage.set_trial_system_attr(study.trials[gone_one]._trial_id, CHECKPOINT,
+                                      {"id": "checkpoint-deleted", "epoch": 2, "bytes": 10})
+        for n in (gone_one, never):
+            storage.set_trial_state_values(study.trials[n]._trial_id, TrialState.FAIL)
+            assert owe(study, study.trials[n])
+        store = artifact_store(tmp_path / "artifacts")
+        for original in (gone_one, never):
+            retry = study.ask()
+            assert TrialCheckpoint(retry, store).load() is None
+            study.tell(retry, 0.5)
+            done = study.trials[retry.number]
+            assert done.system_attrs[RESUMED_FROM]["trial"] == original and done.system_attrs[RESUMED_FROM]["epoch"] == 0
+        first, second = study.trials[2:]
+        assert retry_note(first) == ("retry of trial 0, from scratch: its original's checkpoint checkpoint-deleted "
+                                     "(epoch 2) is gone from the artifact store")
+        assert retry_note(second) == "retry of trial 1, from scratch: its original saved no checkpoint before it stopped"
