@@ -176,10 +176,12 @@ def _wait_out(study: optuna.Study, e: BaseException, outages: int, losses: Outag
     """The database went away: give up after ``MAX_STORAGE_OUTAGES`` waits (one line; the next run
     settles what this worker left RUNNING, its checkpoints kept), else wait 5 s and, if it is back,
     fail and owe the trials this worker lost to it."""
+    first = str(e.__context__ if isinstance(e, UnboundLocalError) else e).strip().splitlines()[0][:200]
     if outages > MAX_STORAGE_OUTAGES:
-        first = str(e.__context__ if isinstance(e, UnboundLocalError) else e).strip().splitlines()[0][:200]
         raise StorageUnavailable(f"lost the database for over {5 * MAX_STORAGE_OUTAGES} s ({first}); the trials this "
                                  "worker was running stay RUNNING until a rerun settles and retries them") from None
+    print(f"the database went away ({first}); waiting for it ({outages}/{MAX_STORAGE_OUTAGES}, 5 s each)",
+          file=sys.stderr, flush=True)
     time.sleep(5)
     with contextlib.suppress(*OUTAGES):  # not back yet: the loop meets it again
         if owed := losses.recover(study):

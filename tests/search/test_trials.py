@@ -216,3 +216,62 @@ def test_a_retry_whose_checkpoint_is_gone_says_so_in_its_record(tmp_path: Path) 
         assert retry_note(first) == ("retry of trial 0, from scratch: its original's checkpoint checkpoint-deleted "
                                      "(epoch 2) is gone from the artifact store")
         assert retry_note(second) == "retry of trial 1, from scratch: its original saved no checkpoint before it stopped"
+
+
+def _pg(action: str) -> None:
+    import os
+    import subprocess
+
+    version = os.listdir("/etc/postgresql")[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True, timeout=60)
+
+
+@pytest.mark.slow  # stops the real PostgreSQL server until the run meets it (seconds; other tests see a restart)
+def test_a_run_that_loses_its_database_mid_trial_waits_it_out_and_owes_the_trial(tmp_path: Path, study_name: str) -> None:
+    """A PostgreSQL restart during a run ended it with exit 0 and "1/2 finished (1 running, 1
+    complete)": the trial in flight stayed RUNNING with no process behind it (the run counted its
+    own orphan as live work), its checkpoint deleted. Now the run waits for the database, fails
+    the trial with the reason, owes it, and its retry resumes from the kept checkpoint."""
+    import contextlib
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from hps.search.record import CHECKPOINT, RESUMED_FROM
+    from tests.helpers import wait_until
+    from tests.search.conftest import PG_URL, trials, write_space
+
+    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}],
+                       study__pruner={"name": "none"})
+    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
+    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", PG_URL, "--no-live", "--trials", "2",
+           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_until(lambda: (trials(PG_URL, study_name)[0].system_attrs.get(CHECKPOINT) or {}).get("epoch", 0) >= 1, 180,
+                   what="a checkpoint")
+        _pg("stop")  # until the trial's next epoch meets no database (bounded: the old code said nothing)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: any("the database went away" in line for line in lines), 60, every=0.1)
+    finally:
+        _pg("start")
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    proc.wait(timeout=600)
+    reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    ts = trials(PG_URL, study_name)
+    assert not [t.number for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)], out
+    lost = ts[0]
+    assert lost.state == TrialState.FAIL and lost.user_attrs[FAIL_REASON] == "storage_outage", lost.user_attrs
+    assert reason(lost).startswith("its worker lost the database mid-trial")
+    retry = next(t for t in ts if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert retry.system_attrs[RESUMED_FROM]["epoch"] >= 1 and FAIL_REASON not in retry.user_attrs
+    summary = next(line for line in out.splitlines() if line.startswith(f"study {study_name}: "))
+    assert summary.startswith(f"study {study_name}: 2/2 finished (") and "running" not in summary, out
+    assert "lost to a database outage mid-trial; failed and owed again" in err
