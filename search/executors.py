@@ -20,6 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import check_stop
+from hps.search.heartbeat import beating
+from hps.search.optuna_compat import storage_of
 from hps.search.record import (
     DEFINITION,
     DEVICE_SECONDS,
@@ -153,6 +155,12 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
                     set_reason(trial, FAIL_REASON, *interrupt_reason(e, " before it sampled its params"))
             raise
 
+    with beating(storage_of(study), worker):
+        _loop(space, study, target, run_trial, budget, losses)
+
+
+def _loop(space: Space, study: optuna.Study, target: int, run_trial: ObjectiveFn, budget: StudyBudget,
+          losses: OutageLosses) -> None:
     outages = 0
     while True:
         try:

@@ -93,3 +93,19 @@ class LiveAwareRDBStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return [t for t in super()._get_stale_trial_ids(study_id) if not self._alive(self, t)]
+
+
+def running_trial_attrs(storage: BaseStorage, key: str) -> list[tuple[int, Any]]:
+    """(trial id, value) of system attr ``key`` on every RUNNING trial in the database (RDB only)."""
+    backend = rdb_backend(storage)
+    if backend is None:
+        return []
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import select
+
+    trials, attrs = models.TrialModel.__table__, models.TrialSystemAttributeModel.__table__
+    query = (select(attrs.c.trial_id, attrs.c.value_json).join(trials, trials.c.trial_id == attrs.c.trial_id)
+             .where(trials.c.state == TrialState.RUNNING, attrs.c.key == key))
+    with backend.engine.connect() as conn:
+        return [(int(tid), json.loads(value)) for tid, value in conn.execute(query)]

@@ -5,6 +5,7 @@ PostgreSQL, a journal file)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import optuna
@@ -275,3 +276,37 @@ def test_a_run_that_loses_its_database_mid_trial_waits_it_out_and_owes_the_trial
     summary = next(line for line in out.splitlines() if line.startswith(f"study {study_name}: "))
     assert summary.startswith(f"study {study_name}: 2/2 finished (") and "running" not in summary, out
     assert "lost to a database outage mid-trial; failed and owed again" in err
+
+
+@pytest.mark.slow  # a run whose trials hold the GIL for seconds: about half a minute
+def test_work_that_holds_the_gil_does_not_starve_the_heartbeat(tmp_path: Path) -> None:
+    """Optuna beats from a thread of the worker's process: work that holds the GIL (a C extension,
+    here a regular expression that backtracks for seconds) starved it, and the trial looked dead to
+    every other run. A process of its own beats for the worker's trials meanwhile."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+    from tests.search.conftest import SMALL
+
+    db = tmp_path / "s.db"
+    space = {**SMALL, "study": {**SMALL["study"], "name": "gil"}, "warm_start": []}
+    code = ("import hps; from tests.search.test_trials import _holds_the_gil\n"
+            f"hps.run({space!r}, 'sqlite:///{db}', trials=2, objective=_holds_the_gil, progress='none')")
+    env = {**os.environ, "HPS_HEARTBEAT_SECONDS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True, stderr=subprocess.PIPE)
+    ages: list[float] = []
+    while proc.poll() is None:
+        time.sleep(0.25)
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(db, timeout=1)
+            row = conn.execute("SELECT max((julianday('now') - julianday(h.heartbeat)) * 86400) FROM trial_heartbeats h "
+                               "JOIN trials t ON t.trial_id = h.trial_id WHERE t.state = 'RUNNING'").fetchone()
+            conn.close()
+            if row and row[0] is not None:
+                ages.append(row[0])
+    assert proc.returncode == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert len(ages) > 20 and max(ages) < 2.5, (len(ages), max(ages, default=None))
