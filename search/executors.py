@@ -177,33 +177,38 @@ def _loop(space: Space, study: optuna.Study, target: int, run_trial: ObjectiveFn
             if not is_outage(e):
                 raise
             outages += 1
-            _wait_out(study, e, outages, losses)
+            if _wait_out(study, e, outages, losses):
+                outages = 0  # back: the bound is per outage
 
 
-def _wait_out(study: optuna.Study, e: BaseException, outages: int, losses: OutageLosses) -> None:
+def _wait_out(study: optuna.Study, e: BaseException, outages: int, losses: OutageLosses) -> bool:
     """The database went away: give up after ``MAX_STORAGE_OUTAGES`` waits (one line; the next run
     settles what this worker left RUNNING, its checkpoints kept), else wait 5 s and, if it is back,
-    fail and owe the trials this worker lost to it."""
-    first = str(e.__context__ if isinstance(e, UnboundLocalError) else e).strip().splitlines()[0][:200]
+    fail and owe the trials this worker lost to it. True when it is back."""
+    first = str(e if isinstance(e, OUTAGES) else e.__context__).strip().splitlines()[0][:200]
     if outages > MAX_STORAGE_OUTAGES:
         raise StorageUnavailable(f"lost the database for over {5 * MAX_STORAGE_OUTAGES} s ({first}); the trials this "
                                  "worker was running stay RUNNING until a rerun settles and retries them") from None
     print(f"the database went away ({first}); waiting for it ({outages}/{MAX_STORAGE_OUTAGES}, 5 s each)",
           file=sys.stderr, flush=True)
     time.sleep(5)
-    with contextlib.suppress(*OUTAGES):  # not back yet: the loop meets it again
-        if owed := losses.recover(study):
-            print(f"trial {', '.join(map(str, owed))}: lost to a database outage mid-trial; failed and owed again "
-                  "(the retry resumes from its checkpoint)", file=sys.stderr, flush=True)
+    try:
+        owed = losses.recover(study)
+    except OUTAGES:  # not back yet: the loop meets it again
+        return False
+    if owed:
+        print(f"trial {', '.join(map(str, owed))}: lost to a database outage mid-trial; failed and owed again "
+              "(the retry resumes from its checkpoint)", file=sys.stderr, flush=True)
+    return True
 
 
 def is_outage(e: BaseException) -> bool:
     """The database went away. Optuna 5.0's ``_run_trial`` masks an outage during its tell with an
-    ``UnboundLocalError`` (its ``finally`` reads a variable the failed re-read never set): the
-    outage is that error's context."""
+    ``UnboundLocalError`` (its ``finally`` reads a variable the failed re-read never set) or an
+    ``AssertionError`` ("Should not reach."): the outage is that error's context."""
     if isinstance(e, OUTAGES):
         return True
-    return isinstance(e, UnboundLocalError) and isinstance(e.__context__, OUTAGES)
+    return isinstance(e, (UnboundLocalError, AssertionError)) and isinstance(e.__context__, OUTAGES)
 
 
 class InProcessExecutor:

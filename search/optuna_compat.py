@@ -10,6 +10,7 @@ Everything else in hps uses these functions, so an Optuna upgrade is checked her
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -85,7 +86,8 @@ def rewrite_attrs(storage: BaseStorage, trial_id: int, *, user: Mapping[str, Any
 class LiveAwareRDBStorage(RDBStorage):
     """Optuna's RDBStorage whose stale trials exclude those ``alive(storage, trial_id)`` says are
     still being run: Optuna's own ``fail_stale_trials`` (inside every ``study.optimize``) then never
-    fails a trial whose worker is seen alive, however late its heartbeat."""
+    fails a trial whose worker is seen alive, however late its heartbeat. Its heartbeats outlive
+    a database outage."""
 
     def __init__(self, url: str, *, alive: Callable[[BaseStorage, int], bool], **kw: Any) -> None:
         super().__init__(url, **kw)
@@ -93,6 +95,15 @@ class LiveAwareRDBStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return [t for t in super()._get_stale_trial_ids(study_id) if not self._alive(self, t)]
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """A beat that meets no database is skipped: Optuna's heartbeat thread died of it (with a
+        traceback on the terminal) and beat no more for the trial once the database was back."""
+        import sqlalchemy.exc
+
+        with contextlib.suppress(sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                                 optuna.exceptions.StorageInternalError):
+            super().record_heartbeat(trial_id)
 
 
 def running_trial_attrs(storage: BaseStorage, key: str) -> list[tuple[int, Any]]:

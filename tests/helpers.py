@@ -97,3 +97,62 @@ def cpu_hog(per_core: int = 1) -> Iterator[None]:
         for p in procs:
             p.kill()
             p.wait()
+
+
+class TcpProxy:
+    """A TCP proxy on a free local port to ``target`` (host, port) that a test can cut (every
+    connection dropped, new ones refused: a network or server outage that only its clients see)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import threading
+
+        self.target, self.port = target, free_port()
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.server: socket.socket | None = None
+        self.open()
+
+    def open(self) -> None:
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = server.accept()
+                if self.server is not server:  # cut meanwhile
+                    client.close()
+                    return
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(OSError):
+                self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (a close alone may not)
+            self.server.close()
+            self.server = None
+        with self.lock:
+            for s in self.conns:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+            self.conns = []

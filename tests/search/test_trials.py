@@ -310,3 +310,39 @@ def test_work_that_holds_the_gil_does_not_starve_the_heartbeat(tmp_path: Path) -
                 ages.append(row[0])
     assert proc.returncode == 0, proc.stderr.read()  # type: ignore[union-attr]
     assert len(ages) > 20 and max(ages) < 2.5, (len(ages), max(ages, default=None))
+
+
+@pytest.mark.slow  # a run that waits 25 s for its database, then a rerun: about two minutes
+def test_a_run_whose_database_stays_away_stops_in_one_line_and_the_rerun_resumes(tmp_path: Path, study_name: str) -> None:
+    """The database stays away (cut at the network: the server itself runs on): the run waits its
+    bounded time, then exits non-zero with one line, no traceback; the trial's checkpoint is kept,
+    and the rerun settles the trial and resumes it from that checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from hps.search.record import CHECKPOINT, RESUMED_FROM
+    from tests.helpers import TcpProxy, wait_until
+    from tests.search.conftest import PG_URL, trials, write_space
+
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    via_proxy = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    path = write_space(tmp_path, study_name, warm_start=[{"model.width": 0.25, "optimizer.lr": 0.05}],
+                       study__pruner={"name": "none"})
+    env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art"),
+           "HPS_CONNECT_TIMEOUT": "2"}
+    cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--no-live", "--trials", "1",
+           "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6", "--storage"]
+    proc = subprocess.Popen([*cmd, via_proxy], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_until(lambda: (trials(PG_URL, study_name)[0].system_attrs.get(CHECKPOINT) or {}).get("epoch", 0) >= 1, 180,
+               what="a checkpoint")
+    proxy.cut()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode not in (0, None) and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: lost the database for over 25 s ("), err
+    assert trials(PG_URL, study_name)[0].state == TrialState.RUNNING  # nothing could be written; its checkpoint kept
+    again = subprocess.run([*cmd, PG_URL], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    lost, retry = trials(PG_URL, study_name)[:2]
+    assert lost.state == TrialState.FAIL and lost.user_attrs[FAIL_REASON] == "lost_worker"
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs[RESUMED_FROM]["epoch"] >= 1
