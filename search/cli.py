@@ -173,6 +173,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     import optuna
 
+    from hps.search.optuna_compat import study_id
     from hps.search.record import (
         BEST_EPOCH,
         BEST_VALUE,
@@ -203,7 +204,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
             for s in optuna.get_all_study_summaries(store):
                 best = s.best_trial.values[0] if s.best_trial and s.best_trial.values else None
                 rows.append({"study": s.study_name, "trials": s.n_trials, "directions": [d.name.lower() for d in s.directions],
-                             "best_value": best, "stopped": stop_reasons(store.get_study_system_attrs(s._study_id))})
+                             "best_value": best, "stopped": stop_reasons(store.get_study_system_attrs(study_id(s)))})
             if as_json:
                 print(json.dumps(rows))
                 return
