@@ -18,7 +18,6 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled  # no public name in Optuna 5.0
-from optuna.study import FrozenStudy
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -26,7 +25,7 @@ def storage_of(study: optuna.Study) -> BaseStorage:
     return study._storage
 
 
-def study_id(study: optuna.Study | FrozenStudy) -> int:
+def study_id(study: Any) -> int:
     """The storage's id of a study (or of a study summary, a ``FrozenStudy``)."""
     return study._study_id
 
