@@ -112,6 +112,7 @@ def studies(storage: str | None = None) -> list[dict[str, Any]]:
     stopped early. Never creates a database."""
     import optuna
 
+    from hps.search.optuna_compat import study_id
     from hps.search.record import stop_reasons
     from hps.search.storage import dispose, existing_storage
 
@@ -119,7 +120,7 @@ def studies(storage: str | None = None) -> list[dict[str, Any]]:
     try:
         return [{"study": s.study_name, "trials": s.n_trials, "directions": [d.name.lower() for d in s.directions],
                  "best_value": s.best_trial.values[0] if s.best_trial and s.best_trial.values else None,
-                 "stopped": stop_reasons(store.get_study_system_attrs(s._study_id))}
+                 "stopped": stop_reasons(store.get_study_system_attrs(study_id(s)))}
                 for s in optuna.get_all_study_summaries(store)]
     finally:
         dispose(store)

@@ -37,6 +37,7 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from hps.search.optuna_compat import rewrite_attrs
 from hps.search.record import (
     ARTIFACT_PREFIX,
     CHECKPOINT,
@@ -49,7 +50,6 @@ from hps.search.record import (
     trial_info,
 )
 from hps.search.settings import settings
-from hps.search.storage import rdb_backend
 from hps.trainers.meter import save_state
 
 
@@ -89,7 +89,9 @@ class TrialCheckpoint:
             return None
         self.original = next((t for t in self.trial.study.get_trials(deepcopy=False) if t.number == number), None)
         saved = (trial_info(self.original, CHECKPOINT) if self.original else None) or None
-        if not saved:
+        if not saved:  # a retry says it starts from scratch, and why
+            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0,
+                                                      "missing": "its original saved no checkpoint before it stopped"})
             return None
         try:
             with self.store.open_reader(saved["id"]) as f:
@@ -98,6 +100,8 @@ class TrialCheckpoint:
                     {"model", "optimizer"} <= set(state) or "user" in state):  # hps's loop, or a train.fn's
                 raise ValueError("not a training state")
         except ArtifactNotFound:
+            set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0, "missing": (
+                f"its original's checkpoint {saved['id']} (epoch {saved.get('epoch')}) is gone from the artifact store")})
             return None
         except Exception as e:  # a retry never dies of its original's checkpoint: it trains from the start
             set_trial_info(self.trial, RESUMED_FROM, {"trial": number, "epoch": 0, "unreadable": unreadable(e)})
@@ -174,12 +178,5 @@ def drop(storage: Any, t: FrozenTrial, store: Any) -> None:
     if not artifact_id:
         return
     _remove(store, artifact_id)
-    if (backend := rdb_backend(storage)) is not None:
-        from optuna.storages._rdb import models
-
-        user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
-        with backend.engine.begin() as conn:
-            conn.execute(system.delete().where(system.c.trial_id == t._trial_id, system.c.key == WEIGHTS))
-            conn.execute(user.delete().where(user.c.trial_id == t._trial_id, user.c.key == "weights"))  # older studies
-            conn.execute(system.update().where(system.c.trial_id == t._trial_id, system.c.key == ARTIFACT_PREFIX + artifact_id)
-                         .values(value_json=json.dumps(json.dumps(None))))  # the meta is a JSON string: "null"
+    rewrite_attrs(storage, t._trial_id, system={ARTIFACT_PREFIX + artifact_id: json.dumps(None)},  # the meta is a
+                  drop_system=[WEIGHTS], drop_user=["weights"])  # JSON string: "null"; "weights": older studies

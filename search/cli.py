@@ -203,7 +203,7 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     from hps.search import tables
     from hps.search.api import open_study, studies
-    from hps.search.record import current, stop_reasons, study_attrs
+    from hps.search.record import current, finished_by_definition, stop_reasons, study_attrs
 
     _quiet()
     if study is None:
@@ -224,9 +224,10 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         return
     console.print(tables.trials_table(study, trials, now))
     console.print(tables.VALUE_NOTE, style="dim")
-    if earlier := now.count(False):
-        console.print(f"{earlier} trials ran under an earlier definition of this study (hps run --allow-change); the "
-                      "best trial and exports compare only the current one's", highlight=False)
+    if not all(now):
+        cur, earlier = finished_by_definition(st, trials)
+        console.print(f"{cur} finished under this definition ({earlier} under earlier ones: hps run --allow-change); "
+                      "the target, the best trial and exports count only the current one's", highlight=False)
     for line in stopped:
         console.print(f"[red]stopped:[/] {line}", highlight=False)
 

@@ -33,7 +33,7 @@ import torch
 
 from hps.search.budget import Check, EpochLimits, OverBudget, check, columns, note
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
-from hps.search.errors import StudyError, Terminated, check_stop
+from hps.search.errors import StudyError, check_stop
 from hps.search.loggers import Callbacks
 from hps.search.record import (
     BEST_EPOCH,
@@ -43,7 +43,6 @@ from hps.search.record import (
     CONFIG,
     CONSTRAINTS_LIST,
     DATA,
-    DEFINITION,
     DEVICE_SECONDS,
     FAIL_REASON,
     HISTORY,
@@ -55,7 +54,8 @@ from hps.search.record import (
     set_trial_info,
 )
 from hps.search.space import Space, suggest
-from hps.search.storage import artifact_store
+from hps.search.storage import OUTAGES, artifact_store
+from hps.search.trials import interrupt_reason
 from hps.trainers import (
     ConfigError,
     EpochLimit,
@@ -71,6 +71,8 @@ from hps.trainers import (
 from hps.trainers.meter import Measured
 from hps.trainers.models._registry import install_sources
 from hps.trainers.models.check import pin_model
+
+_OWED: tuple[type[BaseException], ...] = (KeyboardInterrupt, *OUTAGES)  # a trial owed again keeps its checkpoint
 
 
 class Objective:
@@ -105,10 +107,7 @@ class Objective:
             pruned = str(e)
             self._callbacks.end(trial, "pruned", pruned)
         except KeyboardInterrupt as e:  # Optuna stores the trial as FAIL and re-raises: say why
-            if isinstance(e, Terminated):
-                self._explain(trial, FAIL_REASON, "terminated", "terminated (SIGTERM); a rerun runs its params again")
-            else:
-                self._explain(trial, FAIL_REASON, "interrupted", "interrupted (Ctrl-C / SIGINT); a rerun runs its params again")
+            self._explain(trial, FAIL_REASON, *interrupt_reason(e))
             self._callbacks.end(trial, "fail", type(e).__name__)
             raise
         except optuna.exceptions.UpdateFinishedTrialError:  # another run failed it under this worker: nothing to store
@@ -153,8 +152,6 @@ class Objective:
             return self._prune(trial, "invalid_config", f"invalid config: {e}")
         cfg = pin_model(pin_data(cfg))
         _check_gpu(cfg.train.device, self.worker)
-        if space.definition_hash:  # the study's definition this trial runs under
-            set_trial_info(trial, DEFINITION, space.definition_hash)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
         set_trial_info(trial, DATA, data_identity(cfg))
         set_trial_info(trial, STORAGE_DTYPE, space.budget.storage_dtype)  # kept weights and exports use it
@@ -194,7 +191,7 @@ class Objective:
         self._trained = True
         try:
             result = train(cfg, progress.report, checkpoint=ckpt, measured=measured)
-        except KeyboardInterrupt:
+        except _OWED:
             interrupted = True  # owed again: the retry resumes from this trial's checkpoint
             raise
         except RuntimeError as e:  # diverged, out of GPU memory (also as cuDNN/cuBLAS report it), or a bug

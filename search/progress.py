@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import CONFIG, FINISHED, LIVE, reason, shown_params, sign, trial_info
+from hps.search.record import CONFIG, FINISHED, LIVE, finished_by_definition, reason, shown_params, sign, trial_info
 
 MODES = ("auto", "live", "lines", "none")
 
@@ -48,7 +48,7 @@ def snapshot(study: optuna.Study, target: int, started: float, done_before: int)
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
-    finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+    finished = finished_by_definition(study, trials)[0]
     new = finished - done_before
     eta = (time.time() - started) / new * (target - finished) if new > 0 and finished < target else None
     lines: list[Any] = [f"[bold]{study.study_name}[/]  finished {finished}/{target}  "
@@ -163,13 +163,13 @@ def view(mode: str, study: optuna.Study, target: int, out: TextIO, every: float 
         return
     started = time.time()
     seen = {t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))}
-    done_before = len(study.get_trials(deepcopy=False, states=FINISHED))
+    done_before = finished_by_definition(study)[0]
     if mode == "lines":
         bars = _bar_display(done_before, target) if _in_notebook() else None
 
         def tick() -> None:
             trials = study.get_trials(deepcopy=False)
-            done = sum(t.state in FINISHED for t in trials)
+            done = finished_by_definition(study, trials)[0]
             for t in trials:
                 if t.number not in seen and t.state in (*FINISHED, TrialState.FAIL):
                     seen.add(t.number)

@@ -37,9 +37,10 @@ class TrialWorker:
 
     def run(self, space: Space, url: str, target: int, objective: Any = None, run: str = "",
             share: float = 0.0) -> dict[str, Any]:
-        from hps.search.executors import MAX_STORAGE_OUTAGES, identity, work
+        from hps.search.executors import MAX_STORAGE_OUTAGES, work
         from hps.search.storage import OUTAGES, dispose, get_storage
         from hps.search.study import load_study, open_study
+        from hps.search.trials import identity
 
         quiet_optuna()
         ctx = ray.get_runtime_context()
@@ -50,7 +51,7 @@ class TrialWorker:
 
             if torch.cuda.is_available():
                 torch.cuda.set_per_process_memory_fraction(share)
-        info = identity(run, node=ctx.get_node_id()[:12], gpus=[str(g) for g in ray.get_gpu_ids()],
+        info = identity(run, node=ctx.get_node_id()[:12], actor=ctx.get_actor_id(), gpus=[str(g) for g in ray.get_gpu_ids()],
                         cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
         for outage in range(MAX_STORAGE_OUTAGES + 1):  # the database may be restarting: wait for it
             storage = None
@@ -68,6 +69,18 @@ class TrialWorker:
                 if storage is not None:
                     dispose(storage)
         return info
+
+
+def actor_alive(actor_id: str, pid: int | None) -> bool:
+    """The actor is ALIVE in process ``pid`` (a restarted actor runs in another: the trial it ran is
+    lost), as the cluster's GCS sees it; False when this process is not connected to Ray."""
+    if not ray.is_initialized():
+        return False
+    try:
+        info = ray._private.state.actors(actor_id=actor_id)  # the GCS's actor table: no dashboard needed
+    except Exception:
+        return False
+    return bool(info) and info.get("State") == "ALIVE" and (pid is None or info.get("Pid") == pid)
 
 
 class RayExecutor:
@@ -124,8 +137,8 @@ class RayExecutor:
     def run(self, space: Space, study: Any, url: str, target: int, objective: Any = None, run: str = "") -> None:
         self.check(url)
         self.connect()
-        from hps.search.executors import settle
         from hps.search.storage import OUTAGES
+        from hps.search.trials import settle
 
         if self.gpus == 0 and space.base.train.device != "cpu" and (gpus := ray.cluster_resources().get("GPU", 0)):
             raise StudyError(f"--ray {self.address}: the cluster has {gpus:g} GPUs but --gpus-per-trial is 0, so Ray would "
@@ -141,8 +154,8 @@ class RayExecutor:
                 break
 
     def _round(self, space: Space, study: Any, url: str, target: int, objective: Any, run: str) -> None:
-        from hps.search.executors import settle
         from hps.search.storage import OUTAGES
+        from hps.search.trials import settle
 
         opts: dict[str, Any] = {"num_cpus": self.cpus}
         if self.gpus > 0:

@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hps.search.optuna_compat import set_study_system_attr, study_system_attrs
+
 # trial user attrs: short scalars, one dashboard column each (the table fits a screen)
 PRUNE_REASON, FAIL_REASON = "prune_reason", "fail_reason"  # the cause as one token: over:max_params, pruner:asha, ...
 DEVICE_SECONDS, BEST_VALUE, BEST_EPOCH = "device_seconds", "best_value", "best_epoch"
@@ -36,6 +38,7 @@ WEIGHTS, STORAGE_DTYPE = "hps:weights", "hps:storage_dtype"  # the kept weights'
 FITTED_WIDTH, BUDGET_EXCESS, CHECKPOINT_SECONDS = "hps:fitted_width", "hps:budget_excess", "hps:checkpoint_seconds"
 CONSTRAINTS_LIST = "constraints"  # the list form optuna-dashboard 0.21 reads (see README: Dashboard)
 ARTIFACT_PREFIX = "artifacts:"  # Optuna's system attr for an uploaded artifact's meta
+RETRY_OF, RETRY_HISTORY = "failed_trial", "retry_history"  # Optuna's names: the trial a retry retries; the chain
 
 # study system attrs
 SPACE = "hps:space"  # the space the study was run with (overrides applied)
@@ -80,6 +83,19 @@ def set_reason(trial: optuna.Trial, key: str, cause: str, text: str) -> None:
     set_trial_info(trial, WHY, text)
 
 
+def retry_note(t: FrozenTrial) -> str:
+    """For a retry: which trial it retries and where it resumed ("retry of trial 3, resumed at
+    epoch 2"; "..., from scratch: <why>"); "" for any other trial."""
+    if RETRY_OF not in t.system_attrs:
+        return ""
+    resumed = trial_info(t, RESUMED_FROM) or {}
+    note = f"retry of trial {t.system_attrs[RETRY_OF]}"
+    if resumed.get("epoch"):
+        return f"{note}, resumed at epoch {resumed['epoch']}"
+    why = resumed.get("missing") or resumed.get("unreadable")
+    return f"{note}, from scratch: {why}" if why else note
+
+
 def sign(study: optuna.Study | Any) -> int:
     """+1 when the study's (first) objective is maximized, else -1."""
     return 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
@@ -112,6 +128,13 @@ def current(study: optuna.Study) -> Callable[[FrozenTrial], bool]:
     return lambda t: now is None or t.system_attrs.get(DEFINITION, first) == now
 
 
+def finished_by_definition(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> tuple[int, int]:
+    """Finished (COMPLETE or PRUNED) trials: (under the current definition, under earlier ones)."""
+    same = current(study)
+    done = [same(t) for t in (study.get_trials(deepcopy=False) if trials is None else trials) if t.state in FINISHED]
+    return sum(done), len(done) - sum(done)
+
+
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial that meets the budget, among the trials of the study's current
     definition (multi-objective: the Pareto trial with the best first objective), or None."""
@@ -138,11 +161,11 @@ def stored_figures(t: FrozenTrial) -> dict[str, float]:
 
 def study_attrs(study: optuna.Study) -> dict[str, Any]:
     """The study's system attrs (Optuna 5 has no ``Study.system_attrs``)."""
-    return study._storage.get_study_system_attrs(study._study_id)
+    return study_system_attrs(study)
 
 
 def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
-    study._storage.set_study_system_attr(study._study_id, key, value)
+    set_study_system_attr(study, key, value)
 
 
 def stop_reasons(attrs: Mapping[str, Any]) -> list[str]:

@@ -24,16 +24,13 @@ from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, T
 from hps.search.loggers import Callbacks, from_spec
 from hps.search.quiet import quiet_optuna
 from hps.search.record import (
-    FAIL_REASON,
     FAILED,
-    FINISHED,
-    WORKER,
     best_feasible,
     counts,
+    finished_by_definition,
     reason,
     stop_reasons,
     study_attrs,
-    trial_info,
 )
 from hps.search.settings import settings
 from hps.search.space import Space, load_space
@@ -55,10 +52,12 @@ class RunResult:
     failures: list[str]  # "trial N: reason" of every FAIL trial
     stopped: list[str]  # why the run stopped early (trials kept failing, compute budget spent)
     best_trial: FrozenTrial | None
+    earlier: int = 0  # finished trials of earlier definitions (--allow-change): they count for no target
 
     @property
     def finished(self) -> int:
-        return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
+        """Finished (COMPLETE or PRUNED) trials of the study's current definition: what ``target`` counts."""
+        return self.counts.get("complete", 0) + self.counts.get("pruned", 0) - self.earlier
 
     def dataframe(self) -> Any:
         """One row per trial (a ``pandas.DataFrame``): state, value, params, the fitted width, budget
@@ -71,7 +70,11 @@ class RunResult:
         states = ", ".join(f"{v} {k}" for k, v in self.counts.items()) or "no trials"
         best = (f"; best: trial {self.best_trial.number} value {self.best_trial.values[0]:.4f}" if self.best_trial
                 else "; no complete trial meets the budget yet")
-        return f"study {self.study.study_name}: {self.finished}/{self.target} finished ({states}){best}"
+        return f"study {self.study.study_name}: {self.finished}/{self.target} finished{_under(self.earlier)} ({states}){best}"
+
+
+def _under(earlier: int) -> str:
+    return f" under this definition ({earlier} under earlier ones)" if earlier else ""
 
     def __repr__(self) -> str:  # one line in a notebook or a REPL (the dataclass's would print every trial)
         return f"<RunResult {self}>"
@@ -82,7 +85,7 @@ def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
     failures = [f"trial {t.number}: {reason(t) or 'no reason stored'}" for t in trials
                 if t.state == TrialState.FAIL]
     return RunResult(study, redact(url), target, counts(trials), failures, stop_reasons(study_attrs(study)),
-                     best_feasible(study))
+                     best_feasible(study), finished_by_definition(study, trials)[1])
 
 
 def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = None, *, trials: int | None = None,
@@ -109,8 +112,9 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
     before anything trains. A ``KeyboardInterrupt`` stops the run; finished trials are kept and a
     rerun resumes."""
-    from hps.search.executors import Executor, InProcessExecutor, new_run, settle, settle_unstarted
+    from hps.search.executors import Executor, InProcessExecutor
     from hps.search.progress import view
+    from hps.search.trials import new_run, owe_interrupted, settle, settle_unstarted
     from hps.trainers import load_data
     from hps.trainers.device import resolve_device
 
@@ -145,8 +149,8 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         begin_run(study)
         out = echo or sys.stdout
         settled = settle(study)  # what an earlier run left RUNNING: failed with its reason, its params owed
-        before = len(study.get_trials(deepcopy=False, states=FINISHED))
-        print(f"study {space.name} on {redact(url)}: {before} finished, {max(target - before, 0)} owed"
+        before, earlier = finished_by_definition(study)
+        print(f"study {space.name} on {redact(url)}: {before} finished{_under(earlier)}, {max(target - before, 0)} owed"
               + (f"; trials {', '.join(map(str, settled))} were left running by a run that is gone: retried" if settled else ""),
               file=out, flush=True)
         if (connect := getattr(executor, "connect", None)) is not None:
@@ -192,27 +196,4 @@ def _signals_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
 
-
-def owe_interrupted(study: optuna.Study, run: str, cause: str = "interrupted") -> list[int]:
-    """Queue again, once, the params of each trial this run's interrupt stopped (Ctrl-C, SIGTERM):
-    the next run trains them, resuming from the stopped trial's checkpoint (as a killed worker's
-    retry does). A trial of this run still RUNNING (a Ray worker, killed with the run) is failed
-    first, with ``cause`` as its reason. Only this run's trials: runs sharing the study never owe
-    one twice. Returns the numbers of the trials owed."""
-    from hps.search.storage import LostWorker, fail_running
-
-    owed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if (trial_info(t, WORKER) or {}).get("run") != run or not t.params:
-            continue
-        if t.state == TrialState.RUNNING:
-            signal_name = "SIGTERM" if cause == "terminated" else "Ctrl-C / SIGINT"
-            text = f"{cause} ({signal_name}) with its run; a rerun runs its params again"
-            if not fail_running(study._storage, t._trial_id, text, cause):  # it finished meanwhile
-                continue
-        elif t.user_attrs.get(FAIL_REASON) not in ("interrupted", "terminated"):
-            continue
-        LostWorker.retry_once(study, t)
-        owed.append(t.number)
-    return owed
 

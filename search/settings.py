@@ -25,7 +25,7 @@ class Settings:
     storage: str  # HPS_STORAGE: the study storage URL when --storage is not given
     artifacts: str  # HPS_ARTIFACTS: checkpoints, kept weights, exports (a folder or s3://bucket/prefix)
     data: str | None  # HPS_DATA: an .npz or a folder (read by the trainer)
-    heartbeat_seconds: int  # HPS_HEARTBEAT_SECONDS: a worker's heartbeat; a trial is stale after 2x
+    heartbeat_seconds: int  # HPS_HEARTBEAT_SECONDS: a worker's heartbeat; a trial is stale after 3x (trials.grace_seconds)
     connect_timeout: int  # HPS_CONNECT_TIMEOUT: seconds a database connection may take to open
     checkpoint_seconds: float  # HPS_CHECKPOINT_SECONDS: least time between a trial's checkpoints
     keep_weights: int  # HPS_KEEP_WEIGHTS: the best N complete trials keep their weights

@@ -8,13 +8,12 @@
   ``optuna`` CLI and optuna-dashboard read it (for ``hps copy``, and one-machine runs).
 
 Heartbeats are on for workers, so a trial whose worker died becomes FAIL (with its reason stored)
-and its params are retried once as a WAITING trial. This module imports neither torch nor the
+and its params are retried once as a WAITING trial (:mod:`hps.search.trials`). This module imports neither torch nor the
 trainer.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -26,11 +25,10 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import BaseStorage, RDBStorage
 
 from hps.search.errors import StudyError
-from hps.search.record import FAIL_REASON, WHY, WORKER, trial_info
+from hps.search.optuna_compat import LiveAwareRDBStorage, rdb_backend
 from hps.search.settings import settings
 
 
@@ -85,10 +83,15 @@ def hint(url: str | None) -> str:
     return "" if url == storage_url(DEFAULT_STORAGE) else f" --storage {shlex.quote(redact(url))}"
 
 
-def _heartbeat_kw() -> dict[str, Any]:
-    beat = settings().heartbeat_seconds
-    return {"heartbeat_interval": beat, "grace_period": 2 * beat,
-            "heartbeat_stale_trial_callback": LostWorker()}
+def _rdb(url: str, engine: dict[str, Any], heartbeat: bool) -> RDBStorage:
+    """Optuna's RDBStorage; with heartbeats, one whose stale trials leave out those whose worker is
+    seen alive (:func:`hps.search.trials.still_running`), failed through :class:`LostWorker`."""
+    if not heartbeat:
+        return RDBStorage(url, engine_kwargs=engine)
+    from hps.search.trials import LostWorker, grace_seconds, still_running
+
+    return LiveAwareRDBStorage(url, alive=still_running, engine_kwargs=engine, heartbeat_interval=settings().heartbeat_seconds,
+                               grace_period=grace_seconds(), heartbeat_stale_trial_callback=LostWorker())
 
 
 def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool = True) -> BaseStorage:
@@ -115,7 +118,7 @@ def get_storage(url: str | None = None, *, pool_size: int = 2, heartbeat: bool =
             engine.update(pool_size=pool_size, max_overflow=1, pool_recycle=300)
         for attempt in range(5):
             try:
-                return RDBStorage(url, engine_kwargs=engine, **(_heartbeat_kw() if heartbeat else {}))
+                return _rdb(url, engine, heartbeat)
             except sqlalchemy.exc.OperationalError as e:  # the server did not answer or refused: may come back
                 if attempt < 4 and _racing(e):
                     time.sleep(0.5 + attempt)
@@ -145,72 +148,6 @@ class StorageUnavailable(StudyError):
 # What a database that went away (a restart, a lost connection) raises: a worker waits these out.
 OUTAGES: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
                                         sqlalchemy.exc.InterfaceError, StorageUnavailable)
-
-
-class LostWorker:
-    """Optuna's stale-trial callback (the trial is FAIL once its worker stops beating): store why
-    on the failed trial, then retry its params once as a new WAITING trial."""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = (f"no heartbeat from its worker for {2 * settings().heartbeat_seconds} s (killed, out of memory or "
-                  f"lost); worker: {trial_info(trial, WORKER, 'unknown')}")
-        record_reason(study._storage, trial._trial_id, reason)
-        self.retry_once(study, trial)
-
-    @staticmethod
-    def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
-        """Queue ``trial``'s params again (a WAITING trial that resumes from its checkpoint), unless
-        it is itself a retry (a config that kills its worker twice is not tried a third time) or it
-        had sampled nothing yet (a retry would be a new draw the run makes anyway)."""
-        if not trial.params:
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)(study, trial)
-
-
-def record_reason(storage: BaseStorage, trial_id: int, reason: str, cause: str = "lost_worker") -> None:
-    """Write why a trial that already finished as FAIL failed (Optuna's own setters refuse
-    finished trials): ``fail_reason`` (the cause) and ``hps:why`` (the line). Supported on RDB
-    storages (the journal's workers are on one machine)."""
-    backend = rdb_backend(storage)
-    try:
-        if backend is not None:
-            from optuna.storages._rdb import models
-
-            with backend.engine.begin() as conn:
-                for model, key, value in ((models.TrialUserAttributeModel, FAIL_REASON, cause),
-                                          (models.TrialSystemAttributeModel, WHY, reason)):
-                    table = model.__table__
-                    conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == key))
-                    conn.execute(table.insert().values(trial_id=trial_id, key=key, value_json=json.dumps(value)))
-    except Exception as e:  # the retry matters more than the note
-        warnings.warn(f"could not store why trial {trial_id} failed: {e}", stacklevel=2)
-
-
-def fail_running(storage: BaseStorage, trial_id: int, why: str, cause: str) -> bool:
-    """Move a RUNNING trial to FAIL with ``cause`` and ``why`` stored on it; False when it is no
-    longer RUNNING (it finished, or another run failed it first). On a database the move comes
-    first (atomic: a worker only late to report may still finish the trial), then the reason; on a
-    journal file (no such claim; callers hold its lock) the reason first, then the move."""
-    try:
-        if rdb_backend(storage) is not None:
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                return False
-            record_reason(storage, trial_id, why, cause)
-            return True
-        storage.set_trial_user_attr(trial_id, FAIL_REASON, cause)
-        storage.set_trial_system_attr(trial_id, WHY, why)
-        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
-    except Exception:  # it finished meanwhile (Optuna refuses writes to finished trials), or lost the database's lock
-        return False
-
-
-def rdb_backend(storage: BaseStorage) -> RDBStorage | None:
-    """The RDBStorage behind ``storage`` (Optuna wraps it in a cache), or None for other storages:
-    for the few writes Optuna's API refuses on finished trials, and for closing connections."""
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, RDBStorage) else None
 
 
 def dispose(storage: BaseStorage) -> None:

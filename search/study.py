@@ -12,6 +12,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hps.search.errors import StudyError
+from hps.search.optuna_compat import study_id
 from hps.search.record import DEFINITION, DEFINITIONS, FAILED, SPACE, WARM_START, set_study_attr, study_attrs
 
 if TYPE_CHECKING:  # hps status and export load studies without the trainer (torch)
@@ -43,7 +44,7 @@ def open_study(space: Space, storage: BaseStorage, *, driver: bool = False,
     for label, params in space.warm_start:
         if json.dumps(params, sort_keys=True) in queued:
             continue  # enqueued by an earlier run: once
-        before = storage.get_n_trials(study._study_id)
+        before = storage.get_n_trials(study_id(study))
         study.enqueue_trial(params, skip_if_exists=True)
         for t in study.get_trials(deepcopy=False)[before:]:  # a system attr: enqueue_trial takes user attrs only
             storage.set_trial_system_attr(t._trial_id, WARM_START, label)

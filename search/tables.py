@@ -16,11 +16,13 @@ from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
     PRUNE_REASON,
+    RETRY_OF,
     WARM_START,
     fitted_width,
     human,
     named_constraints,
     reason,
+    retry_note,
     stored_figures,
     trial_info,
 )
@@ -44,7 +46,7 @@ def trial_row(t: FrozenTrial, current: bool) -> dict[str, Any]:
     return {"number": t.number, "state": t.state.name.lower(), "values": t.values, "params": t.params,
             "fitted_width": fitted_width(t), "constraints": named_constraints(t), "budget": stored_figures(t),
             **{k: t.user_attrs.get(k) for k in (BEST_VALUE, BEST_EPOCH, DEVICE_SECONDS)},
-            "warm_start": trial_info(t, WARM_START),
+            "warm_start": trial_info(t, WARM_START), "retry_of": t.system_attrs.get(RETRY_OF),
             "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t),
             "current_definition": current}
 
@@ -58,7 +60,7 @@ def _value(t: FrozenTrial) -> str:
 
 
 def _note(t: FrozenTrial, current: bool) -> str:
-    why = reason(t) or trial_info(t, WARM_START, "")
+    why = reason(t) or trial_info(t, WARM_START, "") or retry_note(t)
     if t.state == TrialState.FAIL and not why:
         why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
     return why if current else f"(an earlier definition) {why}"

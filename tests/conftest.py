@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -40,12 +39,6 @@ def tiny_config(**sections: dict) -> dict:
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return base
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pids_using(marker: str) -> list[int]:

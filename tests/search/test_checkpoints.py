@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,8 @@ from hps.search.space import load_space
 from hps.trainers import load_config, saved_bytes, state_dict_at
 from hps.trainers.loop import score
 from hps.trainers.meter import state_dict_from
-from tests.conftest import MINI, REPO, free_port
+from tests.conftest import MINI, REPO
+from tests.helpers import free_port, wait_http
 from tests.search.conftest import write_space
 
 BIN = Path(sys.executable).parent
@@ -113,12 +113,7 @@ def test_the_stock_dashboard_lists_and_serves_the_weights(study: dict) -> None:
                              "--artifact-dir", str(study["artifacts"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/api/studies", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
+        wait_http(f"{url}/api/studies")
         data = json.load(urllib.request.urlopen(f"{url}/api/studies/{s._study_id}", timeout=10))
         listed = next(t for t in data["trials"] if t["number"] == best.number)["artifacts"]
         assert [(a["filename"], a["artifact_id"]) for a in listed] == [("weights.pt", best.system_attrs[WEIGHTS])]

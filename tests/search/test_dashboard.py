@@ -4,12 +4,10 @@ page shows its budget. ``HPS_SCREENSHOTS=DIR`` keeps the screenshots (docs/ hold
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.browser import chromium
-from tests.conftest import free_port
+from tests.helpers import free_port, wait_http, wait_until
 from tests.search.conftest import SMALL
 
 pytestmark = pytest.mark.slow
@@ -39,11 +37,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, mini_npz: Path) -> Itera
     proc = subprocess.Popen([str(exe), url, "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(f"{base}/api/studies", timeout=2)
-            break
-        time.sleep(0.2)
+    wait_http(f"{base}/api/studies")
     try:
         yield {"url": base, "result": result, "study_id": result.study._study_id}
     finally:
@@ -58,13 +52,7 @@ def browser() -> Iterator[Any]:
 
 
 def _wait(fn: Any, seconds: float = 30) -> Any:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        with contextlib.suppress(Exception):
-            if value := fn():
-                return value
-        time.sleep(0.3)
-    raise AssertionError("timed out waiting for the page")
+    return wait_until(fn, seconds, every=0.3, what="the page")
 
 
 def _shot(b: Any, name: str) -> None:

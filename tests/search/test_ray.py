@@ -25,7 +25,8 @@ from hps.search.errors import RunFailed, StudyError
 from hps.search.record import CHECKPOINT, FAILED, RESUMED_FROM, WEIGHTS, WORKER, reason, study_attrs
 from hps.search.run import run
 from hps.search.space import load_space
-from tests.conftest import REPO, free_port, kill_all, pids_using
+from tests.conftest import REPO, kill_all, pids_using
+from tests.helpers import free_port
 from tests.search.conftest import PG_URL, SMALL, trials, write_space
 
 pytestmark = pytest.mark.slow  # a real Ray cluster per module
@@ -429,3 +430,30 @@ def test_soak_three_runs_on_one_study_killed_and_stopped_at_random(tmp_path: Pat
             assert ts[t.system_attrs["failed_trial"]].state == TrialState.FAIL
     ray_stopped = [t for t in by_state[TrialState.FAIL] if "node" in (t.system_attrs.get(WORKER) or {})]
     assert {t.user_attrs["fail_reason"] for t in ray_stopped} >= {"lost_worker"}
+
+
+def test_a_worker_on_another_node_is_seen_alive_through_its_actor(connected: str) -> None:
+    """A trial's worker on another machine cannot be looked at through /proc: its Ray actor, alive
+    in the process that ran the trial, keeps the trial (a late heartbeat alone fails nothing)."""
+    import ray
+
+    from hps.search.ray import actor_alive
+    from hps.search.trials import seen_alive
+
+    ray.init(address=connected, namespace="hps", include_dashboard=None, configure_logging=False)
+
+    @ray.remote(num_cpus=0.1)
+    class Probe:
+        def who(self) -> tuple[str, int]:
+            return ray.get_runtime_context().get_actor_id(), os.getpid()
+
+    actor = Probe.remote()  # type: ignore[attr-defined]
+    actor_id, pid = ray.get(actor.who.remote())
+    elsewhere = {"host": "another-machine", "boot": "b", "pid": pid, "started": 1, "actor": actor_id}
+    assert actor_alive(actor_id, pid) and seen_alive(elsewhere)
+    assert not actor_alive(actor_id, pid + 1)  # a restarted actor runs in another process: its trial is lost
+    ray.kill(actor)
+    deadline = time.time() + 30
+    while actor_alive(actor_id, pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not seen_alive(elsewhere)

@@ -30,6 +30,7 @@ from hps.search.storage import get_storage
 from hps.search.study import open_study
 from hps.trainers import TrainConfig, load_config, train
 from tests.conftest import REPO
+from tests.helpers import free_port, wait_until
 from tests.search.conftest import PG_URL, SMALL, hps, trials, write_space
 
 
@@ -136,12 +137,6 @@ def test_export_retrain_and_real_clients_agree(tmp_path: Path, study_name: str) 
     assert any(a["key"] == "prune_reason" for a in pruned["user_attrs"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dashboard_json(url: str, study_name: str, artifacts: Path) -> dict[str, Any]:
     port = free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
@@ -149,14 +144,8 @@ def dashboard_json(url: str, study_name: str, artifacts: Path) -> dict[str, Any]
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2))
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("optuna-dashboard did not start")
+        studies = wait_until(lambda: json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2)), 20,
+                             what="optuna-dashboard to start")
         sid = next(s["study_id"] for s in studies["study_summaries"] if s["study_name"] == study_name)
         return json.load(urllib.request.urlopen(f"{base}/api/studies/{sid}", timeout=10))
     finally:
@@ -430,7 +419,9 @@ def test_a_worker_that_cannot_read_the_base_fails_its_trials_never_prunes_them(t
 @pytest.mark.slow
 def test_a_rerun_after_editing_the_budget_is_refused_then_continued(tmp_path: Path, study_name: str) -> None:
     """Run, tighten the budget, rerun (refused in one line), rerun with --allow-change, export: the
-    exported trial fits the current budget (it exported a trial of the old space that broke it)."""
+    exported trial fits the current budget (it exported a trial of the old space that broke it).
+    The new definition gets its trials of its own: the old definition's counted toward the target
+    (asked for 2, trained none of the new definition, exit 0); the summary and status say both."""
     url = f"sqlite:///{tmp_path / 'd.db'}"
     space = {"model.width": {"low": 0.2, "high": 0.5}, "optimizer.lr": {"low": 0.02, "high": 0.2, "log": True}}
     budget = {"max_params": 600_000, "max_epochs": 3}
@@ -445,8 +436,11 @@ def test_a_rerun_after_editing_the_budget_is_refused_then_continued(tmp_path: Pa
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert f"was run with another definition (budget.max_params: 600000 -> {tight})" in refused.stderr
     assert "--allow-change" in refused.stderr and len(trials(url, study_name)) == 3  # nothing ran
-    go = hps("run", str(path), "--storage", url, "--no-live", "--allow-change", "--trials", "6")
+    go = hps("run", str(path), "--storage", url, "--no-live", "--allow-change", "--trials", "2")
     assert go.returncode == 0, go.stderr
+    assert len([t for t in trials(url, study_name)[3:] if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 2
+    assert "2/2 finished under this definition (3 under earlier ones)" in go.stdout, go.stdout
+    assert "2 finished under this definition (3 under earlier ones" in hps("status", study_name, "--storage", url).stdout
     out = tmp_path / "best.yaml"
     exported = hps("export", study_name, "-o", str(out), "--storage", url)
     assert exported.returncode == 0 and "trials of an earlier definition of the study were not compared" in exported.stdout

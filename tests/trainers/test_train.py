@@ -10,6 +10,7 @@ import yaml
 
 from hps.trainers import TrainingDiverged, config_from_dict, load_config, train
 from tests.conftest import REPO, tiny_config
+from tests.helpers import Killed, kill_at
 
 
 @pytest.mark.slow
@@ -177,16 +178,9 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one() -> None:
                                        augment={"strength": 1.0, "mixup_alpha": 0.2}))
     whole = train(cfg)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(epoch: int, metrics: dict) -> None:
-        if epoch == 3:
-            raise Killed
-
     first = MemoryCheckpoint()
     with pytest.raises(Killed):
-        train(cfg, kill_at_3, checkpoint=first)
+        train(cfg, kill_at(3), checkpoint=first)
     assert first.epochs == [1, 2]
     seen: list[int] = []
     resumed = train(cfg, lambda e, m: seen.append(e), checkpoint=MemoryCheckpoint(first.saved))
@@ -203,16 +197,9 @@ def test_a_checkpoint_from_another_kind_of_device_resumes() -> None:
     set_state refused. The retry resumes at the next epoch with a generator seeded from the step."""
     cfg = config_from_dict(tiny_config(train={"epochs": 2}, augment={"strength": 1.0}))
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_2(epoch: int, metrics: dict) -> None:
-        if epoch == 2:
-            raise Killed
-
     first = MemoryCheckpoint()
     with pytest.raises(Killed):
-        train(cfg, kill_at_2, checkpoint=first)
+        train(cfg, kill_at(2), checkpoint=first)
     import io
 
     saved = first.load()
