@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from hps.search.record import CHECKPOINT, DATA, RESUMED_FROM, WORKER, reason, stored_figures
 from hps.trainers.data import file_sha256
 from tests.browser import chromium
-from tests.conftest import MINI, REPO, free_port
+from tests.conftest import MINI, REPO
+from tests.helpers import free_port
 from tests.docker import engine as E
 from tests.search.conftest import SMALL
 

@@ -267,7 +267,7 @@ def test_every_command_has_an_exit_code_case() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(EXIT_CASES))
 def test_every_command_refuses_with_its_documented_exit_code(tmp_path: Path, case: str) -> None:
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     (tmp_path / "bad.yaml").write_text("optimizer: {name: lion}\nstudy: {name: x}\n")
     argv, kind = EXIT_CASES[case]
