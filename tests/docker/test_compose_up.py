@@ -28,8 +28,8 @@ from hps.search.record import CHECKPOINT, DATA, RESUMED_FROM, WORKER, reason, st
 from hps.trainers.data import file_sha256
 from tests.browser import chromium
 from tests.conftest import MINI, REPO
-from tests.helpers import free_port
 from tests.docker import engine as E
+from tests.helpers import free_port
 from tests.search.conftest import SMALL
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("HPS_COMPOSE_TEST") != "1",
