@@ -11,7 +11,8 @@ What is kept off, and where it still is:
   (``/tmp/ray/session_latest/logs``), not on the driver's terminal (a trial's outcome and its
   reason are in the study);
 - tqdm's "IProgress not found" warning, raised when Optuna imports ``tqdm.auto`` in Jupyter
-  without ipywidgets (hps draws no tqdm bar).
+  without ipywidgets (hps draws no tqdm bar): filtered at ``import hps`` (``src/hps/__init__.py``),
+  which must not import ``hps.search`` (``import hps.trainers`` stays free of it).
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ STEP_REPORTED = "The reported value is ignored because this `step"  # `step=3` i
 def debug() -> bool:
     """``HPS_DEBUG=1``: show every library's own output."""
     return os.environ.get("HPS_DEBUG", "").strip() not in ("", "0")
-
-
-def quiet_import() -> None:
-    """At ``import hps``: before anything imports Optuna (and with it ``tqdm.auto``)."""
-    if not debug():
-        warnings.filterwarnings("ignore", message=TQDM_IPROGRESS)
 
 
 def quiet_optuna() -> None:

@@ -17,6 +17,8 @@ first use, so ``import hps`` imports neither torch nor Optuna.
 from __future__ import annotations
 
 import importlib
+import os
+import warnings
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,8 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
     __version__ = "0+unknown"
 
-importlib.import_module("hps.search.quiet").quiet_import()  # before anything imports Optuna (and tqdm)
+if os.environ.get("HPS_DEBUG", "").strip() in ("", "0"):  # before anything imports Optuna (and tqdm.auto): its
+    warnings.filterwarnings("ignore", message="IProgress not found")  # Jupyter warning (hps.search.quiet says more)
 
 _WHERE = {
     "load_space": "hps.search.space", "Space": "hps.search.space",

@@ -59,7 +59,7 @@ def test_shipped_spaces_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("HPS_DATA")  # classes from each space's own dataset
     space = load_space(path)
     assert space.name == path.stem  # a study is named after its file
-    if path.stem not in ("quickstart", "own_model"):  # own_model: the example of a user's own network
+    if path.stem not in ("quickstart", "own_model", "own_loop"):  # the examples of a user's own network and loop
         assert space.warm_start, "report spaces start from the report's hand-found config"
 
 
