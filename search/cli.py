@@ -344,12 +344,13 @@ def dashboard(storage: StorageOpt = None,
     Imports neither torch nor the trainer (the dashboard image has neither)."""
     import optuna_dashboard
 
-    from hps.search.storage import artifact_root, artifact_store, get_storage, redact, storage_url
+    from hps.search.storage import artifact_root, artifact_store, existing_storage, redact, storage_url
 
     art = artifact_root(artifacts)
     url = storage_url(storage)
+    store = existing_storage(url)  # it only shows studies: a missing file is one line, not a new database
     console.print(f"optuna-dashboard on {redact(url)} at http://{host}:{port}/ (artifacts: {art})", highlight=False)
-    optuna_dashboard.run_server(get_storage(url, heartbeat=False), host=host, port=port,
+    optuna_dashboard.run_server(store, host=host, port=port,
                                 artifact_store=artifact_store(art))
 
 

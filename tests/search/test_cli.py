@@ -197,7 +197,7 @@ def test_paths_a_command_cannot_use_fail_in_one_line(small_study: str, read_only
 
 
 READ_ONLY_COMMANDS = [["status"], ["status", "s"], ["status", "s", "--json"], ["export", "s", "-o", "{tmp}/b.yaml"],
-                      ["plot", "s", "-o", "{tmp}/plots"], ["delete", "s", "--yes"]]
+                      ["plot", "s", "-o", "{tmp}/plots"], ["delete", "s", "--yes"], ["dashboard"]]
 
 
 @pytest.mark.slow
