@@ -92,7 +92,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         ray: str | None = None, workers: int = 2, gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0,
         overrides: Mapping[str, Any] | None = None, progress: Progress = "auto", echo: Any = None,
         allow_change: bool = False, objective: Any = None, callbacks: Sequence[Any] = (),
-        log: Sequence[str] = ()) -> RunResult:
+        log: Sequence[str] = (), train: Any = None) -> RunResult:
     """Run (or resume) a study until it holds ``trials`` (default ``study.trials``) finished trials.
 
     ``space``: a :class:`Space`, a space file or a plain dict (``overrides`` then applies dotted
@@ -107,6 +107,8 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     picklable ``f(trial)``: benchmarks of the orchestration). ``callbacks``: objects with
     ``on_epoch(trial, epoch, metrics)`` and/or ``on_trial_end(trial, state, value)``
     (:mod:`hps.search.loggers`); ``log``: ``"tensorboard:DIR"`` / ``"mlflow:URI"`` (``--log``).
+    ``train``: your own training function (defined at the top level of a .py file, or
+    ``"path/file.py:fn"``), run instead of hps's loop as ``train.fn`` (:mod:`hps.trainers.custom`).
 
     Raises :class:`RunFailed` (its ``result`` attached) when trials kept failing, and the user
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
@@ -120,11 +122,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
 
     quiet_optuna()
     settings()  # every HPS_* setting checked before anything runs
-    if not isinstance(space, Space):
-        space = load_space(space, overrides=overrides)
-    elif overrides:
-        raise StudyError("overrides apply to a space file or dict; this space is already loaded "
-                         "(use hps.load_space(path, overrides=...))")
+    space = _load(space, overrides, train)
     space.callbacks = Callbacks([*callbacks, *(from_spec(spec) for spec in log)]).callbacks  # checked here, once
     if trials is not None and trials < 1:
         raise StudyError(f"trials: {trials} is not allowed; expected >= 1")
@@ -174,6 +172,21 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     if failed:
         raise RunFailed(f"study {space.name}: {failed}", result)
     return result
+
+
+def _load(space: Space | str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None, train: Any) -> Space:
+    """The space to run: loaded with ``overrides`` and ``train`` (as ``fixed.train.fn``) unless it is loaded already."""
+    if isinstance(space, Space):
+        if overrides or train is not None:
+            raise StudyError("overrides and train= apply to a space file or dict; this space is already loaded "
+                             "(use hps.load_space(path, overrides=...))")
+        return space
+    if train is not None:
+        from hps.search.space import parse_overrides
+        from hps.trainers.custom import reference_of
+
+        overrides = {**parse_overrides(overrides or {}), "fixed.train.fn": reference_of(train)}
+    return load_space(space, overrides=overrides)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -147,6 +148,23 @@ class Context:
             self.generator.set_state(saved["rng"]["generator"])
         self._mark = time.perf_counter()
         return dict(saved["user"])
+
+
+def reference_of(fn: Any) -> str:
+    """``/abs/path/file.py:name`` of a function defined at the top level of a Python file (what
+    ``train.fn`` holds; a string is taken as it is): workers, export and retrain find it there."""
+    if isinstance(fn, str):
+        return fn
+    name = getattr(fn, "__qualname__", "") or ""
+    try:
+        path = inspect.getsourcefile(fn) if callable(fn) else None
+    except TypeError:
+        path = None
+    if path is None or not name.isidentifier() or not Path(path).is_file():
+        raise ModelError(f"train={fn!r}: hps runs a training function by its file and name, so define it at the top "
+                         "level of a .py file (not in a notebook cell or inside another function), or pass "
+                         "'path/to/file.py:function'")
+    return f"{Path(path).resolve()}:{name}"
 
 
 def load_fn(cfg: TrainConfig) -> tuple[Callable[..., Any], str | None]:

@@ -139,3 +139,29 @@ def test_a_broken_function_fails_its_trials_in_one_line_and_the_run_exits_non_ze
     import re
 
     assert all(re.search(why, t.system_attrs["hps:why"]) and "\n" not in t.system_attrs["hps:why"] for t in failed)
+
+
+def test_hps_run_takes_the_function_itself(tmp_path: Path, calls: Path) -> None:
+    """``hps.run(space, train=fn)`` with a function of the user's file; one defined where hps cannot
+    find it again (inside another function, a notebook cell) is refused in one line."""
+    import importlib.util
+
+    (tmp_path / "mine.py").write_text(LOGGED)
+    spec = importlib.util.spec_from_file_location("mine", tmp_path / "mine.py")
+    assert spec is not None and spec.loader is not None
+    mine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mine)
+    raw = yaml.safe_load(_space(tmp_path, "as_object").read_text())
+    raw["base"]["train"].pop("fn")
+    raw["base"]["train"]["epochs"] = raw["budget"]["max_epochs"] = 1
+    raw["study"]["trials"] = 2
+    raw["space"] = {"optimizer.lr": {"low": 0.01, "high": 0.2, "log": True}, "train.args.smoothing": {"low": 0.0, "high": 0.2}}
+    result = hps.run(raw, f"sqlite:///{tmp_path / 'hps.db'}", progress="none", train=mine.fit)
+    assert result.counts.get("complete") == 2
+    assert {t.system_attrs["hps:config"]["train"]["fn"] for t in result.study.trials} == {f"{tmp_path / 'mine.py'}:fit"}
+
+    def local(ctx: Any) -> None:
+        pass
+
+    with pytest.raises(hps.ConfigError, match=r"define it at the top level of a \.py file"):
+        hps.run(raw, f"sqlite:///{tmp_path / 'hps.db'}", progress="none", train=local)
