@@ -457,3 +457,33 @@ def test_a_worker_on_another_node_is_seen_alive_through_its_actor(connected: str
     while actor_alive(actor_id, pid) and time.time() < deadline:
         time.sleep(0.2)
     assert not seen_alive(elsewhere)
+
+
+def test_ray_workers_run_the_pinned_training_function_after_the_file_changed(tmp_path: Path, connected: str,
+                                                                               study_name: str) -> None:
+    """A ``train.fn`` file ships with the space like a model file: workers run the version the study
+    started with while the file on disk holds another, and retrain runs it too."""
+    import hps
+    from tests.search.test_custom import LOOP
+
+    loop = tmp_path / "loop.py"
+    loop.write_text(LOOP)
+    base = {**copy.deepcopy(SMALL["base"]), "train": {**SMALL["base"]["train"], "epochs": 2, "fn": "loop.py:fit"}}
+    space = load_space(write_space(tmp_path, study_name, study__trials=2, warm_start=[], base=base,
+                                   budget={"max_params": 300_000, "max_epochs": 2},
+                                   space={"optimizer.lr": {"low": 0.02, "high": 0.2, "log": True},
+                                          "train.args.smoothing": {"low": 0.0, "high": 0.2}}))
+    loop.write_text(LOOP + "\nraise RuntimeError('a version the study did not start with')\n")
+    result = run(space, PG_URL, trials=2, ray=connected, workers=2, cpus_per_trial=1, progress="none")
+    assert result.failures == [] and result.counts.get("complete", 0) + result.counts.get("pruned", 0) >= 2
+    assert {t.system_attrs["hps:config"]["train"]["fn_sha256"] for t in result.study.trials} == {space.base.train.fn_sha256}
+    assert all(WORKER in t.system_attrs for t in result.study.trials)
+    out = tmp_path / "best.yaml"
+    hps.export(result, out)
+    refused = subprocess.run([sys.executable, "-m", "hps.trainers", str(out), "--out", str(tmp_path / "r")],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2 and "the training code changed since this config was made" in refused.stderr
+    loop.write_text(LOOP)
+    alone = subprocess.run([sys.executable, "-m", "hps.trainers", str(out), "--out", str(tmp_path / "r")],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
