@@ -90,6 +90,10 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
     from optuna.artifacts import download_artifact, upload_artifact
 
     trial = best_trial(study, number)
+    for target in (out, out.with_suffix(".pt")):  # written beside, then swapped in: only over a regular file
+        if target.exists() and not target.is_file():
+            kind = "a folder" if target.is_dir() else "not a regular file"
+            raise StudyError(f"-o {out}: {target} is {kind}; name a file to write the export to")
     prov = provenance(study, trial, storage)
     store = artifact_store(artifact_dir) if artifact_dir is not None else None
     weights, path = trial_info(trial, WEIGHTS), out.with_suffix(".pt")
@@ -147,6 +151,10 @@ class Exported:
     @property
     def values(self) -> list[float]:
         return list(self.trial.values)
+
+    @property
+    def value(self) -> float:
+        return float(self.trial.values[0])
 
     @property
     def params(self) -> dict[str, Any]:

@@ -72,12 +72,12 @@ class RunResult:
                 else "; no complete trial meets the budget yet")
         return f"study {self.study.study_name}: {self.finished}/{self.target} finished{_under(self.earlier)} ({states}){best}"
 
+    def __repr__(self) -> str:  # one line in a notebook or a REPL (the dataclass's would print every trial)
+        return f"<RunResult {self}>"
+
 
 def _under(earlier: int) -> str:
     return f" under this definition ({earlier} under earlier ones)" if earlier else ""
-
-    def __repr__(self) -> str:  # one line in a notebook or a REPL (the dataclass's would print every trial)
-        return f"<RunResult {self}>"
 
 
 def summarise(study: optuna.Study, url: str, target: int) -> RunResult:

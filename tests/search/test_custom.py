@@ -33,13 +33,13 @@ LOGGED = LOOP.replace("    model, lr_max = ctx.model, ctx.config.optimizer.lr\n"
                       "        ctx.report = _killing(ctx.report, ctx)\n") + '''
 
 def _killing(report, ctx):
-    """SIGKILL this process as epoch 3 is reported, after epoch 2's checkpoint (once: a marker file says so)."""
+    """SIGKILL this process as epoch 2 is reported, after epoch 1's checkpoint (once: a marker file says so)."""
     import os
     import signal
 
     def wrapped(epoch, value, **metrics):
         report(epoch, value, **metrics)
-        if epoch == 3:
+        if epoch == 2:
             open(os.environ["KILL_AT"], "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
     return wrapped
@@ -48,12 +48,12 @@ def _killing(report, ctx):
 
 def _space(tmp_path: Path, name: str, **over: Any) -> Path:
     (tmp_path / "loop.py").write_text(LOGGED)
-    base = {**SMALL["base"], "train": {**SMALL["base"]["train"], "epochs": 4, "fn": "loop.py:fit", "args": {"ema_decay": 0.9}}}
-    spec = {"study": {"name": name, "trials": 6, "seed": 0, "sampler": {"name": "random"},
+    base = {**SMALL["base"], "train": {**SMALL["base"]["train"], "epochs": 3, "fn": "loop.py:fit", "args": {"ema_decay": 0.9}}}
+    spec = {"study": {"name": name, "trials": 5, "seed": 0, "sampler": {"name": "random"},
                       "pruner": {"name": "median", "args": {"n_startup_trials": 2}}},
             "base": base, "space": {"model.width": {"low": 0.125, "high": 0.5}, "optimizer.lr": {"low": 1e-3, "high": 0.2, "log": True},
                                     "train.args.smoothing": {"low": 0.0, "high": 0.2}},
-            "budget": {"max_params": 150_000, "max_epochs": 4}, **over}
+            "budget": {"max_params": 150_000, "max_epochs": 3}, **over}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -70,7 +70,9 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.slow
 def test_a_study_of_an_own_loop_keeps_the_budget_the_pruner_and_the_tools(tmp_path: Path, calls: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hps.db'}"
-    result = hps.run(hps.load_space(_space(tmp_path, "own_loop")), url, progress="none")
+    warm = [{"model.width": 0.5, "optimizer.lr": 0.05, "train.args.smoothing": 0.1},  # over the budget
+            {"model.width": 0.2, "optimizer.lr": 0.05, "train.args.smoothing": 0.1}]  # within it
+    result = hps.run(hps.load_space(_space(tmp_path, "own_loop", warm_start=warm)), url, progress="none")
     done = result.study.trials
     over = [t for t in done if t.user_attrs["params"] > 150_000]
     assert over and all(t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "over:max_params" for t in over)
@@ -78,9 +80,9 @@ def test_a_study_of_an_own_loop_keeps_the_budget_the_pruner_and_the_tools(tmp_pa
     assert len(called) == len(done) - len(over)  # the function ran for the configs that fit, never for the others
     assert all(t.params["model.width"] in called for t in done if t not in over)
     pruned = [t for t in done if t.state == TrialState.PRUNED and t not in over]
-    assert all(t.user_attrs["prune_reason"] == "pruner:median" and len(t.intermediate_values) < 4 for t in pruned)
+    assert all(t.user_attrs["prune_reason"] == "pruner:median" and len(t.intermediate_values) < 3 for t in pruned)
     best = result.best_trial
-    assert best is not None and best.intermediate_values[4] == best.value  # the value is the last reported one
+    assert best is not None and best.intermediate_values[3] == best.value  # the value is the last reported one
     assert {"hps:config"} <= set(best.system_attrs) and best.system_attrs["hps:config"]["train"]["fn_sha256"]
 
     out = tmp_path / "best.yaml"
@@ -99,7 +101,7 @@ def test_a_study_of_an_own_loop_keeps_the_budget_the_pruner_and_the_tools(tmp_pa
 
 @pytest.mark.slow
 def test_a_killed_trial_of_an_own_loop_resumes_from_its_checkpoint_exactly(tmp_path: Path, calls: Path) -> None:
-    """SIGKILL inside the function as epoch 3 is reported; the rerun's retry resumes from epoch 2's
+    """SIGKILL inside the function as epoch 2 is reported; the rerun's retry resumes from epoch 1's
     checkpoint and ends with the value an uninterrupted run of the same params gets."""
     space = _space(tmp_path, "killed", study={"name": "killed", "trials": 1, "seed": 0, "sampler": {"name": "random"},
                                                "pruner": {"name": "none"}},
@@ -113,7 +115,7 @@ def test_a_killed_trial_of_an_own_loop_resumes_from_its_checkpoint_exactly(tmp_p
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="killed", storage=url)
     retry = next(t for t in study.trials if t.state == TrialState.COMPLETE)
-    assert retry.system_attrs[RESUMED_FROM]["epoch"] == 2
+    assert retry.system_attrs[RESUMED_FROM]["epoch"] == 1
     whole = hps.train(retry.system_attrs["hps:config"])  # the same params, never killed
     assert retry.value == pytest.approx(whole.history[-1]["value"], abs=1e-6)
 
