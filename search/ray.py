@@ -184,8 +184,3 @@ class RayExecutor:
                 ray.wait(list(pending), num_returns=len(pending), timeout=30)
         if errors and len(errors) == len(actors):
             raise RunFailed(f"every Ray worker failed; first error: {errors[0]}")
-
-    @staticmethod
-    def shutdown() -> None:
-        if ray.is_initialized():
-            ray.shutdown()

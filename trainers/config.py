@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,7 +38,6 @@ from hps.trainers.validation import (
     OptText,
     Strict,
     Text,
-    allowed_text,
     error_line,
     one_of,
     show,
@@ -476,9 +475,3 @@ def check_value(key: str, value: Any, source: str = "<value>") -> Any:
         raise ConfigError(error_line(source, e, cls, prefix=section, raw={name: value})) from None
 
 
-def describe_keys() -> Iterable[tuple[str, str, str, str]]:
-    """(key, type, default, allowed) for every key: used by docs and ``hps models``."""
-    for s in SECTIONS:
-        for name, info in _section(s).model_fields.items():
-            default = info.get_default(call_default_factory=True)
-            yield f"{s}.{name}", key_type(f"{s}.{name}"), show(default), allowed_text(info)

@@ -47,7 +47,6 @@ from hps.trainers.folder import cache_dir, decoded, folder_hash
 
 CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @dataclass

@@ -34,7 +34,6 @@ from hps.trainers.config import CHANNEL_DIVISORS
 from hps.trainers.errors import ModelError
 
 ModelFn = Callable[..., nn.Module]
-KNOBS = ("num_classes", "in_channels", "image_size", "width", "depth", "dropout")
 ENTRY_POINTS = "hps.models"
 _REFERENCE = re.compile(r"^(?P<where>.+?):(?P<fn>[A-Za-z_]\w*)$")
 
@@ -85,10 +84,6 @@ def is_reference(name: str) -> bool:
 # sha256 -> a copy of a model file's source (Ray ships a space's model files with it; a worker
 # whose disk lacks the file, or holds another version, builds from the copy)
 _COPIES: dict[str, str] = {}
-
-
-def add_source_copy(sha256: str, path: str) -> None:
-    _COPIES[sha256] = path
 
 
 def install_sources(sources: Mapping[str, tuple[str, str]]) -> None:
