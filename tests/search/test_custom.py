@@ -143,6 +143,7 @@ def test_a_broken_function_fails_its_trials_in_one_line_and_the_run_exits_non_ze
     assert all(re.search(why, t.system_attrs["hps:why"]) and "\n" not in t.system_attrs["hps:why"] for t in failed)
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_hps_run_takes_the_function_itself(tmp_path: Path, calls: Path) -> None:
     """``hps.run(space, train=fn)`` with a function of the user's file; one defined where hps cannot
     find it again (inside another function, a notebook cell) is refused in one line."""

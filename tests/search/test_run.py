@@ -47,6 +47,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
     return seen
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_a_short_real_study(tmp_path: Path, storage_url: str, study_name: str, spy: list[TrainConfig]) -> None:
     space = load_space(write_space(tmp_path, study_name))
     run(space, storage_url, trials=5, progress="none")
@@ -180,6 +181,7 @@ def test_budget_limits_during_training(tmp_path: Path, study_name: str) -> None:
     assert reason(t).startswith("ran ") and "> max_trial_seconds 0.01 at epoch 1" in reason(t)
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_divergence_and_invalid_configs_are_pruned_with_reasons(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     path = write_space(tmp_path, study_name,
@@ -195,6 +197,7 @@ def test_divergence_and_invalid_configs_are_pruned_with_reasons(tmp_path: Path, 
     assert "invalid config" in reason(invalid) and "schedule.milestones: [] is not allowed" in reason(invalid)
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_study_compute_budget_stops_new_trials(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     path = write_space(tmp_path, study_name, budget={"max_params": 300_000, "max_device_hours": 0.0001},
@@ -288,6 +291,7 @@ def test_reopening_a_study_keeps_warm_starts_single(tmp_path: Path, study_name: 
     assert len(waiting) == 3
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_val_loss_objective_minimizes_val_loss(tmp_path: Path, study_name: str) -> None:
     """objectives: [val_loss] scores trials on val_loss and minimizes it (it used to maximize val_acc)."""
     url = f"sqlite:///{tmp_path / 'l.db'}"

@@ -51,6 +51,7 @@ def test_report_exception_stops_training() -> None:
     assert calls == [1]
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_divergence_is_a_clear_error() -> None:
     cfg = config_from_dict(tiny_config(model={"name": "rescnn"}, data={"subset": 600}, optimizer={"lr": 10.0, "momentum": 0.99},
                                        train={"epochs": 3}))
@@ -90,6 +91,7 @@ def test_retrain_cli_writes_config_metrics_and_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_retrain_writes_weights_at_the_exports_storage_dtype(tmp_path: Path, dtype: str) -> None:
     from hps.trainers import retrain, saved_bytes, state_dict_at
     from hps.trainers.loop import score
@@ -249,6 +251,7 @@ def test_the_model_trains_and_evaluates_at_data_image_size() -> None:
     assert result.config.data.image_size == 64  # the result records the size it trained at
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_a_finetune_stage_trains_at_its_lr_and_alpha(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last ``finetune_epochs`` train at the fine-tuning lr and mix with its alpha (the trainer's
     own mix is recorded as it is called)."""
