@@ -3,6 +3,9 @@
     python bench/curves.py record --out out/curves.jsonl [--configs 200 --epochs 12 --seeds 0 1 --procs 1]
     python bench/curves.py summary out/curves.jsonl
 
+The table recorded so far on this CPU (the mini set, 12 epochs, seeds 0 and 1) is
+``bench/curves/cpu-mini.jsonl``: pass it as ``--out`` to go on where it stopped.
+
 ``record`` draws configs at random from one space in the spirit of the shipped ones (airnet at
 small widths under a params budget: width, lr, weight decay, schedule, dropout, label smoothing,
 augmentation strength), the i-th config always the same (a seeded random sampler asked i times),
