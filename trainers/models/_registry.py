@@ -110,7 +110,9 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name") -> ModuleType:
+def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name") -> tuple[ModuleType, Path]:
+    """The module of a user's file (one per content: the same code loaded once) and the file it
+    was read from here: its source for pinning, which another copy of the same code must not stand in for."""
     here = path if path.is_file() else None
     if sha256 is not None and (here is None or file_sha256(here) != sha256):
         copy = _COPIES.get(sha256)
@@ -126,7 +128,7 @@ def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name
     digest = file_sha256(here)
     module_name = f"hps_user_model_{digest[:16]}"
     if module_name in sys.modules:
-        return sys.modules[module_name]
+        return sys.modules[module_name], here
     spec = importlib.util.spec_from_file_location(module_name, here)
     if spec is None or spec.loader is None:
         raise ModelError(f"{key} {name!r}: {here}: not a Python file")
@@ -137,7 +139,7 @@ def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name
     except Exception as e:
         del sys.modules[module_name]
         raise ModelError(f"{key} {name!r}: importing {here} failed: {_cause(e)}") from None
-    return module
+    return module, here
 
 
 def _cause(e: BaseException) -> str:
@@ -174,8 +176,10 @@ def load_reference(name: str, sha256: str | None = None, key: str = "model.name"
     if m is None:
         raise ModelError(f"{key} {name!r} is not allowed; expected package.module:function or path/to/file.py:function")
     where, fn_name = m.group("where"), m.group("fn")
+    source: str | None = None
     if where.endswith(".py"):
-        module = _load_file(Path(where).expanduser(), sha256, name, key)
+        module, here = _load_file(Path(where).expanduser(), sha256, name, key)
+        source = str(here)
     else:
         try:
             module = importlib.import_module(where)
@@ -185,7 +189,7 @@ def load_reference(name: str, sha256: str | None = None, key: str = "model.name"
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))[:8]
         raise ModelError(f"{key} {name!r}: {getattr(module, '__file__', where)} has no {fn_name!r}; "
                          f"callables there: {', '.join(found) or 'none'}")
-    return getattr(module, fn_name), getattr(module, "__file__", None)
+    return getattr(module, fn_name), source or getattr(module, "__file__", None)
 
 
 def _callable(fn: Any, name: str) -> ModelFn:
