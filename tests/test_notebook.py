@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,26 @@ from tests.search.conftest import SMALL
 pytestmark = pytest.mark.slow
 
 
-def _collect(kc: Any, msg_id: str, seconds: float, until: Any = None) -> tuple[str, list[dict[str, Any]]]:
-    """Stream text and errors of one execution, until the kernel is idle again (or ``until()``)."""
-    text, errors, deadline = "", [], time.time() + seconds
+def _iopub(kc: Any, msg_id: str, seconds: float) -> Iterator[dict[str, Any] | None]:
+    """The iopub messages of one execution for ``seconds`` (None while none arrives)."""
+    deadline = time.time() + seconds
     while time.time() < deadline:
-        if until is not None and until():
-            return text, errors
         try:
             msg = kc.get_iopub_msg(timeout=0.2)
         except queue.Empty:
+            yield None
             continue
-        if msg["parent_header"].get("msg_id") != msg_id:
+        if msg["parent_header"].get("msg_id") == msg_id:
+            yield msg
+
+
+def _collect(kc: Any, msg_id: str, seconds: float, until: Any = None) -> tuple[str, list[dict[str, Any]]]:
+    """Stream text and errors of one execution, until the kernel is idle again (or ``until()``)."""
+    text, errors = "", []
+    for msg in _iopub(kc, msg_id, seconds):
+        if until is not None and until():
+            return text, errors
+        if msg is None:
             continue
         kind, content = msg["msg_type"], msg["content"]
         if kind == "stream":
@@ -92,13 +102,9 @@ def test_a_run_in_a_notebook_shows_lines_and_stops_cleanly_on_interrupt(tmp_path
 
 def _messages(kc: Any, msg_id: str, seconds: float) -> list[dict[str, Any]]:
     """Every iopub message of one execution, until the kernel is idle again."""
-    out, deadline = [], time.time() + seconds
-    while time.time() < deadline:
-        try:
-            msg = kc.get_iopub_msg(timeout=0.2)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
+    out = []
+    for msg in _iopub(kc, msg_id, seconds):
+        if msg is None:
             continue
         out.append(msg)
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
