@@ -16,8 +16,8 @@ attrs, the dashboard's sortable columns, hold short scalars only: ``params``, ``
 (training wall time; the study's compute budget sums it) and the reasons. System attrs hold the
 full trainer config (``hps:config``, data path and sha256 included), the data's identity
 (``hps:data``), every measured figure (``hps:budget``), how far over its tightest limit the config
-is (``hps:budget_excess``, a fraction: <= 0 fits), the last epoch's figures for the live view
-(``hps:live``) and the worker (``hps:worker``). The trial's dashboard note is its budget: each
+is (``hps:budget_excess``, a fraction: <= 0 fits), every epoch's figures (the live view reads the last)
+(``hps:history``) and the worker (``hps:worker``). The trial's dashboard note is its budget: each
 limit beside the measured figure.
 """
 
@@ -46,7 +46,6 @@ from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
     HISTORY,
-    LIVE,
     PROBLEM,
     PRUNE_REASON,
     STORAGE_DTYPE,
@@ -236,7 +235,6 @@ class _Progress:
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
         check_stop()  # a signal whose exception a gc callback swallowed
         value = _value(metrics, self.metric)
-        set_trial_info(self.trial, LIVE, {"epoch": epoch, "images_per_s": round(metrics.get("images_per_s", 0.0), 1)})
         self.history.append({k: round(float(v), 6) for k, v in metrics.items()})
         set_trial_info(self.trial, HISTORY, self.history)  # every figure of every epoch (the dashboard shows the curve)
         self.callbacks.epoch(self.trial, epoch, metrics)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import CONFIG, FINISHED, LIVE, finished_by_definition, reason, shown_params, sign, trial_info
+from hps.search.record import CONFIG, FINISHED, HISTORY, finished_by_definition, reason, shown_params, sign, trial_info
 
 MODES = ("auto", "live", "lines", "none")
 
@@ -34,7 +34,8 @@ def running_rows(trials: list[FrozenTrial]) -> list[tuple[int, int | None, float
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        live = trial_info(t, LIVE) or {}
+        history = trial_info(t, HISTORY) or []
+        live = history[-1] if history else {}  # the last epoch's figures
         epoch = max(t.intermediate_values) if t.intermediate_values else live.get("epoch")
         value = t.intermediate_values.get(epoch) if epoch is not None else None
         rows.append((t.number, epoch, value, live.get("images_per_s")))
