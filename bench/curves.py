@@ -33,14 +33,14 @@ SPACE: dict[str, Any] = {
     "base": {"model": {"name": "airnet", "width": 0.25}, "data": {"val_fraction": 0.2},
              "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
              "train": {"epochs": 12, "batch_size": 128, "device": "cpu", "precision": "fp32"}},
-    "space": {"model.width": {"low": 0.125, "high": 0.5},
+    "space": {"model.width": {"low": 0.125, "high": 0.35},
               "optimizer.lr": {"low": 0.005, "high": 0.5, "log": True},
               "optimizer.weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
               "schedule.name": {"choices": ["cosine", "onecycle"]},
               "model.dropout": {"low": 0.0, "high": 0.3},
               "train.label_smoothing": {"low": 0.0, "high": 0.2},
               "augment.strength": {"low": 0.0, "high": 1.0}},
-    "budget": {"max_params": 300_000},  # cuts the upper widths: some draws are infeasible
+    "budget": {"max_params": 150_000},  # cuts the upper widths: about a fifth of the draws are infeasible
 }
 
 
