@@ -203,7 +203,15 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
     """A table of studies, or of one study's trials with budget figures and prune/fail reasons."""
     from hps.search import tables
     from hps.search.api import open_study, studies
-    from hps.search.record import current, finished_by_definition, stop_reasons, study_attrs
+    from hps.search.record import (
+        best_feasible,
+        best_note,
+        current,
+        finished_by_definition,
+        runs_of,
+        stop_reasons,
+        study_attrs,
+    )
 
     _quiet()
     if study is None:
@@ -224,6 +232,8 @@ def status(study: Annotated[str | None, typer.Argument(help="study name; omit to
         return
     console.print(tables.trials_table(study, trials, now))
     console.print(tables.VALUE_NOTE, style="dim")
+    if runs_of(st) and (best := best_feasible(st)) is not None:
+        console.print(f"rechecked: export picks trial {best.number}, {best_note(st, best)}", highlight=False)
     if not all(now):
         cur, earlier = finished_by_definition(st, trials)
         console.print(f"{cur} finished under this definition ({earlier} under earlier ones: hps run --allow-change); "

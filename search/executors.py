@@ -28,6 +28,7 @@ from hps.search.record import (
     FAIL_REASON,
     FAILED,
     FINISHED,
+    RECHECK_OF,
     WORKER,
     current,
     reason,
@@ -54,7 +55,8 @@ class Executor(Protocol):
 
 class Target:
     """Stops a worker once the study's finished (COMPLETE or PRUNED) trials of its current
-    definition (``--allow-change`` gives a new one ``target`` trials of its own) and the trials
+    definition (``--allow-change`` gives a new one ``target`` trials of its own; rechecks do not
+    count) and the trials
     other workers are running reach ``target``, and no trial is WAITING (a queued trial, a warm
     start or the retry of a trial whose worker died, is owed work). Workers and processes sharing a
     study stop together at the target instead of each finishing one more: a running trial counts
@@ -69,6 +71,7 @@ class Target:
         if any(t.state == TrialState.WAITING for t in trials):
             return False
         same = current(study)
+        trials = [t for t in trials if RECHECK_OF not in t.system_attrs]  # the target counts search trials
         finished = sum(t.state in FINISHED and same(t) for t in trials)
         running = [t for t in trials if t.state == TrialState.RUNNING and trial_info(t, WORKER)  # (a worker records
                    and not same_process(trial_info(t, WORKER))                                  # itself at once)

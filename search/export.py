@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import statistics
 import subprocess
 import warnings
 from importlib import metadata
@@ -25,11 +26,15 @@ from hps.search.record import (
     CONFIG,
     DATA,
     DEVICE_SECONDS,
+    RECHECK_OF,
     SPACE,
     STORAGE_DTYPE,
     WEIGHTS,
     best_feasible,
     named_constraints,
+    runs_of,
+    search_trials,
+    sign,
     stored_figures,
     study_attrs,
     trial_info,
@@ -77,9 +82,30 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[st
         "data": trial_info(trial, DATA), "storage_dtype": trial_info(trial, STORAGE_DTYPE, "fp32"),
         "best_epoch": {"value": trial.user_attrs.get(BEST_VALUE), "epoch": trial.user_attrs.get(BEST_EPOCH)},
         "device_seconds": trial.user_attrs.get(DEVICE_SECONDS), "storage": redact(storage),
+        **_recheck(study, trial),
         "versions": versions, "git_commit": _git_commit(),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _recheck(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """For a rechecked trial: its runs' values and mean, and the search's single best it was chosen over."""
+    runs = runs_of(study).get(trial.number, [])
+    if len(runs) < 2:
+        return {}
+    single = max(search_trials(study), key=lambda t: sign(study) * t.values[0])
+    return {"recheck": {"values": runs, "mean": statistics.mean(runs), "search_best": {
+        "trial": single.number, "value": single.values[0]}}}
+
+
+def _weights_of(study: optuna.Study, trial: FrozenTrial) -> tuple[str | None, int]:
+    """The trial's kept weights, else a recheck's (the same config, another seed), and whose they are."""
+    if weights := trial_info(trial, WEIGHTS):
+        return weights, trial.number
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.system_attrs.get(RECHECK_OF) == trial.number and trial_info(t, WEIGHTS):
+            return trial_info(t, WEIGHTS), t.number
+    return None, trial.number
 
 
 def export(study: optuna.Study, out: Path, storage: str, *, number: int | None = None,
@@ -96,7 +122,7 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
             raise StudyError(f"-o {out}: {target} is {kind}; name a file to write the export to")
     prov = provenance(study, trial, storage)
     store = artifact_store(artifact_dir) if artifact_dir is not None else None
-    weights, path = trial_info(trial, WEIGHTS), out.with_suffix(".pt")
+    (weights, source), path = _weights_of(study, trial), out.with_suffix(".pt")
     written: dict[Path, Path] = {}  # final path -> its new version, written beside it
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +132,8 @@ def export(study: optuna.Study, out: Path, storage: str, *, number: int | None =
             try:
                 download_artifact(artifact_store=store, file_path=str(part), artifact_id=weights)
                 written[path] = part
-                prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": part.stat().st_size}
+                prov["weights"] = {"file": path.name, "dtype": prov["storage_dtype"], "bytes": part.stat().st_size,
+                                   **({"from_recheck": source} if source != trial.number else {})}
             except Exception as e:
                 if isinstance(e, OSError):  # writing here failed
                     raise

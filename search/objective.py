@@ -35,6 +35,7 @@ from hps.search.budget import Check, EpochLimits, OverBudget, check, columns, no
 from hps.search.checkpoints import TrialCheckpoint, keep_if_best
 from hps.search.errors import StudyError, check_stop
 from hps.search.loggers import Callbacks
+from hps.search.optuna_compat import trial_system_attrs
 from hps.search.record import (
     BEST_EPOCH,
     BEST_VALUE,
@@ -48,6 +49,7 @@ from hps.search.record import (
     HISTORY,
     PROBLEM,
     PRUNE_REASON,
+    RECHECK_OF,
     STORAGE_DTYPE,
     set_reason,
     set_trial_info,
@@ -149,6 +151,9 @@ class Objective:
             except ConfigError as base_error:
                 raise StudyError(f"this worker cannot read the space's base config: {base_error}") from None
             return self._prune(trial, "invalid_config", f"invalid config: {e}")
+        if (origin := trial_system_attrs(trial).get(RECHECK_OF)) is not None:  # the same config, another seed
+            cfg = with_overrides(cfg, {"train.seed": cfg.train.seed + 1}, f"recheck of trial {origin}")
+            trial.set_user_attr("recheck_of", origin)  # a dashboard column
         cfg = pin_model(pin_data(cfg))
         _check_gpu(cfg.train.device, self.worker)
         set_trial_info(trial, CONFIG, config_to_dict(cfg))
@@ -227,6 +232,7 @@ class _Progress:
         self.history: list[dict[str, float]] = []
         self.metric, self.sign = space.metric, (1 if space.directions[0] == "maximize" else -1)
         self.best: dict[str, float] = {}
+        self.recheck = RECHECK_OF in trial_system_attrs(trial)
 
     def _seen(self, value: float, epoch: float) -> None:
         if not self.best or self.sign * value > self.sign * self.best["value"]:
@@ -243,7 +249,7 @@ class _Progress:
         if single:
             self.trial.report(value, epoch)
         self.limits.check(epoch)
-        if single and self.trial.should_prune():
+        if single and not self.recheck and self.trial.should_prune():  # a recheck runs to the end
             raise optuna.TrialPruned(f"pruned by {self.space.spec.study.pruner.name} at epoch {epoch} "
                                      f"({self.metric} {value:.4f})")
 

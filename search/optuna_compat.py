@@ -35,6 +35,11 @@ def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
     return study._storage.get_study_system_attrs(study._study_id)
 
 
+def trial_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """A running trial's system attrs (Optuna 5's ``Trial`` has no ``system_attrs``)."""
+    return trial.storage.get_trial_system_attrs(trial._trial_id)
+
+
 def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     study._storage.set_study_system_attr(study._study_id, key, value)
 

@@ -12,6 +12,7 @@ Two kinds of attribute, chosen for what the stock optuna-dashboard and ``optuna`
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ FITTED_WIDTH, BUDGET_EXCESS, CHECKPOINT_SECONDS = "hps:fitted_width", "hps:budge
 CONSTRAINTS_LIST = "constraints"  # the list form optuna-dashboard 0.21 reads (see README: Dashboard)
 ARTIFACT_PREFIX = "artifacts:"  # Optuna's system attr for an uploaded artifact's meta
 RETRY_OF, RETRY_HISTORY = "failed_trial", "retry_history"  # Optuna's names: the trial a retry retries; the chain
+RECHECK_OF = "hps:recheck_of"  # a recheck: the search trial it trains again with another seed (``study.recheck``)
 
 # study system attrs
 SPACE = "hps:space"  # the space the study was run with (overrides applied)
@@ -128,25 +130,78 @@ def current(study: optuna.Study) -> Callable[[FrozenTrial], bool]:
 
 
 def finished_by_definition(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> tuple[int, int]:
-    """Finished (COMPLETE or PRUNED) trials: (under the current definition, under earlier ones)."""
+    """Finished (COMPLETE or PRUNED) search trials (rechecks do not count): (under the current
+    definition, under earlier ones)."""
     same = current(study)
-    done = [same(t) for t in (study.get_trials(deepcopy=False) if trials is None else trials) if t.state in FINISHED]
+    done = [same(t) for t in (study.get_trials(deepcopy=False) if trials is None else trials)
+            if t.state in FINISHED and RECHECK_OF not in t.system_attrs]
     return sum(done), len(done) - sum(done)
 
 
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial that meets the budget, among the trials of the study's current
-    definition (multi-objective: the Pareto trial with the best first objective), or None."""
-    same = current(study)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t) and trial_info(t, CONFIG) is not None and same(t)]
+    """The best COMPLETE trial that meets the budget, among the search trials of the study's
+    current definition (multi-objective: the Pareto trial with the best first objective). Once some
+    are rechecked (``study.recheck``), the best rechecked one by its mean over its runs
+    (:func:`runs_of`): one lucky run no longer decides."""
+    done = search_trials(study)
     if not done:
         return None
     if len(study.directions) > 1:
         pareto = {t.number for t in study.best_trials}
         done = [t for t in done if t.number in pareto] or done
     s = sign(study)
+    runs = runs_of(study)
+    if any(len(r) > 1 for r in runs.values()):
+        return max((t for t in done if len(runs.get(t.number, [])) > 1),
+                   key=lambda t: (s * statistics.mean(runs[t.number]), -t.number))
     return max(done, key=lambda t: (s * t.values[0], -t.number))
+
+
+def search_trials(study: optuna.Study) -> list[FrozenTrial]:
+    same = current(study)
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t) and trial_info(t, CONFIG) is not None and same(t) and RECHECK_OF not in t.system_attrs]
+
+
+def runs_of(study: optuna.Study) -> dict[int, list[float]]:
+    """Each rechecked search trial's values: its own first, then its rechecks' (COMPLETE ones)."""
+    same = current(study)
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    runs: dict[int, list[float]] = {}
+    for t in trials:
+        origin = by_number.get(t.system_attrs.get(RECHECK_OF, -1))
+        if origin is not None and t.state == TrialState.COMPLETE and same(t) and origin.state == TrialState.COMPLETE:
+            runs.setdefault(origin.number, [origin.values[0]]).append(t.values[0])
+    return runs
+
+
+def rechecks_due(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The best ``k`` search trials (distinct params) with no recheck yet, finished or queued."""
+    taken = {t.system_attrs[RECHECK_OF] for t in study.get_trials(deepcopy=False)
+             if RECHECK_OF in t.system_attrs and t.state != TrialState.FAIL}
+    s, top, seen = sign(study), [], set()
+    for t in sorted(search_trials(study), key=lambda t: (-s * t.values[0], t.number)):
+        key = repr(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            top.append(t)
+    return [t for t in top[:k] if t.number not in taken]
+
+
+def best_note(study: optuna.Study, t: FrozenTrial) -> str:
+    """``value 0.6012``, or for a rechecked trial ``mean 0.6012 of 2 runs (0.6100, 0.5924)``."""
+    runs = runs_of(study).get(t.number, [])
+    if len(runs) < 2:
+        return f"value {t.values[0]:.4f}"
+    return f"mean {statistics.mean(runs):.4f} of {len(runs)} runs ({', '.join(f'{v:.4f}' for v in runs)})"
+
+
+def recheck_count(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> int:
+    """Finished rechecks of the study's current definition (the search's target does not count them)."""
+    same = current(study)
+    return sum(RECHECK_OF in t.system_attrs and t.state in FINISHED and same(t)
+               for t in (study.get_trials(deepcopy=False) if trials is None else trials))
 
 
 def stored_figures(t: FrozenTrial) -> dict[str, float]:

@@ -25,17 +25,21 @@ from hps.search.loggers import Callbacks, from_spec
 from hps.search.quiet import quiet_optuna
 from hps.search.record import (
     FAILED,
+    RECHECK_OF,
     best_feasible,
+    best_note,
     counts,
     finished_by_definition,
     reason,
+    recheck_count,
+    rechecks_due,
     stop_reasons,
     study_attrs,
 )
 from hps.search.settings import settings
 from hps.search.space import Space, load_space
 from hps.search.storage import artifact_store, dispose, get_storage, redact, storage_url
-from hps.search.study import begin_run, open_study
+from hps.search.study import begin_run, open_study, queue_trial
 
 Progress = str  # "auto", "live" (a terminal panel), "lines" (a line per finished trial: notebooks, logs), "none"
 
@@ -53,11 +57,12 @@ class RunResult:
     stopped: list[str]  # why the run stopped early (trials kept failing, compute budget spent)
     best_trial: FrozenTrial | None
     earlier: int = 0  # finished trials of earlier definitions (--allow-change): they count for no target
+    rechecks: int = 0  # finished rechecks (``study.recheck``): they count for no target either
 
     @property
     def finished(self) -> int:
-        """Finished (COMPLETE or PRUNED) trials of the study's current definition: what ``target`` counts."""
-        return self.counts.get("complete", 0) + self.counts.get("pruned", 0) - self.earlier
+        """Finished (COMPLETE or PRUNED) search trials of the study's current definition: what ``target`` counts."""
+        return self.counts.get("complete", 0) + self.counts.get("pruned", 0) - self.earlier - self.rechecks
 
     def dataframe(self) -> Any:
         """One row per trial (a ``pandas.DataFrame``): state, value, params, the fitted width, budget
@@ -68,9 +73,11 @@ class RunResult:
 
     def __str__(self) -> str:
         states = ", ".join(f"{v} {k}" for k, v in self.counts.items()) or "no trials"
-        best = (f"; best: trial {self.best_trial.number} value {self.best_trial.values[0]:.4f}" if self.best_trial
+        best = (f"; best: trial {self.best_trial.number} {best_note(self.study, self.best_trial)}" if self.best_trial
                 else "; no complete trial meets the budget yet")
-        return f"study {self.study.study_name}: {self.finished}/{self.target} finished{_under(self.earlier)} ({states}){best}"
+        rechecks = f" + {self.rechecks} rechecks" if self.rechecks else ""
+        return (f"study {self.study.study_name}: {self.finished}/{self.target} finished{rechecks}{_under(self.earlier)} "
+                f"({states}){best}")
 
     def __repr__(self) -> str:  # one line in a notebook or a REPL (the dataclass's would print every trial)
         return f"<RunResult {self}>"
@@ -85,7 +92,7 @@ def summarise(study: optuna.Study, url: str, target: int) -> RunResult:
     failures = [f"trial {t.number}: {reason(t) or 'no reason stored'}" for t in trials
                 if t.state == TrialState.FAIL]
     return RunResult(study, redact(url), target, counts(trials), failures, stop_reasons(study_attrs(study)),
-                     best_feasible(study), finished_by_definition(study, trials)[1])
+                     best_feasible(study), finished_by_definition(study, trials)[1], recheck_count(study, trials))
 
 
 def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = None, *, trials: int | None = None,
@@ -155,6 +162,8 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
             connect()  # Ray, before our SIGTERM handler: ray.init installs its own
         with view(progress, study, target, out), _signals_as_interrupt():
             executor.run(space, study, url, target, objective, run_id)
+            if _queue_rechecks(space, study, target, out) and objective is None:
+                executor.run(space, study, url, target, objective, run_id)  # runs what is queued: the rechecks
             settle_unstarted(study)  # no trial left RUNNING by a run killed before it started one
         result = summarise(study, url, target)
     except KeyboardInterrupt as e:
@@ -172,6 +181,24 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     if failed:
         raise RunFailed(f"study {space.name}: {failed}", result)
     return result
+
+
+def _queue_rechecks(space: Space, study: optuna.Study, target: int, out: Any) -> int:
+    """``study.recheck: K``: once the search holds its target, queue each of its best K trials
+    again with another seed (:func:`rechecks_due`); export then takes the best mean over the runs
+    (:func:`best_feasible`). Not after a search stopped short (a timeout, the compute budget,
+    failures): what was spent is spent. Returns how many were queued."""
+    k = space.spec.study.recheck
+    if not k or stop_reasons(study_attrs(study)) or study_attrs(study).get(FAILED) \
+            or finished_by_definition(study)[0] < target:
+        return 0
+    due = rechecks_due(study, k)
+    for t in due:
+        queue_trial(study, t.params, RECHECK_OF, t.number)
+    if due:
+        print(f"rechecking trials {', '.join(str(t.number) for t in due)} with another seed (study.recheck: {k})",
+              file=out, flush=True)
+    return len(due)
 
 
 def _load(space: Space | str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None, train: Any) -> Space:

@@ -83,6 +83,7 @@ class StudySection(Strict):
     seed: Integer = Field(0, ge=0)
     sampler: Named = Named(name="tpe")
     pruner: Named = Named(name="asha")
+    recheck: Integer = Field(0, ge=0, le=20)  # the best few trained again with another seed before export
 
     @model_validator(mode="before")
     @classmethod
@@ -545,6 +546,9 @@ def _check_space(spec: SpaceFile, base: TrainConfig, source: str) -> dict[str, D
     if len(spec.objectives) > 1 and spec.study.pruner.name != "none":
         raise SpaceError(f"{source}: study.pruner: {spec.study.pruner.name!r} cannot prune a study of 2 objectives "
                          "(Optuna prunes single-objective studies only); use pruner: {name: none}")
+    if len(spec.objectives) > 1 and spec.study.recheck:
+        raise SpaceError(f"{source}: study.recheck: {spec.study.recheck} compares one objective's runs; a study of "
+                         "2 objectives hands over its Pareto front instead: use recheck: 0")
     return checked
 
 

@@ -12,7 +12,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hps.search.errors import StudyError
-from hps.search.optuna_compat import study_id
+from hps.search.optuna_compat import storage_of, study_id
 from hps.search.record import DEFINITION, DEFINITIONS, FAILED, SPACE, WARM_START, set_study_attr, study_attrs
 
 if TYPE_CHECKING:  # hps status and export load studies without the trainer (torch)
@@ -44,11 +44,17 @@ def open_study(space: Space, storage: BaseStorage, *, driver: bool = False,
     for label, params in space.warm_start:
         if json.dumps(params, sort_keys=True) in queued:
             continue  # enqueued by an earlier run: once
-        before = storage.get_n_trials(study_id(study))
-        study.enqueue_trial(params, skip_if_exists=True)
-        for t in study.get_trials(deepcopy=False)[before:]:  # a system attr: enqueue_trial takes user attrs only
-            storage.set_trial_system_attr(t._trial_id, WARM_START, label)
+        queue_trial(study, params, WARM_START, label)
     return study
+
+
+def queue_trial(study: optuna.Study, params: dict[str, Any], key: str, value: Any) -> None:
+    """Queue a trial of ``params`` marked with the system attr ``key`` (a warm start, a recheck)."""
+    storage = storage_of(study)
+    before = storage.get_n_trials(study_id(study))
+    study.enqueue_trial(params, skip_if_exists=key == WARM_START)
+    for t in study.get_trials(deepcopy=False)[before:]:  # a system attr: enqueue_trial takes user attrs only
+        storage.set_trial_system_attr(t._trial_id, key, value)
 
 
 class DefinitionChanged(StudyError):

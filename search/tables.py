@@ -16,6 +16,7 @@ from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
     PRUNE_REASON,
+    RECHECK_OF,
     RETRY_OF,
     WARM_START,
     fitted_width,
@@ -47,6 +48,7 @@ def trial_row(t: FrozenTrial, current: bool) -> dict[str, Any]:
             "fitted_width": fitted_width(t), "constraints": named_constraints(t), "budget": stored_figures(t),
             **{k: t.user_attrs.get(k) for k in (BEST_VALUE, BEST_EPOCH, DEVICE_SECONDS)},
             "warm_start": trial_info(t, WARM_START), "retry_of": t.system_attrs.get(RETRY_OF),
+            "recheck_of": t.system_attrs.get(RECHECK_OF),
             "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON), "reason": reason(t),
             "current_definition": current}
 
@@ -60,7 +62,8 @@ def _value(t: FrozenTrial) -> str:
 
 
 def _note(t: FrozenTrial, current: bool) -> str:
-    why = reason(t) or trial_info(t, WARM_START, "") or retry_note(t)
+    recheck = f"recheck of trial {t.system_attrs[RECHECK_OF]} (another seed)" if RECHECK_OF in t.system_attrs else ""
+    why = reason(t) or trial_info(t, WARM_START, "") or retry_note(t) or recheck
     if t.state == TrialState.FAIL and not why:
         why = "no reason stored (its worker stopped sending heartbeats: killed or lost)"
     return why if current else f"(an earlier definition) {why}"

@@ -31,7 +31,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hps.search.errors import TERMINATING, Terminated
 from hps.search.optuna_compat import journal_path, rewrite_attrs, stale_trial_ids, storage_of
-from hps.search.record import FAIL_REASON, RETRY_HISTORY, RETRY_OF, WHY, WORKER, set_reason, trial_info
+from hps.search.record import (
+    FAIL_REASON,
+    RECHECK_OF,
+    RETRY_HISTORY,
+    RETRY_OF,
+    WHY,
+    WORKER,
+    set_reason,
+    trial_info,
+)
 from hps.search.settings import settings
 
 NEVER_STARTED_AFTER = 60  # seconds: a worker records itself on its trial within milliseconds of asking for it
@@ -177,7 +186,9 @@ def owe(study: optuna.Study, trial: FrozenTrial, *, interrupted: bool = False) -
     history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={RETRY_OF: trial.number, RETRY_HISTORY: history}, intermediate_values=trial.intermediate_values))
+        system_attrs={RETRY_OF: trial.number, RETRY_HISTORY: history,
+                      **{k: v for k, v in trial.system_attrs.items() if k == RECHECK_OF}},  # a recheck's retry rechecks
+        intermediate_values=trial.intermediate_values))
     return True
 
 

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-import replay  # noqa: E402
+import replay
 
 TABLE = REPO / "bench" / "curves" / "cpu-mini.jsonl"
 
