@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial
 from pydantic import Field, model_validator
 
 from hps.search.errors import SpaceError
-from hps.search.record import DEVICE_SECONDS, STOPPED, human, set_study_attr
+from hps.search.record import DEVICE_SECONDS, RECHECK_OF, STOPPED, human, set_study_attr
 from hps.trainers import Measurement, TrainConfig, measure, with_overrides
 from hps.trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
 
@@ -230,16 +231,33 @@ def device_seconds(study: optuna.Study) -> float:
     return sum(float(t.user_attrs.get(DEVICE_SECONDS, 0.0)) for t in study.get_trials(deepcopy=False))
 
 
-class StudyBudget:
-    """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``."""
+BUDGET_SPENT = "compute budget spent"  # the start of the stop reason StudyBudget stores
 
-    def __init__(self, max_device_hours: float | None) -> None:
+
+class StudyBudget:
+    """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``. With
+    ``study.recheck: K`` the search stops K of its typical complete trials earlier (their median
+    device-seconds), so the rechecks are paid from the same budget; once they are queued, the
+    whole budget applies."""
+
+    def __init__(self, max_device_hours: float | None, recheck: int = 0) -> None:
         self.limit = None if max_device_hours is None else max_device_hours * 3600
+        self.recheck = recheck
 
     def spent(self, study: optuna.Study) -> bool:
-        return self.limit is not None and device_seconds(study) >= self.limit
+        return self.limit is not None and device_seconds(study) >= self.limit - self._reserve(study)
+
+    def _reserve(self, study: optuna.Study) -> float:
+        if not self.recheck:
+            return 0.0
+        trials = study.get_trials(deepcopy=False)
+        if any(RECHECK_OF in t.system_attrs for t in trials):
+            return 0.0  # the rechecks' turn
+        full = [float(t.user_attrs[DEVICE_SECONDS]) for t in trials
+                if t.state == optuna.trial.TrialState.COMPLETE and DEVICE_SECONDS in t.user_attrs]
+        return self.recheck * statistics.median(full) if full else 0.0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.spent(study):
-            set_study_attr(study, STOPPED, f"compute budget spent: {device_seconds(study):.0f} device-seconds")
+            set_study_attr(study, STOPPED, f"{BUDGET_SPENT}: {device_seconds(study):.0f} device-seconds")
             study.stop()

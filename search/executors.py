@@ -117,7 +117,7 @@ def work(space: Space, study: optuna.Study, target: int, *, worker: dict[str, An
     failed with that reason and owed again (:class:`OutageLosses`)."""
     from hps.search.objective import Objective
 
-    budget = StudyBudget(space.budget.max_device_hours)
+    budget = StudyBudget(space.budget.max_device_hours, space.spec.study.recheck if objective is None else 0)
     worker = worker or identity()
     train = objective or Objective(space, worker)
     losses = OutageLosses()

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hps.search.budget import BUDGET_SPENT
 from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
 from hps.search.loggers import Callbacks, from_spec
 from hps.search.quiet import quiet_optuna
@@ -184,13 +185,14 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
 
 
 def _queue_rechecks(space: Space, study: optuna.Study, target: int, out: Any) -> int:
-    """``study.recheck: K``: once the search holds its target, queue each of its best K trials
-    again with another seed (:func:`rechecks_due`); export then takes the best mean over the runs
-    (:func:`best_feasible`). Not after a search stopped short (a timeout, the compute budget,
-    failures): what was spent is spent. Returns how many were queued."""
-    k = space.spec.study.recheck
-    if not k or stop_reasons(study_attrs(study)) or study_attrs(study).get(FAILED) \
-            or finished_by_definition(study)[0] < target:
+    """``study.recheck: K``: once the search holds its target or has spent its share of the
+    compute budget (:class:`StudyBudget` keeps K trainings' worth back), queue each of its best K
+    trials again with another seed (:func:`rechecks_due`); export then takes the best mean over
+    the runs (:func:`best_feasible`). Not after a search stopped short otherwise (a timeout,
+    failures). Returns how many were queued."""
+    k, attrs = space.spec.study.recheck, study_attrs(study)
+    budget_spent = any(r.startswith(BUDGET_SPENT) for r in stop_reasons(attrs))
+    if not k or attrs.get(FAILED) or (finished_by_definition(study)[0] < target and not budget_spent):
         return 0
     due = rechecks_due(study, k)
     for t in due:

@@ -63,3 +63,18 @@ def test_recheck_is_refused_where_it_cannot_choose(tmp_path: Path, study_name: s
         load_space(two)
     with pytest.raises(SpaceError, match="recheck"):
         load_space(write_space(tmp_path, study_name, study__recheck=-1))
+
+
+def test_a_compute_budget_keeps_back_the_rechecks_share(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'hps.db'}"
+    limit = 8.0  # device-seconds: a handful of ~1 s trials
+    path = write_space(tmp_path, study_name, study__recheck=1, study__pruner={"name": "none"}, warm_start=[],
+                       budget={"max_params": 300_000, "max_epochs": 3, "max_device_hours": limit / 3600})
+    result = run(load_space(path), url, trials=1000, progress="none")
+    ts = trials(url, study_name)
+    rechecks = [t for t in ts if RECHECK_OF in t.system_attrs]
+    assert len(rechecks) == 1 and rechecks[0].state == TrialState.COMPLETE
+    search = [float(t.user_attrs.get("device_seconds", 0)) for t in ts if RECHECK_OF not in t.system_attrs]
+    assert sum(search) < limit  # the search stopped early: a full training's worth was kept for the recheck
+    assert result.stopped and result.stopped[0].startswith("compute budget spent")
+    assert result.best_trial is not None and result.best_trial.number == rechecks[0].system_attrs[RECHECK_OF]
