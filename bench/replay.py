@@ -66,6 +66,7 @@ class Config:
     curves: list[list[float]] = field(default_factory=list)  # val acc per epoch, one list per seed
     tests: list[float] = field(default_factory=list)
     epoch_s: float = 0.0
+    size: int = 0  # trainable parameters (the budget's figure)
 
     @property
     def quality(self) -> float:
@@ -85,7 +86,7 @@ class Table:
         by: dict[int, Config] = {}
         seconds: dict[int, list[float]] = {}
         for r in rows:
-            c = by.setdefault(r["config"], Config(r["config"], r["params"], r["feasible"]))
+            c = by.setdefault(r["config"], Config(r["config"], r["params"], r["feasible"], size=r["budget"]["params"]))
             if r["feasible"]:
                 c.curves.append(r["val_acc"])
                 c.tests.append(r["test_acc"])
@@ -137,7 +138,8 @@ class Search(Protocol):
 
     def ask(self) -> tuple[Any, dict[str, Any]]: ...
     def report(self, tid: Any, epoch: int, value: float) -> bool: ...  # False: stop the trial here
-    def finish(self, tid: Any, value: float | None) -> None: ...  # None: stopped before any epoch
+    def finish(self, tid: Any, value: float) -> None: ...
+    def refuse(self, tid: Any, excess: dict[str, float]) -> None: ...  # over budget: never trained
     def stop(self, tid: Any) -> None: ...  # stopped after `report` said so
     def best(self) -> Any | None: ...  # the trial it hands over
 
@@ -145,12 +147,12 @@ class Search(Protocol):
 class OptunaSearch:
     """An Optuna sampler and pruner on an in-memory study, asked and told trial by trial."""
 
-    def __init__(self, sampler: Any, pruner: Any) -> None:
+    def __init__(self, sampler: Any, pruner: Any, constraints: bool = False) -> None:
         import optuna
 
         from hps.search.space import _suggest_params
 
-        self.optuna, self.suggest = optuna, _suggest_params
+        self.optuna, self.suggest, self.constraints = optuna, _suggest_params, constraints
         self.space = _space()
         self.study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
 
@@ -162,11 +164,14 @@ class OptunaSearch:
         tid.report(value, epoch)
         return not tid.should_prune()
 
-    def finish(self, tid: Any, value: float | None) -> None:
-        if value is None:
-            self.study.tell(tid, state=self.optuna.trial.TrialState.PRUNED)
-        else:
-            self.study.tell(tid, value)
+    def finish(self, tid: Any, value: float) -> None:
+        self.study.tell(tid, value)
+
+    def refuse(self, tid: Any, excess: dict[str, float]) -> None:
+        if self.constraints:  # hps's pre-screen records each limit as a constraint: TPE reads them
+            for key, v in excess.items():
+                tid.set_constraint(key, v)
+        self.study.tell(tid, state=self.optuna.trial.TrialState.PRUNED)
 
     def stop(self, tid: Any) -> None:
         self.study.tell(tid, state=self.optuna.trial.TrialState.PRUNED)
@@ -212,12 +217,12 @@ class TuneSearch:
         self.searcher.on_trial_result(tid.trial_id, result)
         return action == "CONTINUE"
 
-    def finish(self, tid: Any, value: float | None) -> None:
-        if value is None:
-            self.scheduler.on_trial_remove(None, tid)  # type: ignore[arg-type]
-            self.searcher.on_trial_complete(tid.trial_id, None)
-        else:
-            self.stop(tid)
+    def finish(self, tid: Any, value: float) -> None:
+        self.stop(tid)
+
+    def refuse(self, tid: Any, excess: dict[str, float]) -> None:  # a trainable that returns without a result
+        self.scheduler.on_trial_remove(None, tid)  # type: ignore[arg-type]
+        self.searcher.on_trial_complete(tid.trial_id, None)
 
     def stop(self, tid: Any) -> None:  # Tune completes a stopped trial with its last result
         result = self.last[tid.trial_id][1]
@@ -244,7 +249,7 @@ def hps_search(seed: int, sampler: dict[str, Any] | None = None, pruner: dict[st
     space = _space()
     study = space.spec.study
     s = TrialSeeded("tpe", sampler or {}, study.trials, seed)
-    return OptunaSearch(s, build_pruner("asha", pruner or {}, space.base.train.epochs))
+    return OptunaSearch(s, build_pruner("asha", pruner or {}, space.base.train.epochs), constraints=True)
 
 
 def _optuna(seed: int, kind: str) -> OptunaSearch:
@@ -286,6 +291,7 @@ class _Event:
     config: Config | None = field(compare=False)
     seed: int = field(compare=False)
     epoch: int = field(compare=False)
+    refused: Config | None = field(compare=False, default=None)
 
 
 class Replay:
@@ -303,7 +309,7 @@ class Replay:
         c = self.table.nearest(params)
         self.seq += 1
         if not c.feasible:  # the pre-screen: told at once, never trained
-            heapq.heappush(self.heap, _Event(now + PRESCREEN_S, self.seq, worker, tid, None, 0, 0))
+            heapq.heappush(self.heap, _Event(now + PRESCREEN_S, self.seq, worker, tid, None, 0, 0, c))
         else:
             seed = self.rng.randrange(len(c.curves))
             heapq.heappush(self.heap, _Event(now + c.epoch_s, self.seq, worker, tid, c, seed, 1))
@@ -311,9 +317,10 @@ class Replay:
     def until(self, t: float) -> None:
         while self.heap and self.heap[0].time <= t:
             e = heapq.heappop(self.heap)
-            if e.config is None:
-                self.search.finish(e.tid, None)
+            if e.refused is not None:
+                self.search.refuse(e.tid, {"max_params": e.refused.size - curves.SPACE["budget"]["max_params"]})
             else:
+                assert e.config is not None
                 value = e.config.curves[e.seed][e.epoch - 1]
                 go_on = self.search.report(e.tid, e.epoch, value)
                 if e.epoch == self.table.epochs:

@@ -43,9 +43,13 @@ class Spy:
         self.trials[id(tid)]["epochs"].append((epoch, value))
         return self.inner.report(tid, epoch, value)
 
-    def finish(self, tid: Any, value: float | None) -> None:
+    def finish(self, tid: Any, value: float) -> None:
         self.trials[id(tid)]["end"] = ("finished", value)
         self.inner.finish(tid, value)
+
+    def refuse(self, tid: Any, excess: dict[str, float]) -> None:
+        self.trials[id(tid)]["end"] = ("refused", excess)
+        self.inner.refuse(tid, excess)
 
     def stop(self, tid: Any) -> None:
         self.trials[id(tid)]["end"] = ("stopped", None)
@@ -74,14 +78,14 @@ def test_a_replay_spends_the_same_compute_and_never_trains_over_budget(table: re
     for t in spy.trials.values():
         c = t["config"]
         if not c.feasible:
-            assert t["epochs"] == [] and t["end"] in (("finished", None), None)
+            assert t["epochs"] == [] and (t["end"] is None or (t["end"][0] == "refused" and t["end"][1]["max_params"] > 0))
             continue
         epochs = [e for e, _ in t["epochs"]]
         assert epochs == list(range(1, len(epochs) + 1))  # epoch by epoch, in order
         assert all(v in [curve[e - 1] for curve in c.curves] for e, v in t["epochs"])  # read from a recorded curve
         spent += len(epochs) * c.epoch_s
-        if t["end"] == ("finished", t["epochs"][-1][1] if t["epochs"] else None):
-            assert len(epochs) == table.epochs
+        if t["end"] and t["end"][0] == "finished":
+            assert len(epochs) == table.epochs and t["end"][1] == t["epochs"][-1][1]
     assert workers * wall - workers * max(c.epoch_s for c in table.feasible) <= spent + len(spy.trials) * replay.PRESCREEN_S
     assert spent <= workers * wall
     stopped = [t for t in spy.trials.values() if t["end"] == ("stopped", None)]
@@ -97,6 +101,13 @@ def test_tune_completes_a_trial_asha_stops_with_its_last_result(table: replay.Ta
     best = search.best()
     assert best is not None and max(v for v, _ in search.last.values()) in (
         v for tid, (v, _) in search.last.items() if search.params[tid] == best)
+
+
+def test_hps_tells_tpe_the_budget_it_broke(table: replay.Table) -> None:
+    search = replay.hps_search(0)
+    replay.Replay(table, search, 2, random.Random(0)).until(3 * table.full_s)
+    refused = [t for t in search.study.trials if not t.intermediate_values and t.state.name == "PRUNED"]
+    assert refused and all(t.constraints["max_params"] > 0 for t in refused)  # TPE ranks them as infeasible
 
 
 def test_hps_hands_over_its_best_complete_trial_scored_by_both_seeds(table: replay.Table) -> None:
