@@ -32,7 +32,7 @@ import optuna
 import yaml
 
 from hps.search.budget import check
-from hps.search.record import CONFIG
+from hps.search.record import CONFIG, RECHECK_OF, best_feasible
 from hps.search.run import run
 from hps.search.space import Budget, load_space
 from hps.trainers import config_from_dict, train, with_overrides
@@ -45,15 +45,15 @@ SPACE = {"model.width": {"low": 0.25, "high": 1.0}, "optimizer.lr": {"low": 0.00
          "schedule.name": {"choices": ["cosine", "onecycle"]}, "augment.strength": {"low": 0.0, "high": 1.0}}
 LIMITS = {"max_params": 700_000, "max_epochs": 5}
 EPOCHS = [5]  # set from --epochs; read by the Tune trainable and scheduler
-MIN_RESOURCE = [1]  # set from --min-resource: epochs before hps's ASHA first compares trials
+HPS_STUDY: dict[str, Any] = {}  # --min-resource / --recheck: hps's study settings (else hps's defaults)
 
 
 def _space_file(tmp: Path, name: str, seed: int, budget_s: float, method: str) -> Path:
     hps = method == "hps"
     spec = {"study": {"name": name, "trials": 100_000, "seed": seed,
                       "sampler": {"name": "tpe" if hps else "random"},
-                      "pruner": {"name": "asha", "args": {"min_resource": MIN_RESOURCE[0], "reduction_factor": 3}} if hps
-                      else {"name": "none"}},
+                      "pruner": {"name": "asha", "args": HPS_STUDY.get("pruner_args", {})} if hps else {"name": "none"},
+                      **({"recheck": HPS_STUDY["recheck"]} if hps and "recheck" in HPS_STUDY else {})},
             "base": BASE, "space": SPACE,
             "budget": {**(LIMITS if hps else {}), "max_device_hours": budget_s / 3600}}
     path = tmp / f"{name}.yaml"
@@ -76,7 +76,9 @@ def run_study(method: str, seed: int, budget_s: float, url: str, tmp: Path) -> l
     name = f"bench-{method}-{seed}-{uuid.uuid4().hex[:4]}"
     run(load_space(_space_file(tmp, name, seed, budget_s, method)), url, trials=100_000, progress="none")
     rows = []
-    for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False):
+    study = optuna.load_study(study_name=name, storage=url)
+    handed = best_feasible(study)  # what `hps export` writes (after rechecks, their best mean)
+    for t in study.get_trials(deepcopy=False):
         if not t.state.is_finished() or CONFIG not in t.system_attrs:
             continue
         cfg = config_from_dict(t.system_attrs[CONFIG])
@@ -85,7 +87,8 @@ def run_study(method: str, seed: int, budget_s: float, url: str, tmp: Path) -> l
                      "complete": t.state == optuna.trial.TrialState.COMPLETE,
                      "val_acc": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
                      "config": t.system_attrs[CONFIG], "state": t.state.name,
-                     "intermediate": len(t.intermediate_values)})
+                     "intermediate": len(t.intermediate_values), "recheck_of": t.system_attrs.get(RECHECK_OF),
+                     "handed": handed is not None and t.number == handed.number})
     return rows
 
 
@@ -144,7 +147,10 @@ def run_tune(seed: int, budget_s: float, url: str) -> list[dict[str, Any]]:
 
 
 def final_test(rows: list[dict[str, Any]], seed: int, tune_rows: bool) -> dict[str, Any] | None:
-    best = max((r for r in rows if r["feasible"] and r["complete"]), key=lambda r: r["val_acc"], default=None)
+    """Retrain the config the method hands over (hps: its export's choice; the others: the best
+    complete val) and score it on the test split."""
+    best = next((r for r in rows if r.get("handed")), None) or \
+        max((r for r in rows if r["feasible"] and r["complete"]), key=lambda r: r["val_acc"], default=None)
     if best is None:
         return None
     cfg = with_overrides(config_from_dict(BASE), best["config"]) if tune_rows else config_from_dict(best["config"])
@@ -161,10 +167,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("out/search-bench"))
     p.add_argument("--no-retrain", action="store_true", help="skip the final test-split retrain")
     p.add_argument("--epochs", type=int, default=5, help="epochs per trial (and the epoch budget)")
-    p.add_argument("--min-resource", type=int, default=1, help="hps's ASHA: epochs before the first rung")
+    p.add_argument("--min-resource", type=int, help="hps's ASHA: epochs before the first rung (default: hps's)")
+    p.add_argument("--recheck", type=int, help="hps's study.recheck (default: hps's)")
     args = p.parse_args()
     BASE["train"]["epochs"] = LIMITS["max_epochs"] = EPOCHS[0] = args.epochs
-    MIN_RESOURCE[0] = args.min_resource
+    if args.min_resource is not None:
+        HPS_STUDY["pruner_args"] = {"min_resource": args.min_resource}
+    if args.recheck is not None:
+        HPS_STUDY["recheck"] = args.recheck
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{(args.out / 'studies.db').resolve()}"
