@@ -65,6 +65,7 @@ def test_recheck_is_refused_where_it_cannot_choose(tmp_path: Path, study_name: s
         load_space(write_space(tmp_path, study_name, study__recheck=-1))
 
 
+@pytest.mark.slow  # (seconds: kept out of the fast subset)
 def test_a_compute_budget_keeps_back_the_rechecks_share(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'hps.db'}"
     limit = 8.0  # device-seconds: a handful of ~1 s trials
