@@ -44,6 +44,7 @@ class TrialWorker:
 
         quiet_optuna()
         ctx = ray.get_runtime_context()
+        fraction = None  # the CUDA memory fraction this process keeps to (None: no CUDA, or a whole GPU)
         if not ray.get_gpu_ids():  # Ray 2.60 leaves an actor that asked for no GPU seeing them all (ray#54868)
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         elif 0 < share < 1:  # a trial sharing a GPU keeps to its share: one trial's leak is not the others' OOM
@@ -51,8 +52,9 @@ class TrialWorker:
 
             if torch.cuda.is_available():
                 torch.cuda.set_per_process_memory_fraction(share)
+                fraction = share
         info = identity(run, node=ctx.get_node_id()[:12], actor=ctx.get_actor_id(), gpus=[str(g) for g in ray.get_gpu_ids()],
-                        cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                        cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_share=share, memory_fraction=fraction)
         for outage in range(MAX_STORAGE_OUTAGES + 1):  # the database may be restarting: wait for it
             storage = None
             try:

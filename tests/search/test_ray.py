@@ -105,6 +105,7 @@ def test_fractional_gpus_land_on_the_gpu_node(tmp_path: Path, connected: str, st
     run(space, PG_URL, trials=4, ray=connected, workers=4, gpus_per_trial=0.5, cpus_per_trial=0.5, progress="none")
     info = [t.system_attrs[WORKER] for t in _trials(study_name, PG_URL) if WORKER in t.system_attrs]
     assert info and all(w["gpus"] and w["cuda_visible"] in ("0", "1") for w in info)
+    assert all(w["gpu_share"] == 0.5 and w["memory_fraction"] is None for w in info)  # (fake GPUs: no CUDA to cap)
     import ray
 
     gpu_node = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU"))
