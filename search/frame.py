@@ -12,6 +12,7 @@ from hps.search.record import (
     DEVICE_SECONDS,
     FAIL_REASON,
     PRUNE_REASON,
+    RECHECK_OF,
     WIDTH,
     reason,
     stored_figures,
@@ -22,8 +23,8 @@ FIGURES = ("params", "model_bytes", "macs", "flops")
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One flat dict per trial: number, state, value, best value and epoch, epochs run, each param
-    (``params.KEY``), the fitted width, the budget figures, device seconds, the reason's cause and
-    its whole line."""
+    (``params.KEY``), the fitted width, the budget figures, device seconds, the trial a recheck
+    trains again, the reason's cause and its whole line."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         figures = stored_figures(t)
@@ -36,6 +37,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "width": fitted if fitted is not None else t.params.get("model.width"),
             **{k: figures.get(k) for k in FIGURES},
             "device_seconds": t.user_attrs.get(DEVICE_SECONDS),
+            "recheck_of": t.system_attrs.get(RECHECK_OF),
             "cause": t.user_attrs.get(PRUNE_REASON) or t.user_attrs.get(FAIL_REASON),
             "reason": reason(t) if t.state.name in ("PRUNED", "FAIL") else None,
             "started": t.datetime_start, "finished": t.datetime_complete,

@@ -49,6 +49,8 @@ def test_rechecks_run_to_the_end_with_another_seed_and_decide_the_export(tmp_pat
     assert prov["recheck"]["search_best"]["trial"] == done[0].number
     assert yaml.safe_load(out.read_text())["train"]["seed"] == trial_info(best, CONFIG)["train"]["seed"]
 
+    frame = result.dataframe()
+    assert sorted(frame["recheck_of"].dropna().astype(int)) == sorted(t.number for t in done[:2])
     status = hps("status", study_name, "--storage", url)
     assert f"rechecked: export picks trial {best.number}, mean" in status.stdout
     assert "recheck of trial" in status.stdout
