@@ -122,9 +122,8 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     errors (:class:`SpaceError`, :class:`SettingsError`, :class:`StudyError`, :class:`DataError`)
     before anything trains. A ``KeyboardInterrupt`` stops the run; finished trials are kept and a
     rerun resumes."""
-    from hps.search.executors import Executor, InProcessExecutor
     from hps.search.progress import view
-    from hps.search.trials import new_run, owe_interrupted, settle, settle_unstarted
+    from hps.search.trials import new_run, owe_interrupted, settle_unstarted
     from hps.trainers import load_data
     from hps.trainers.device import resolve_device
 
@@ -136,14 +135,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         raise StudyError(f"trials: {trials} is not allowed; expected >= 1")
     target = trials or space.spec.study.trials
     url = storage_url(storage)
-    executor: Executor
-    if ray is not None:
-        from hps.search.ray import RayExecutor
-
-        executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
-        executor.check(url)
-    else:
-        executor = InProcessExecutor()
+    executor = _executor(ray, url, workers, gpus_per_trial, cpus_per_trial)
     # data problems surface before any trial; an in-process run's trials reuse this load (same device)
     load_data(space.base.data, "cpu" if ray is not None else resolve_device(space.base.train.device))
     artifact_store()  # the artifact store is reachable before anything trains
@@ -154,16 +146,12 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         study = open_study(space, store, driver=True, allow_change=allow_change)
         begin_run(study)
         out = echo or sys.stdout
-        settled = settle(study)  # what an earlier run left RUNNING: failed with its reason, its params owed
-        before, earlier = finished_by_definition(study)
-        print(f"study {space.name} on {redact(url)}: {before} finished{_under(earlier)}, {max(target - before, 0)} owed"
-              + (f"; trials {', '.join(map(str, settled))} were left running by a run that is gone: retried" if settled else ""),
-              file=out, flush=True)
+        _settle_and_say(study, url, target, out)
         if (connect := getattr(executor, "connect", None)) is not None:
             connect()  # Ray, before our SIGTERM handler: ray.init installs its own
         with view(progress, study, target, out), _signals_as_interrupt():
             executor.run(space, study, url, target, objective, run_id)
-            if _queue_rechecks(space, study, target, out) and objective is None:
+            if objective is None and _queue_rechecks(space, study, target, out):
                 executor.run(space, study, url, target, objective, run_id)  # runs what is queued: the rechecks
             settle_unstarted(study)  # no trial left RUNNING by a run killed before it started one
         result = summarise(study, url, target)
@@ -182,6 +170,31 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
     if failed:
         raise RunFailed(f"study {space.name}: {failed}", result)
     return result
+
+
+def _executor(ray: str | None, url: str, workers: int, gpus_per_trial: float, cpus_per_trial: float) -> Any:
+    """Trials in this process, or on Ray workers (the cluster checked against the storage first)."""
+    if ray is None:
+        from hps.search.executors import InProcessExecutor
+
+        return InProcessExecutor()
+    from hps.search.ray import RayExecutor
+
+    executor = RayExecutor(ray, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
+    executor.check(url)
+    return executor
+
+
+def _settle_and_say(study: optuna.Study, url: str, target: int, out: Any) -> None:
+    """Settle what an earlier run left RUNNING (failed with its reason, its params owed) and say
+    where the study stands."""
+    from hps.search.trials import settle
+
+    settled = settle(study)
+    before, earlier = finished_by_definition(study)
+    print(f"study {study.study_name} on {redact(url)}: {before} finished{_under(earlier)}, {max(target - before, 0)} owed"
+          + (f"; trials {', '.join(map(str, settled))} were left running by a run that is gone: retried" if settled else ""),
+          file=out, flush=True)
 
 
 def _queue_rechecks(space: Space, study: optuna.Study, target: int, out: Any) -> int:
