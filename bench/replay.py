@@ -40,6 +40,7 @@ import functools
 import heapq
 import json
 import math
+import multiprocessing
 import random
 import statistics
 import sys
@@ -270,16 +271,23 @@ METHODS: dict[str, tuple[Callable[[int], Search], int]] = {
     "hyperband": (lambda s: _optuna(s, "hyperband"), 0),
     "random": (lambda s: _optuna(s, "random"), 0),
 }
-VARIANTS: dict[str, tuple[Callable[[int], Search], int]] = {
-    "hps min_resource=3": (lambda s: hps_search(s, pruner={"min_resource": 3}), 0),
-    "hps min_resource=3 rf=2": (lambda s: hps_search(s, pruner={"min_resource": 3, "reduction_factor": 2}), 0),
-    "hps rf=4": (lambda s: hps_search(s, pruner={"reduction_factor": 4}), 0),
-    "hps startup=20": (lambda s: hps_search(s, sampler={"n_startup_trials": 20}), 0),
-    "hps no liar": (lambda s: hps_search(s, sampler={"constant_liar": False}), 0),
-    "hps univariate": (lambda s: hps_search(s, sampler={"multivariate": False}), 0),
-    "hps recheck=3": (lambda s: hps_search(s), 3),
-    "hps min_resource=3 recheck=3": (lambda s: hps_search(s, pruner={"min_resource": 3}), 3),
+# hps with other rung schedules, TPE settings and rechecks: name -> (sampler args, pruner args, recheck)
+_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
+    "hps min_resource=2": ({}, {"min_resource": 2}, 0),
+    "hps min_resource=3": ({}, {"min_resource": 3}, 0),
+    "hps rf=2": ({}, {"reduction_factor": 2}, 0),
+    "hps rf=4": ({}, {"reduction_factor": 4}, 0),
+    "hps startup=20": ({"n_startup_trials": 20}, {}, 0),
+    "hps startup=5": ({"n_startup_trials": 5}, {}, 0),
+    "hps no liar": ({"constant_liar": False}, {}, 0),
+    "hps univariate": ({"multivariate": False}, {}, 0),
+    "hps recheck=2": ({}, {}, 2),
+    "hps recheck=3": ({}, {}, 3),
+    "hps min_resource=2 recheck=2": ({}, {"min_resource": 2}, 2),
+    "hps min_resource=3 recheck=3": ({}, {"min_resource": 3}, 3),
 }
+VARIANTS: dict[str, tuple[Callable[[int], Search], int]] = {
+    name: (functools.partial(hps_search, sampler=a, pruner=b), k) for name, (a, b, k) in _VARIANTS.items()}
 
 
 @dataclass(order=True)
@@ -424,23 +432,37 @@ def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+_TABLE: list[Table] = []  # a pool process's table
+
+
+def _init(path: Path) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    _TABLE.append(Table(path))
+
+
+def _one(task: tuple[str, int, int]) -> list[dict[str, Any]]:
+    return run_method(_TABLE[0], *task)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", type=Path, default=Path(__file__).parent / "curves" / "cpu-mini.jsonl")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--methods", nargs="+", default=[*METHODS, *VARIANTS])
+    p.add_argument("--jobs", type=int, default=1, help="processes replaying at once")
     p.add_argument("--out", type=Path, default=Path("out/replay"))
     args = p.parse_args()
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     table = Table(args.table)
-    rows = []
-    for seed in range(args.seeds):
-        for m in args.methods:
-            rows += run_method(table, m, seed, args.workers)
-        print(f"seed {seed} done", file=sys.stderr, flush=True)
+    tasks = [(m, seed, args.workers) for seed in range(args.seeds) for m in args.methods]
+    rows: list[dict[str, Any]] = []
+    with multiprocessing.get_context("spawn").Pool(args.jobs, _init, (args.table,)) as pool:
+        for i, done in enumerate(pool.imap(_one, tasks)):
+            rows += done
+            if (i + 1) % len(args.methods) == 0:
+                print(f"seed {(i + 1) // len(args.methods) - 1} done", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"workers": args.workers, "table": str(args.table),
                                                        "configs": len(table.feasible), "rows": rows}))
