@@ -90,7 +90,7 @@ def export(study: optuna.Study | RunResult | str, out: str | Path = "best.yaml",
     are the trial's)."""
     from hps.search.export import Exported
     from hps.search.export import export as run_export
-    from hps.search.record import current
+    from hps.search.record import current, runs_of
     from hps.search.storage import artifact_root
 
     st, url = _study(study, storage)
@@ -98,7 +98,8 @@ def export(study: optuna.Study | RunResult | str, out: str | Path = "best.yaml",
     weights = Path(out).with_suffix(".pt")
     same = current(st)
     earlier = 0 if trial is not None else sum(not same(x) for x in st.get_trials(deepcopy=False))
-    return Exported(t, Path(out), weights if weights.exists() and "weights" in _provenance(out) else None, earlier)
+    return Exported(t, Path(out), weights if weights.exists() and "weights" in _provenance(out) else None, earlier,
+                    runs_of(st).get(t.number, []))
 
 
 def _provenance(out: str | Path) -> dict[str, Any]:

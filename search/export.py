@@ -33,6 +33,7 @@ from hps.search.record import (
     best_feasible,
     named_constraints,
     runs_of,
+    score_note,
     search_trials,
     sign,
     stored_figures,
@@ -170,6 +171,7 @@ class Exported:
     path: Path
     weights: Path | None
     earlier: int = 0  # trials of an earlier definition of the study, not compared
+    runs: list[float] = dataclasses.field(default_factory=list)  # a rechecked trial's values: its own, its rechecks'
 
     @property
     def number(self) -> int:
@@ -189,10 +191,13 @@ class Exported:
 
     def __str__(self) -> str:
         also = f" and {self.weights}" if self.weights else ""
-        return f"wrote {self.path}{also}: trial {self.number}, value {self.values[0]:.4f}"
+        return f"wrote {self.path}{also}: trial {self.number}, {self._score()}"
+
+    def _score(self) -> str:
+        return score_note(self.values[0], self.runs)
 
     def __repr__(self) -> str:
-        return f"<Exported trial {self.number} (value {self.values[0]:.4f}) to {self.path}" + (
+        return f"<Exported trial {self.number} ({self._score()}) to {self.path}" + (
             f" + {self.weights.name}>" if self.weights else ">")
 
 

@@ -19,7 +19,17 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.record import CONFIG, FINISHED, HISTORY, finished_by_definition, reason, shown_params, sign, trial_info
+from hps.search.record import (
+    CONFIG,
+    FINISHED,
+    HISTORY,
+    RECHECK_OF,
+    finished_by_definition,
+    reason,
+    shown_params,
+    sign,
+    trial_info,
+)
 
 MODES = ("auto", "live", "lines", "none")
 
@@ -77,7 +87,8 @@ def snapshot(study: optuna.Study, target: int, started: float, done_before: int)
 def finished_line(t: FrozenTrial, done: int, target: int) -> str:
     state = t.state.name.lower()
     value = f" value {t.values[0]:.4f}" if t.values and t.state == TrialState.COMPLETE else ""
-    why = reason(t) or ""
+    why = reason(t) or (f"recheck of trial {t.system_attrs[RECHECK_OF]} (another seed)" if RECHECK_OF in t.system_attrs
+                        else "")
     params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(t).items())
     return f"[{done}/{target}] trial {t.number} {state}{value}" + (f": {why}" if why else "") + (f" ({params})" if params else "")
 

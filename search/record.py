@@ -191,9 +191,12 @@ def rechecks_due(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 def best_note(study: optuna.Study, t: FrozenTrial) -> str:
     """``value 0.6012``, or for a rechecked trial ``mean 0.6012 of 2 runs (0.6100, 0.5924)``."""
-    runs = runs_of(study).get(t.number, [])
+    return score_note(t.values[0], runs_of(study).get(t.number, []))
+
+
+def score_note(value: float, runs: list[float]) -> str:
     if len(runs) < 2:
-        return f"value {t.values[0]:.4f}"
+        return f"value {value:.4f}"
     return f"mean {statistics.mean(runs):.4f} of {len(runs)} runs ({', '.join(f'{v:.4f}' for v in runs)})"
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hps.search.export import export
+import hps as hps_api
 from hps.search.record import CONFIG, RECHECK_OF, best_feasible, runs_of, trial_info
 from hps.search.run import run
 from hps.search.space import SpaceError, load_space
@@ -43,7 +43,9 @@ def test_rechecks_run_to_the_end_with_another_seed_and_decide_the_export(tmp_pat
     assert statistics.mean(runs[best.number]) == max(statistics.mean(v) for v in runs.values())
 
     out = tmp_path / "best.yaml"
-    export(study, out, url)
+    exported = hps_api.export(study_name, out, storage=url)
+    assert str(exported).endswith(f"trial {best.number}, mean {statistics.mean(runs[best.number]):.4f} of 2 runs "
+                              f"({runs[best.number][0]:.4f}, {runs[best.number][1]:.4f})")
     prov = yaml.safe_load(out.read_text())["provenance"]
     assert prov["trial"] == best.number and prov["recheck"]["values"] == runs[best.number]
     assert prov["recheck"]["search_best"]["trial"] == done[0].number
