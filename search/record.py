@@ -151,13 +151,13 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
         done = [t for t in done if t.number in pareto] or done
     s = sign(study)
     runs = runs_of(study)
-    if any(len(r) > 1 for r in runs.values()):
-        return max((t for t in done if len(runs.get(t.number, [])) > 1),
-                   key=lambda t: (s * statistics.mean(runs[t.number]), -t.number))
+    if rechecked := [t for t in done if len(runs.get(t.number, [])) > 1]:
+        return max(rechecked, key=lambda t: (s * statistics.mean(runs[t.number]), -t.number))
     return max(done, key=lambda t: (s * t.values[0], -t.number))
 
 
 def search_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The COMPLETE search trials (not rechecks) of the current definition that meet the budget."""
     same = current(study)
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t) and trial_info(t, CONFIG) is not None and same(t) and RECHECK_OF not in t.system_attrs]
