@@ -360,24 +360,27 @@ def handover(table: Table, search: Search, recheck: int, rng: random.Random) -> 
 
 
 def run_method(table: Table, name: str, seed: int, workers: int) -> list[dict[str, Any]]:
-    """Every compute level's hand-over of one method and seed."""
+    """Every compute level's hand-over of one method and seed. Each level is the run a user with
+    that budget would have had: the search does not know its budget, except that with rechecks it
+    stops K full trainings early (as ``hps run`` keeps them back from ``max_device_hours``), or
+    runs on to the end without rechecks when nothing has completed by then."""
     build, recheck = {**METHODS, **VARIANTS}[name]
     rng = random.Random(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search = build(seed)
-        out, levels = [], list(LEVELS)
-        # a recheck's K trainings come out of the same compute: the search stops K trainings earlier
-        cut = [(lv * table.full_s - recheck * table.full_s) / workers for lv in levels]
+        out = []
         sim = Replay(table, search, workers, rng)
-        for lv, t in zip(levels, cut, strict=True):
-            sim.until(t)
-            c = handover(table, search, recheck, rng)
+        for lv in LEVELS:
+            sim.until((lv - recheck) * table.full_s / workers)
+            k = recheck if search.best() is not None else 0
+            if not k:
+                sim.until(lv * table.full_s / workers)
+            c = handover(table, search, k, rng)
             out.append({"method": name, "seed": seed, "level": lv, "config": c.id if c else None,
                         "quality": c.quality if c else None, "test": c.test if c else None,
-                        "rank": table.rank(c) if c else 1.0})
+                        "rank": table.rank(c) if c else 1.0, "rechecked": k})
     return out
-
 
 
 def report(table: Table, rows: list[dict[str, Any]], against: str = "hps") -> str:
