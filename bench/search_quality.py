@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -49,11 +50,12 @@ HPS_STUDY: dict[str, Any] = {}  # --min-resource / --recheck: hps's study settin
 
 
 def _space_file(tmp: Path, name: str, seed: int, budget_s: float, method: str) -> Path:
-    hps = method == "hps"
+    hps = method.startswith("hps")  # "hps", or "hps-recheck": hps with study.recheck: 2
     spec = {"study": {"name": name, "trials": 100_000, "seed": seed,
                       "sampler": {"name": "tpe" if hps else "random"},
                       "pruner": {"name": "asha", "args": HPS_STUDY.get("pruner_args", {})} if hps else {"name": "none"},
-                      **({"recheck": HPS_STUDY["recheck"]} if hps and "recheck" in HPS_STUDY else {})},
+                      **({"recheck": HPS_STUDY["recheck"]} if hps and "recheck" in HPS_STUDY else {}),
+                      **({"recheck": 2} if method == "hps-recheck" else {})},
             "base": BASE, "space": SPACE,
             "budget": {**(LIMITS if hps else {}), "max_device_hours": budget_s / 3600}}
     path = tmp / f"{name}.yaml"
@@ -163,7 +165,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=120, help="training seconds per method and seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=["hps", "random", "tune"])
+    p.add_argument("--methods", nargs="+", default=["hps", "random", "tune"], help="hps, hps-recheck, random, tune")
     p.add_argument("--out", type=Path, default=Path("out/search-bench"))
     p.add_argument("--no-retrain", action="store_true", help="skip the final test-split retrain")
     p.add_argument("--epochs", type=int, default=5, help="epochs per trial (and the epoch budget)")
@@ -180,17 +182,18 @@ def main() -> None:
     url = f"sqlite:///{(args.out / 'studies.db').resolve()}"
     tmp = Path(tempfile.mkdtemp())
     results: dict[str, Any] = {"budget_s": args.budget, "seeds": args.seeds, "methods": {}}
-    for method in args.methods:
-        runs = []
-        for seed in args.seeds:
+    by_method: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
+    for seed in args.seeds:  # methods interleaved within a seed: the machine's load falls on each alike
+        for method in args.methods:
             rows = run_tune(seed, args.budget, url) if method == "tune" else run_study(method, seed, args.budget, url, tmp)
             curve = _curve(rows)
-            runs.append({"seed": seed, "trials": len(rows), "curve": curve,
-                         "best_val_acc": curve[-1][1] if curve else 0.0,
-                         "infeasible_seconds": round(sum(r["seconds"] for r in rows if not r["feasible"]), 2),
-                         "states": {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
-                         "final": None if args.no_retrain else final_test(rows, seed, method == "tune"),
-                         "rows": rows})
+            by_method[method].append({
+                "seed": seed, "trials": len(rows), "curve": curve, "best_val_acc": curve[-1][1] if curve else 0.0,
+                "infeasible_seconds": round(sum(r["seconds"] for r in rows if not r["feasible"]), 2),
+                "states": {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
+                "final": None if args.no_retrain else final_test(rows, seed, method == "tune"), "rows": rows})
+            print(f"seed {seed} {method}: {by_method[method][-1]['final']}", file=sys.stderr, flush=True)
+    for method, runs in by_method.items():
         tests = [r["final"]["test_acc"] for r in runs if r["final"]]
         results["methods"][method] = {
             "runs": runs,
@@ -220,7 +223,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"hps": "tab:blue", "random": "tab:orange", "tune": "tab:green"}
+    colors = {"hps": "tab:blue", "random": "tab:orange", "tune": "tab:green", "hps-recheck": "tab:purple"}
     for method, data in results["methods"].items():
         for i, one in enumerate(data["runs"]):
             xs, ys = zip(*one["curve"], strict=True) if one["curve"] else ((), ())
