@@ -234,6 +234,13 @@ def device_seconds(study: optuna.Study) -> float:
 BUDGET_SPENT = "compute budget spent"  # the start of the stop reason StudyBudget stores
 
 
+def _typical(study: optuna.Study) -> float | None:
+    """The median device-seconds of the study's complete trials (None before one completes)."""
+    full = [float(t.user_attrs[DEVICE_SECONDS]) for t in study.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.COMPLETE and DEVICE_SECONDS in t.user_attrs]
+    return statistics.median(full) if full else None
+
+
 class StudyBudget:
     """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``. With
     ``study.recheck: K`` the search stops K of its typical complete trials earlier (their median
@@ -248,14 +255,17 @@ class StudyBudget:
         return self.limit is not None and device_seconds(study) >= self.limit - self._reserve(study)
 
     def _reserve(self, study: optuna.Study) -> float:
-        if not self.recheck:
-            return 0.0
-        trials = study.get_trials(deepcopy=False)
-        if any(RECHECK_OF in t.system_attrs for t in trials):
-            return 0.0  # the rechecks' turn
-        full = [float(t.user_attrs[DEVICE_SECONDS]) for t in trials
-                if t.state == optuna.trial.TrialState.COMPLETE and DEVICE_SECONDS in t.user_attrs]
-        return self.recheck * statistics.median(full) if full else 0.0
+        if not self.recheck or any(RECHECK_OF in t.system_attrs for t in study.get_trials(deepcopy=False)):
+            return 0.0  # none kept back, or the rechecks' turn
+        return self.recheck * (_typical(study) or 0.0)
+
+    def affordable(self, study: optuna.Study, k: int) -> int:
+        """How many of ``k`` rechecks the budget left pays for, at a typical complete trial's cost
+        (the search may have overshot what it kept back: a trial ends after the budget is checked)."""
+        if self.limit is None:
+            return k
+        left, typical = self.limit - device_seconds(study), _typical(study)
+        return k if not typical else max(0, min(k, int(left // typical)))
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.spent(study):

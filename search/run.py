@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hps.search.budget import BUDGET_SPENT
+from hps.search.budget import BUDGET_SPENT, StudyBudget
 from hps.search.errors import INTERRUPTED, TERMINATING, RunFailed, StudyError, Terminated, on_sigint, on_sigterm
 from hps.search.loggers import Callbacks, from_spec
 from hps.search.quiet import quiet_optuna
@@ -207,7 +207,10 @@ def _queue_rechecks(space: Space, study: optuna.Study, target: int, out: Any) ->
     budget_spent = any(r.startswith(BUDGET_SPENT) for r in stop_reasons(attrs))
     if not k or attrs.get(FAILED) or (finished_by_definition(study)[0] < target and not budget_spent):
         return 0
-    due = rechecks_due(study, k)
+    n = StudyBudget(space.budget.max_device_hours).affordable(study, k)
+    if n < k:  # the search's last trial ran past what was kept back
+        print(f"the compute budget left pays for {n} of {k} rechecks", file=out, flush=True)
+    due = rechecks_due(study, n)
     for t in due:
         queue_trial(study, t.params, RECHECK_OF, t.number)
     if due:

@@ -73,13 +73,29 @@ def test_recheck_is_refused_where_it_cannot_choose(tmp_path: Path, study_name: s
 def test_a_compute_budget_keeps_back_the_rechecks_share(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'hps.db'}"
     limit = 8.0  # device-seconds: a handful of ~1 s trials
-    path = write_space(tmp_path, study_name, study__recheck=1, study__pruner={"name": "none"}, warm_start=[],
+    path = write_space(tmp_path, study_name, study__recheck=2, study__pruner={"name": "none"}, warm_start=[],
                        budget={"max_params": 300_000, "max_epochs": 3, "max_device_hours": limit / 3600})
     result = run(load_space(path), url, trials=1000, progress="none")
     ts = trials(url, study_name)
     rechecks = [t for t in ts if RECHECK_OF in t.system_attrs]
-    assert len(rechecks) == 1 and rechecks[0].state == TrialState.COMPLETE
+    assert rechecks and all(r.state == TrialState.COMPLETE for r in rechecks)
     search = [float(t.user_attrs.get("device_seconds", 0)) for t in ts if RECHECK_OF not in t.system_attrs]
-    assert sum(search) < limit  # the search stopped early: a full training's worth was kept for the recheck
+    assert sum(search) < limit  # the search stopped early: two trainings' worth were kept for the rechecks
     assert result.stopped and result.stopped[0].startswith("compute budget spent")
-    assert result.best_trial is not None and result.best_trial.number == rechecks[0].system_attrs[RECHECK_OF]
+    assert result.best_trial is not None and result.best_trial.number in {r.system_attrs[RECHECK_OF] for r in rechecks}
+    assert not [t for t in ts if t.state == TrialState.WAITING]  # no recheck queued that the budget cannot pay
+
+
+def test_no_recheck_is_queued_that_the_budget_cannot_pay(tmp_path: Path, study_name: str) -> None:
+    from hps.search.budget import StudyBudget
+
+    url = f"sqlite:///{tmp_path / 'hps.db'}"
+    path = write_space(tmp_path, study_name, study__pruner={"name": "none"}, warm_start=[])
+    run(load_space(path), url, trials=3, progress="none")
+    study = optuna.load_study(study_name=study_name, storage=url)
+    spent = sum(float(t.user_attrs.get("device_seconds", 0)) for t in study.trials)
+    typical = statistics.median(float(t.user_attrs["device_seconds"]) for t in study.trials
+                                if t.state == TrialState.COMPLETE)
+    assert StudyBudget(None).affordable(study, 3) == 3
+    assert StudyBudget((spent + 1.5 * typical) / 3600).affordable(study, 3) == 1
+    assert StudyBudget(spent / 3600).affordable(study, 3) == 0
