@@ -90,8 +90,9 @@ def test_no_recheck_is_queued_that_the_budget_cannot_pay(tmp_path: Path, study_n
     from hps.search.budget import StudyBudget
 
     url = f"sqlite:///{tmp_path / 'hps.db'}"
-    path = write_space(tmp_path, study_name, study__pruner={"name": "none"}, warm_start=[])
-    run(load_space(path), url, trials=3, progress="none")
+    sound = [{"model.width": 0.25, "optimizer.lr": 0.05}, {"model.width": 0.125, "optimizer.lr": 0.05}]
+    path = write_space(tmp_path, study_name, study__pruner={"name": "none"}, warm_start=sound)
+    run(load_space(path), url, trials=2, progress="none")
     study = optuna.load_study(study_name=study_name, storage=url)
     spent = sum(float(t.user_attrs.get("device_seconds", 0)) for t in study.trials)
     typical = statistics.median(float(t.user_attrs["device_seconds"]) for t in study.trials
