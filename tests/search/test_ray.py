@@ -488,3 +488,21 @@ def test_ray_workers_run_the_pinned_training_function_after_the_file_changed(tmp
     alone = subprocess.run([sys.executable, "-m", "hps.trainers", str(out), "--out", str(tmp_path / "r")],
                            capture_output=True, text=True, cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr[-2000:]
+
+
+def test_rechecks_run_on_ray_workers(tmp_path: Path, connected: str, study_name: str) -> None:
+    """``study.recheck`` on Ray: the queued rechecks are asked by the workers like any trial, run to
+    the end with the next seed, and no worker trains a search trial past the target."""
+    from hps.search.record import CONFIG, RECHECK_OF, trial_info
+
+    sound = [{"model.width": 0.25, "optimizer.lr": 0.05}, {"model.width": 0.125, "optimizer.lr": 0.05}]
+    space = load_space(write_space(tmp_path, study_name, study__recheck=2, study__pruner={"name": "none"},
+                                   warm_start=sound))
+    result = run(space, PG_URL, trials=3, ray=connected, workers=3, cpus_per_trial=0.5, progress="none")
+    ts = _trials(study_name)
+    rechecks = [t for t in ts if RECHECK_OF in t.system_attrs]
+    assert len(rechecks) == 2 and all(t.state == TrialState.COMPLETE and WORKER in t.system_attrs for t in rechecks)
+    assert all(trial_info(t, CONFIG)["train"]["seed"] == trial_info(ts[t.system_attrs[RECHECK_OF]], CONFIG)["train"]["seed"] + 1
+               for t in rechecks)
+    assert 3 <= result.finished <= 4 and result.rechecks == 2  # (workers asking at one instant may make a 4th)
+    assert not [t for t in ts if t.state in (TrialState.WAITING, TrialState.RUNNING)]
