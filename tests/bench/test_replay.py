@@ -122,7 +122,7 @@ def test_hps_hands_over_its_best_complete_trial_scored_by_both_seeds(table: repl
 
 def test_the_bench_prints_a_paired_table_and_writes_every_hand_over(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "bench/replay.py", "--seeds", "2", "--workers", "2", "--methods", "hps",
-                           "random", "hps recheck=3", "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                           "random", "hps recheck=2", "--out", str(tmp_path)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
