@@ -273,6 +273,7 @@ METHODS: dict[str, tuple[Callable[[int], Search], int]] = {
 }
 # hps with other rung schedules, TPE settings and rechecks: name -> (sampler args, pruner args, recheck)
 _VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
+    "hps old asha": ({}, {"min_resource": 1, "reduction_factor": 3}, 0),  # hps's default before issue 31
     "hps min_resource=3": ({}, {"min_resource": 3}, 0),  # the first rung at a quarter of the epochs
     "hps rf=2": ({}, {"reduction_factor": 2}, 0),
     "hps min_resource=3 rf=2": ({}, {"min_resource": 3, "reduction_factor": 2}, 0),
