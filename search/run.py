@@ -152,7 +152,7 @@ def run(space: Space | str | Path | Mapping[str, Any], storage: str | None = Non
         with view(progress, study, target, out), _signals_as_interrupt():
             executor.run(space, study, url, target, objective, run_id)
             if objective is None and _queue_rechecks(space, study, target, out):
-                executor.run(space, study, url, target, objective, run_id)  # runs what is queued: the rechecks
+                executor.run(space, study, url, 0, objective, run_id)  # only what is queued: the rechecks
             settle_unstarted(study)  # no trial left RUNNING by a run killed before it started one
         result = summarise(study, url, target)
     except KeyboardInterrupt as e:

@@ -84,6 +84,8 @@ def test_a_compute_budget_keeps_back_the_rechecks_share(tmp_path: Path, study_na
     assert result.stopped and result.stopped[0].startswith("compute budget spent")
     assert result.best_trial is not None and result.best_trial.number in {r.system_attrs[RECHECK_OF] for r in rechecks}
     assert not [t for t in ts if t.state == TrialState.WAITING]  # no recheck queued that the budget cannot pay
+    first = min(r.number for r in rechecks)
+    assert all(RECHECK_OF in t.system_attrs for t in ts[first:])  # the search does not go on after the rechecks
 
 
 def test_no_recheck_is_queued_that_the_budget_cannot_pay(tmp_path: Path, study_name: str) -> None:
