@@ -228,15 +228,19 @@ class EpochLimits:
 
 def device_seconds(study: optuna.Study) -> float:
     """The study's compute spent: every trial's training wall time."""
-    return sum(float(t.user_attrs.get(DEVICE_SECONDS, 0.0)) for t in study.get_trials(deepcopy=False))
+    return _seconds(study.get_trials(deepcopy=False))
+
+
+def _seconds(trials: Sequence[FrozenTrial]) -> float:
+    return sum(float(t.user_attrs.get(DEVICE_SECONDS, 0.0)) for t in trials)
 
 
 BUDGET_SPENT = "compute budget spent"  # the start of the stop reason StudyBudget stores
 
 
-def _typical(study: optuna.Study) -> float | None:
-    """The median device-seconds of the study's complete trials (None before one completes)."""
-    full = [float(t.user_attrs[DEVICE_SECONDS]) for t in study.get_trials(deepcopy=False)
+def _typical(trials: Sequence[FrozenTrial]) -> float | None:
+    """The median device-seconds of the complete trials (None before one completes)."""
+    full = [float(t.user_attrs[DEVICE_SECONDS]) for t in trials
             if t.state == optuna.trial.TrialState.COMPLETE and DEVICE_SECONDS in t.user_attrs]
     return statistics.median(full) if full else None
 
@@ -252,19 +256,23 @@ class StudyBudget:
         self.recheck = recheck
 
     def spent(self, study: optuna.Study) -> bool:
-        return self.limit is not None and device_seconds(study) >= self.limit - self._reserve(study)
+        if self.limit is None:
+            return False
+        trials = study.get_trials(deepcopy=False)  # one read per check: it runs after every trial
+        return _seconds(trials) >= self.limit - self._reserve(trials)
 
-    def _reserve(self, study: optuna.Study) -> float:
-        if not self.recheck or any(RECHECK_OF in t.system_attrs for t in study.get_trials(deepcopy=False)):
+    def _reserve(self, trials: Sequence[FrozenTrial]) -> float:
+        if not self.recheck or any(RECHECK_OF in t.system_attrs for t in trials):
             return 0.0  # none kept back, or the rechecks' turn
-        return self.recheck * (_typical(study) or 0.0)
+        return self.recheck * (_typical(trials) or 0.0)
 
     def affordable(self, study: optuna.Study, k: int) -> int:
         """How many of ``k`` rechecks the budget left pays for, at a typical complete trial's cost
         (the search may have overshot what it kept back: a trial ends after the budget is checked)."""
         if self.limit is None:
             return k
-        left, typical = self.limit - device_seconds(study), _typical(study)
+        trials = study.get_trials(deepcopy=False)
+        left, typical = self.limit - _seconds(trials), _typical(trials)
         return k if not typical else max(0, min(k, int(left // typical)))
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
