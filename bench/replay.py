@@ -105,9 +105,11 @@ class Table:
     def _vector(self, params: dict[str, Any]) -> list[float]:
         return [f(params[k]) for k, f in self._dims]
 
-    def nearest(self, params: dict[str, Any]) -> Config:
+    def nearest(self, params: dict[str, Any], skip: set[int] | frozenset[int] = frozenset()) -> Config:
+        """The recorded config closest to ``params``, passing over the ids in ``skip``."""
         v = self._vector(params)
-        return min(self._points, key=lambda p: sum((a - b) ** 2 for a, b in zip(v, p[1], strict=True)))[0]
+        points = [p for p in self._points if p[0].id not in skip] or self._points
+        return min(points, key=lambda p: sum((a - b) ** 2 for a, b in zip(v, p[1], strict=True)))[0]
 
     def rank(self, c: Config) -> float:
         """0 for the best recorded config by mean val over seeds, 1 for the worst."""
@@ -300,18 +302,23 @@ class _Event:
 
 
 class Replay:
-    """``search`` on ``workers`` simulated workers: :meth:`until` plays every event up to a time."""
+    """``search`` on ``workers`` simulated workers: :meth:`until` plays every event up to a time.
+    With ``fresh``, a point maps to the nearest config this search has not asked for yet (the
+    table's stand-in for "a new config near there" in a continuous space); without, to the nearest
+    config, so a searcher that keeps asking near one point trains that config again and again."""
 
-    def __init__(self, table: Table, search: Search, workers: int, rng: random.Random) -> None:
-        self.table, self.search, self.rng = table, search, rng
+    def __init__(self, table: Table, search: Search, workers: int, rng: random.Random, fresh: bool = False) -> None:
+        self.table, self.search, self.rng, self.fresh = table, search, rng, fresh
         self.heap: list[_Event] = []
         self.seq = 0
+        self.config_of: dict[str, Config] = {}  # the config each asked-for point trained
         for w in range(workers):
             self._start(w, 0.0)
 
     def _start(self, worker: int, now: float) -> None:
         tid, params = self.search.ask()
-        c = self.table.nearest(params)
+        c = self.table.nearest(params, {c.id for c in self.config_of.values()} if self.fresh else frozenset())
+        self.config_of[_key(params)] = c
         self.seq += 1
         if not c.feasible:  # the pre-screen: told at once, never trained
             heapq.heappush(self.heap, _Event(now + PRESCREEN_S, self.seq, worker, tid, None, 0, 0, c))
@@ -340,15 +347,25 @@ class Replay:
             self._start(e.worker, e.time)
 
 
-def handover(table: Table, search: Search, recheck: int, rng: random.Random) -> Config | None:
+    def trained(self, params: dict[str, Any]) -> Config:
+        """The config that the point ``params`` trained."""
+        return self.config_of[_key(params)]
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def handover(sim: Replay, recheck: int) -> Config | None:
     """The config the method hands over; with ``recheck``, the best mean of two runs among its top few."""
+    search = sim.search
     if not recheck:
         best = search.best()
-        return table.nearest(best) if best is not None else None
+        return sim.trained(best) if best is not None else None
     assert isinstance(search, OptunaSearch)
     top: list[Config] = []
     for params in search.ranked():
-        c = table.nearest(params)
+        c = sim.trained(params)
         if c not in top:
             top.append(c)
         if len(top) == recheck:
@@ -356,7 +373,7 @@ def handover(table: Table, search: Search, recheck: int, rng: random.Random) -> 
     return max(top, key=lambda c: c.quality, default=None)  # both recorded seeds: the first run and the recheck
 
 
-def run_method(table: Table, name: str, seed: int, workers: int) -> list[dict[str, Any]]:
+def run_method(table: Table, name: str, seed: int, workers: int, fresh: bool = False) -> list[dict[str, Any]]:
     """Every compute level's hand-over of one method and seed. Each level is the run a user with
     that budget would have had: the search does not know its budget, except that with rechecks it
     stops K full trainings early (as ``hps run`` keeps them back from ``max_device_hours``), or
@@ -367,14 +384,15 @@ def run_method(table: Table, name: str, seed: int, workers: int) -> list[dict[st
         warnings.simplefilter("ignore")
         search = build(seed)
         out = []
-        sim = Replay(table, search, workers, rng)
+        sim = Replay(table, search, workers, rng, fresh)
         for lv in LEVELS:
             sim.until((lv - recheck) * table.full_s / workers)
             k = recheck if search.best() is not None else 0
             if not k:
                 sim.until(lv * table.full_s / workers)
-            c = handover(table, search, k, rng)
+            c = handover(sim, k)
             out.append({"method": name, "seed": seed, "level": lv, "config": c.id if c else None,
+                        "distinct": len({c.id for c in sim.config_of.values() if c.feasible}),
                         "quality": c.quality if c else None, "test": c.test if c else None,
                         "rank": table.rank(c) if c else 1.0, "rechecked": k})
     return out
@@ -389,8 +407,8 @@ def report(table: Table, rows: list[dict[str, Any]], against: str = "hps") -> st
     top = table.feasible[0].quality
     lines = [f"{len(table.feasible)} feasible configs, {table.epochs} epochs, a full training {table.full_s:.0f} s; "
              f"best mean val {top:.4f}",
-             "| level | method | seeds | val (mean of 2) | test | regret | top 5% | p val | p test |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| level | method | seeds | configs tried | val (mean of 2) | test | regret | top 5% | p val | p test |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["method"], r["level"], r["seed"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for lv in sorted({r["level"] for r in rows}):
@@ -404,7 +422,8 @@ def report(table: Table, rows: list[dict[str, Any]], against: str = "hps") -> st
                 for j, key in enumerate(("quality", "test")):
                     d = [(a[key] or 0.0) - (b[key] or 0.0) for a, b in pairs]
                     ps[j] = f"{wilcoxon(d, alternative='greater').pvalue:.3g}" if any(d) else "="
-            lines.append(f"| {lv} | {m} | {len(rs)} | {statistics.mean(q):.4f} | {statistics.mean(t):.4f} | "
+            tried = statistics.mean(r.get("distinct", 0) for r in rs)
+            lines.append(f"| {lv} | {m} | {len(rs)} | {tried:.0f} | {statistics.mean(q):.4f} | {statistics.mean(t):.4f} | "
                          f"{top - statistics.mean(q):.4f} | {sum(r['rank'] <= 0.05 for r in rs) / len(rs):.0%} | "
                          f"{ps[0]} | {ps[1]} |")
     return "\n".join(lines)
@@ -442,7 +461,7 @@ def _init(path: Path) -> None:
     _TABLE.append(Table(path))
 
 
-def _one(task: tuple[str, int, int]) -> list[dict[str, Any]]:
+def _one(task: tuple[str, int, int, bool]) -> list[dict[str, Any]]:
     return run_method(_TABLE[0], *task)
 
 
@@ -453,10 +472,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--methods", nargs="+", default=[*METHODS, *VARIANTS])
     p.add_argument("--jobs", type=int, default=1, help="processes replaying at once")
+    p.add_argument("--fresh", action="store_true", help="map each point to the nearest config not asked for yet")
     p.add_argument("--out", type=Path, default=Path("out/replay"))
     args = p.parse_args()
     table = Table(args.table)
-    tasks = [(m, seed, args.workers) for seed in range(args.seeds) for m in args.methods]
+    tasks = [(m, seed, args.workers, args.fresh) for seed in range(args.seeds) for m in args.methods]
     rows: list[dict[str, Any]] = []
     with multiprocessing.get_context("spawn").Pool(args.jobs, _init, (args.table,)) as pool:
         for i, done in enumerate(pool.imap(_one, tasks)):
@@ -464,7 +484,8 @@ def main() -> None:
             if (i + 1) % len(args.methods) == 0:
                 print(f"seed {(i + 1) // len(args.methods) - 1} done", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"workers": args.workers, "table": str(args.table),
+    (args.out / "results.json").write_text(json.dumps({"workers": args.workers, "fresh": args.fresh,
+                                                       "table": str(args.table),
                                                        "configs": len(table.feasible), "rows": rows}))
     plot(table, rows, args.out / "regret.png")
     print(report(table, rows))

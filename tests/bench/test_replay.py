@@ -120,6 +120,21 @@ def test_hps_hands_over_its_best_complete_trial_scored_by_both_seeds(table: repl
             assert c.feasible and r["quality"] == c.quality and r["test"] == c.test and r["rank"] == table.rank(c)
 
 
+@pytest.mark.parametrize("method", ["hps", "tune"])
+def test_a_fresh_replay_trains_each_config_once_and_hands_over_what_trained(table: replay.Table, method: str) -> None:
+    search = replay.METHODS[method][0](0)
+    sim = replay.Replay(table, search, 2, random.Random(0), fresh=True)
+    sim.until(6 * table.full_s)
+    ids = [c.id for c in sim.config_of.values()]
+    assert len(ids) > 20 and len(set(ids)) == len(ids)  # a model-based searcher asks near its best, again and again
+    stale = replay.Replay(table, replay.METHODS[method][0](0), 2, random.Random(0))
+    stale.until(6 * table.full_s)
+    assert len({c.id for c in stale.config_of.values()}) < len(stale.config_of)  # without: the same configs again
+    best = replay.handover(sim, 0)  # the config its best point trained, which need not be that point's nearest
+    seen = max(search.last.values())[0] if method == "tune" else search.study.best_value
+    assert best is not None and best.feasible and any(seen in curve for curve in best.curves)
+
+
 def test_the_bench_prints_a_paired_table_and_writes_every_hand_over(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "bench/replay.py", "--seeds", "2", "--workers", "2", "--methods", "hps",
                            "random", "hps recheck=2", "--out", str(tmp_path)], cwd=REPO, capture_output=True,
