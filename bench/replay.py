@@ -1,14 +1,17 @@
 """Searches replayed on recorded learning curves (issue 31): hps against Ray Tune, Optuna, Hyperband
 and random search, at equal simulated compute, over many seeds.
 
-    python bench/replay.py [--table bench/curves/cpu-mini.jsonl --seeds 50 --workers 4 --out out/replay]
+    python bench/replay.py [--table bench/curves/cpu-mini.jsonl --seeds 50 --workers 4 --fresh --out out/replay]
 
 The table (``bench/curves.py``) holds real curves: each recorded config trained to the end with two
 seeds, val accuracy per epoch, its seconds per epoch and its test accuracy. A searcher asks for a
 config; the replay maps the point it asked for to the nearest recorded config (distances in the
 space's own scale: log for log keys, 0/1 for a choice), "trains" it by reading one seed's curve
 epoch by epoch, tells the searcher each epoch, and charges the config's seconds per epoch (its
-median over both recordings) on a simulated clock with ``--workers`` parallel workers. A config
+median over both recordings) on a simulated clock with ``--workers`` parallel workers. With
+``--fresh`` a point maps to the nearest config that this search has not asked for yet: in a
+continuous space a model-based searcher asking near its best gets a new, similar config, while the
+plain nearest-config map hands it the same recorded config again and again. A config
 that breaks the budget costs ``PRESCREEN_S`` and is told as stopped before any epoch, for every
 method (hps does this itself; a Tune or Optuna user writes the same check).
 
