@@ -37,7 +37,7 @@ from hps.trainers.augment import Augmenter
 from hps.trainers.config import TrainConfig
 from hps.trainers.data import Data, Split
 from hps.trainers.errors import EpochLimit, ModelError, TrainFnError
-from hps.trainers.models._registry import file_sha256, load_reference
+from hps.trainers.models._registry import load_reference, sha256_of
 
 Metrics = dict[str, float]
 
@@ -193,7 +193,7 @@ def pin_fn(cfg: TrainConfig) -> TrainConfig:
     _, source = load_fn(cfg)
     if source is None or cfg.train.fn_sha256:
         return cfg
-    return cfg.replace("train", fn_sha256=file_sha256(source))
+    return cfg.replace("train", fn_sha256=sha256_of(source))
 
 
 def run_fn(ctx: Context, fn: Callable[[Context], Any], source: str | None) -> nn.Module:

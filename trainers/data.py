@@ -44,6 +44,7 @@ from torch import Tensor
 from hps.trainers.config import DataConfig, TrainConfig
 from hps.trainers.errors import DataError, DataMismatch
 from hps.trainers.folder import cache_dir, decoded, folder_hash
+from hps.trainers.models._registry import sha256_of
 
 CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -115,11 +116,7 @@ def _tv_version(dataset: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def file_sha256(path: str) -> str:

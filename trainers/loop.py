@@ -148,22 +148,14 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
                 group["lr"] = lr
             idx = order[i * bs:(i + 1) * bs]
             y = data.train.y[idx]
-            if jsd:  # AugMix: clean + two views in one pass; CE on the clean one + 12 x JSD
+            if jsd:  # AugMix: clean + two views in one pass
                 x, y2, lam = torch.cat(aug.views(idx)), y, 1.0
             else:
                 x, y2, lam = mix(aug.batch(idx), y, augment, rng, gen)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with cast:
-                out = step_model(x)
-                if jsd:
-                    clean, aug1, aug2 = out.chunk(3)
-                    out = clean
-                loss = F.cross_entropy(out, y, label_smoothing=tc.label_smoothing)
-                if jsd:
-                    loss = loss + JSD_WEIGHT * jsd_loss(clean, aug1, aug2)
-                if lam < 1.0:
-                    loss = lam * loss + (1 - lam) * F.cross_entropy(out, y2, label_smoothing=tc.label_smoothing)
+                loss = _loss(step_model(x), y, y2, lam, jsd, tc.label_smoothing)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -188,6 +180,18 @@ def train(cfg: TrainConfig, report: Report | None = None, *, test: bool = False,
     if test and data.test is not None:
         test_acc = evaluate(step_model, data.test, aug, cast, tc.channels_last, bs)[1]
     return TrainResult(cfg, history, params, time.perf_counter() - t_start, test_acc, model)
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, lam: float, jsd: bool, smoothing: float) -> torch.Tensor:
+    """Cross-entropy on the batch: with AugMix's JSD, on the clean third plus 12 x the consistency
+    term over the three views; with a mixed batch, weighted between both labels."""
+    if jsd:
+        clean, aug1, aug2 = out.chunk(3)
+        return F.cross_entropy(clean, y, label_smoothing=smoothing) + JSD_WEIGHT * jsd_loss(clean, aug1, aug2)
+    loss = F.cross_entropy(out, y, label_smoothing=smoothing)
+    if lam < 1.0:
+        loss = lam * loss + (1 - lam) * F.cross_entropy(out, y2, label_smoothing=smoothing)
+    return loss
 
 
 def score(cfg: TrainConfig, weights: dict[str, torch.Tensor], *, test: bool = False) -> Metrics:

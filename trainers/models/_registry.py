@@ -98,7 +98,7 @@ def install_sources(sources: Mapping[str, tuple[str, str]]) -> None:
         if hashlib.sha256(text.encode()).hexdigest() != sha:
             raise ModelError(f"the shipped copy of {name} does not match its sha256 {sha[:12]}")
         path = cache_dir() / "models" / sha / name
-        if not path.is_file() or file_sha256(path) != sha:
+        if not path.is_file() or sha256_of(path) != sha:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
@@ -106,18 +106,23 @@ def install_sources(sources: Mapping[str, tuple[str, str]]) -> None:
         _COPIES[sha] = str(path)
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256, read now (a user's code may change between two reads)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name") -> tuple[ModuleType, Path]:
     """The module of a user's file (one per content: the same code loaded once) and the file it
     was read from here: its source for pinning, which another copy of the same code must not stand in for."""
     here = path if path.is_file() else None
-    if sha256 is not None and (here is None or file_sha256(here) != sha256):
+    if sha256 is not None and (here is None or sha256_of(here) != sha256):
         copy = _COPIES.get(sha256)
         if copy is None:
-            found = f"has sha256 {file_sha256(here)[:12]}" if here else "is missing"
+            found = f"has sha256 {sha256_of(here)[:12]}" if here else "is missing"
             pinned, code = ("model.sha256", "model") if key == "model.name" else ("train.fn_sha256", "training")
             raise ModelError(f"{key} {name!r}: {path} {found}, not the recorded {pinned} {sha256[:12]}; "
                              f"the {code} code changed since this config was made (retrain with --allow-model-change "
@@ -125,7 +130,7 @@ def _load_file(path: Path, sha256: str | None, name: str, key: str = "model.name
         here = Path(copy)
     if here is None:
         raise ModelError(f"{key} {name!r}: {path}: no such file")
-    digest = file_sha256(here)
+    digest = sha256_of(here)
     module_name = f"hps_user_model_{digest[:16]}"
     if module_name in sys.modules:
         return sys.modules[module_name], here

@@ -10,7 +10,7 @@ import torch
 
 from hps.trainers.config import ARGS_PREFIX, ModelConfig, TrainConfig
 from hps.trainers.errors import ModelError
-from hps.trainers.models._registry import _REGISTRY, file_sha256, model_entry
+from hps.trainers.models._registry import _REGISTRY, model_entry, sha256_of
 
 _DEFAULTS = {"width": 1.0, "depth": 1.0, "dropout": 0.0}
 MAX_PARAMS = 2**30  # 4 GiB of fp32 weights: far past a small image classifier, short of a machine's memory
@@ -90,7 +90,7 @@ def pin_model(cfg: TrainConfig) -> TrainConfig:
     entry = model_entry(cfg.model.name, cfg.model.sha256)  # a file of another sha256 is refused here
     if entry.source is None:
         return cfg
-    actual = file_sha256(entry.source)
+    actual = sha256_of(entry.source)
     if cfg.model.sha256 is not None and actual != cfg.model.sha256 and not cfg.model.name.split(":")[0].endswith(".py"):
         raise ModelError(f"model.name {cfg.model.name!r}: {entry.source} has sha256 {actual[:12]}, not the recorded "
                          f"model.sha256 {cfg.model.sha256[:12]}; the model code changed since this config was made "
