@@ -247,9 +247,10 @@ def _typical(trials: Sequence[FrozenTrial]) -> float | None:
 
 class StudyBudget:
     """Stops the study once its trials' device-seconds reach ``budget.max_device_hours``. With
-    ``study.recheck: K`` the search stops K of its typical complete trials earlier (their median
-    device-seconds), so the rechecks are paid from the same budget; once they are queued, the
-    whole budget applies."""
+    ``study.recheck: K`` the search stops once its next typical complete trial (their median
+    device-seconds) would eat into K such trials' worth, so the K rechecks are paid from the same
+    budget (keeping back only K, the last search trial's overrun would leave K - 1); once they are
+    queued, the whole budget applies."""
 
     def __init__(self, max_device_hours: float | None, recheck: int = 0) -> None:
         self.limit = None if max_device_hours is None else max_device_hours * 3600
@@ -264,7 +265,7 @@ class StudyBudget:
     def _reserve(self, trials: Sequence[FrozenTrial]) -> float:
         if not self.recheck or any(RECHECK_OF in t.system_attrs for t in trials):
             return 0.0  # none kept back, or the rechecks' turn
-        return self.recheck * (_typical(trials) or 0.0)
+        return (self.recheck + 1) * (_typical(trials) or 0.0)
 
     def affordable(self, study: optuna.Study, k: int) -> int:
         """How many of ``k`` rechecks the budget left pays for, at a typical complete trial's cost

@@ -51,6 +51,12 @@ def test_read_only_commands_do_not_import_torch(small_study: str, tmp_path: Path
         assert (tmp_path / "best.yaml").read_text().startswith("model: {name: resnet18, width: 0.5}")
 
 
+def _ctrl_c_reaches() -> None:
+    """A child's SIGINT as a terminal's foreground job has it: a shell starts background jobs with
+    SIGINT ignored, and hps keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _six_epochs_checkpointed_at_2(tmp_path: Path, study_name: str,
                                   url: str) -> tuple[subprocess.Popen[str], list[str], dict[str, str]]:
     """``hps run`` of one six-epoch trial (a warm start), returned once it has saved its checkpoint
@@ -59,7 +65,8 @@ def _six_epochs_checkpointed_at_2(tmp_path: Path, study_name: str,
     env = {**os.environ, "COLUMNS": "200", "HPS_CHECKPOINT_SECONDS": "0", "HPS_ARTIFACTS": str(tmp_path / "art")}
     cmd = [str(Path(sys.executable).parent / "hps"), "run", str(path), "--storage", url, "--no-live",
            "--set", "fixed.train.epochs=6", "--set", "budget.max_epochs=6"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ctrl_c_reaches)  # as in a terminal, even when the tests run in the background
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.2)
