@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 from pydantic import Field, model_validator
 
 from hps.search.errors import SpaceError
-from hps.search.record import DEVICE_SECONDS, RECHECK_OF, STOPPED, human, set_study_attr
+from hps.search.record import DEVICE_SECONDS, RECHECK_OF, STOPPED, human, rechecks_due, set_study_attr
 from hps.trainers import Measurement, TrainConfig, measure, with_overrides
 from hps.trainers.validation import OptInteger, OptNumber, Strict, Text, one_of
 
@@ -268,13 +268,19 @@ class StudyBudget:
         return (self.recheck + 1) * (_typical(trials) or 0.0)
 
     def affordable(self, study: optuna.Study, k: int) -> int:
-        """How many of ``k`` rechecks the budget left pays for, at a typical complete trial's cost
-        (the search may have overshot what it kept back: a trial ends after the budget is checked)."""
+        """How many of the ``k`` rechecks due (:func:`rechecks_due`, best first) the budget left
+        pays for, each at its own trial's device-seconds: a recheck trains that config again, and
+        one the budget cannot finish would be stopped half-way (the search may have overshot what
+        it kept back: a trial ends after the budget is checked)."""
         if self.limit is None:
             return k
-        trials = study.get_trials(deepcopy=False)
-        left, typical = self.limit - _seconds(trials), _typical(trials)
-        return k if not typical else max(0, min(k, int(left // typical)))
+        left, n = self.limit - device_seconds(study), 0
+        for t in rechecks_due(study, k):
+            left -= float(t.user_attrs.get(DEVICE_SECONDS, 0.0))
+            if left < 0:
+                break
+            n += 1
+        return n
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.spent(study):

@@ -199,7 +199,7 @@ def _settle_and_say(study: optuna.Study, url: str, target: int, out: Any) -> Non
 
 def _queue_rechecks(space: Space, study: optuna.Study, target: int, out: Any) -> int:
     """``study.recheck: K``: once the search holds its target or has spent its share of the
-    compute budget (:class:`StudyBudget` keeps K trainings' worth back), queue each of its best K
+    compute budget (:class:`StudyBudget` keeps K + 1 trainings' worth back), queue each of its best K
     trials again with another seed (:func:`rechecks_due`); export then takes the best mean over
     the runs (:func:`best_feasible`). Not after a search stopped short otherwise (a timeout,
     failures). Returns how many were queued."""
